@@ -1,0 +1,105 @@
+"""The HTTP API from Python, on ``twisted.web.client.Agent``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from twisted.internet import defer
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(f"{status}: {msg}")
+        self.status = status
+        self.msg = msg
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred:  # noqa: N802
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class HttpApi:
+    """``HttpApi("http://127.0.0.1:9090")``: each call fires with the ``data`` object."""
+
+    def __init__(self, base_url: str, reactor: Any = None, agent: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.base_url = base_url.rstrip("/")
+        self.agent = agent or Agent(reactor)
+
+    @defer.inlineCallbacks
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | dict | None = None,
+        token: str | None = None,
+        json_body: bool = False,
+    ) -> Any:
+        headers = {b"user-agent": [b"gochat-client"]}
+        if token:
+            headers[b"token"] = [token.encode()]
+        url = self.base_url + path
+        body = None
+        if method == "GET":
+            if params:
+                url += "?" + urlencode(params, doseq=True)
+        elif json_body:
+            headers[b"content-type"] = [b"application/json"]
+            body = _Body(json.dumps(dict(params or {})).encode())
+        else:
+            headers[b"content-type"] = [b"application/x-www-form-urlencoded"]
+            body = _Body(urlencode(params or [], doseq=True).encode())
+        response = yield self.agent.request(method.encode(), url.encode(), Headers(headers), body)
+        raw = yield readBody(response)
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise ApiError(response.code, raw[:200].decode("utf-8", "replace")) from None
+        if response.code != 200 or reply.get("code") != 200:
+            raise ApiError(response.code, reply.get("msg", ""))
+        return reply.get("data", {})
+
+    def register(self, phone: str, password: str, nickname: str) -> defer.Deferred:
+        """Fires with ``{"token", "id"}``."""
+        return self.call(
+            "POST",
+            "/register",
+            [("phone_number", phone), ("password", password), ("nickname", nickname)],
+        )
+
+    def login(self, phone: str, password: str) -> defer.Deferred:
+        """Fires with ``{"token", "user_id"}``."""
+        return self.call("POST", "/login", [("phone_number", phone), ("password", password)])
+
+    def add_friend(self, token: str, friend_id: int) -> defer.Deferred:
+        return self.call("POST", "/friend/add", [("friend_id", str(friend_id))], token)
+
+    def create_group(self, token: str, name: str, ids: list[int]) -> defer.Deferred:
+        """Fires with ``{"id"}``; the caller is a member too."""
+        params = [("name", name)] + [("ids", str(i)) for i in ids]
+        return self.call("POST", "/group/create", params, token)
+
+    def group_users(self, token: str, group_id: int) -> defer.Deferred:
+        return self.call("GET", "/group_user/list", [("group_id", str(group_id))], token)

@@ -1,0 +1,363 @@
+"""A GoChat WebSocket client that never loses, duplicates or reorders.
+
+Upstream: messages are numbered 1, 2, 3, … and retransmitted until ACKed;
+a 1004 is retried, a 1011 rewinds to the oldest unACKed message, a permanent
+code fails the send. Downstream: the application sees every message of the
+user's list exactly once, in seq order — pushes whose seq it already holds
+are dropped, and a gap (seq > held + 1) triggers a sync first. Messages this
+client sent itself are known from their ACK and not handed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from google.protobuf.message import DecodeError
+from twisted.internet import defer, endpoints, ssl
+from twisted.logger import Logger
+
+from gochat import codes
+from gochat.pb import pb
+
+RETRYABLE = {codes.SERVER_ERROR, codes.NOT_LOGGED_IN, codes.RATE_LIMITED}
+
+
+class SendError(Exception):
+    """The server refused a message (or a login) for good; ``code`` says why."""
+
+    def __init__(self, code: int, what: str = "message") -> None:
+        super().__init__(f"{what} refused with code {code}")
+        self.code = code
+
+
+@dataclass
+class _Pending:
+    client_id: int
+    message: pb.Message
+    deferred: defer.Deferred
+    timer: Any = None
+
+
+class GoChatClient:
+    """One user's device. Attach it to a connection with :func:`connect`."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        token: str,
+        device_id: str = "",
+        push_ack: bool = False,
+        reactor: Any = None,
+        retransmit_timeout: float = 3.0,
+        seq: int = 0,
+        on_message: Callable[[pb.Message], None] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.token = token
+        self.device_id = device_id
+        self.push_ack = push_ack
+        self.retransmit_timeout = retransmit_timeout
+        self.seq = seq  # every message up to here has been handed over, in order
+        self.on_message = on_message
+        self.on_output: Callable[[pb.Output], None] | None = None
+        self.received: list[pb.Message] = []  # what on_message was given, for tests
+        self.last_client_id = 0
+        self.server_seq = 0
+        self.logged_in = False
+        self.proto: Any = None
+        self._unacked: dict[int, _Pending] = {}
+        self._buffer: dict[int, pb.Message] = {}
+        self._own: set[int] = set()
+        self._syncing: defer.Deferred | None = None
+        self._sync_waiters: list[defer.Deferred] = []
+        self._login: defer.Deferred | None = None
+        self.disconnected: defer.Deferred = defer.Deferred()
+
+    # -- connection ----------------------------------------------------------
+
+    def attach(self, proto: Any) -> defer.Deferred:
+        """Log in over a freshly opened connection; fires when caught up."""
+        self.proto = proto
+        self.logged_in = False
+        self.disconnected = defer.Deferred()
+        self._login = defer.Deferred()
+        login = pb.LoginMsg(
+            token=self.token.encode(), device_id=self.device_id, push_ack=self.push_ack
+        )
+        self._send(pb.CT_Login, login.SerializeToString())
+        return self._login
+
+    def connection_lost(self, code: int | None, reason: str | None) -> None:
+        self.proto = None
+        self.logged_in = False
+        for pending in self._unacked.values():
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            pending.timer = None
+        if self._login is not None:
+            d, self._login = self._login, None
+            d.errback(ConnectionError(f"closed before login: {code} {reason}"))
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            self._finish_sync(ConnectionError("connection lost during sync"))
+        self.disconnected.callback((code, reason))
+
+    def close(self) -> defer.Deferred:
+        if self.proto is not None:
+            self.proto.sendClose(code=1000)
+        return self.disconnected
+
+    def _send(self, cmd: int, data: bytes) -> None:
+        if self.proto is not None:
+            self.proto.sendMessage(pb.Input(type=cmd, data=data).SerializeToString(), True)
+
+    def heartbeat(self) -> None:
+        self._send(pb.CT_Heartbeat, b"")
+
+    # -- upstream ------------------------------------------------------------
+
+    def send(self, message: pb.Message) -> defer.Deferred:
+        """Send until ACKed; fires with the sender's seq, or fails with :class:`SendError`."""
+        self.last_client_id += 1
+        pending = _Pending(self.last_client_id, message, defer.Deferred())
+        self._unacked[pending.client_id] = pending
+        if self.logged_in:
+            self._transmit(pending)
+        return pending.deferred
+
+    def send_text(self, receiver_id: int, text: str, group: bool = False) -> defer.Deferred:
+        return self.send(
+            pb.Message(
+                session_type=pb.ST_Group if group else pb.ST_Single,
+                receiver_id=receiver_id,
+                message_type=pb.MT_Text,
+                content=text.encode(),
+            )
+        )
+
+    def _transmit(self, pending: _Pending) -> None:
+        up = pb.UpMsg(msg=pending.message, clientId=pending.client_id)
+        self._send(pb.CT_Message, up.SerializeToString())
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.timer = self.reactor.callLater(
+            self.retransmit_timeout, self._timed_out, pending.client_id
+        )
+
+    def _timed_out(self, client_id: int) -> None:
+        pending = self._unacked.get(client_id)
+        if pending is not None:
+            pending.timer = None
+            if self.logged_in:
+                self._transmit(pending)
+
+    def _resend_from(self, client_id: int) -> None:
+        for cid in sorted(self._unacked):
+            if cid >= client_id:
+                self._transmit(self._unacked[cid])
+
+    def _on_up_ack(self, code: int, ack: pb.ACKMsg) -> None:
+        pending = self._unacked.get(ack.clientId)
+        if pending is None:
+            return  # a duplicate ACK
+        if code == codes.OK:
+            del self._unacked[ack.clientId]
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            if ack.seq > self.seq:
+                self._own.add(ack.seq)
+                self._drain()
+            pending.deferred.callback(ack.seq)
+        elif code == codes.OUT_OF_ORDER:
+            self._resend_from(min(self._unacked))
+        elif code in RETRYABLE:
+            pass  # the retransmit timer will send it again
+        else:
+            del self._unacked[ack.clientId]
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            pending.deferred.errback(SendError(code))
+
+    # -- downstream ----------------------------------------------------------
+
+    def frame_received(self, payload: bytes) -> None:
+        try:
+            out = pb.Output.FromString(payload)
+        except DecodeError:
+            self.log.warn("undecodable frame from the server")
+            return
+        if self.on_output is not None:
+            self.on_output(out)
+        if out.type == pb.CT_ACK:
+            ack = pb.ACKMsg.FromString(out.data)
+            if ack.type == pb.AT_Login:
+                self._on_login_ack(out.code, ack)
+            elif ack.type == pb.AT_Up:
+                self._on_up_ack(out.code, ack)
+        elif out.type == pb.CT_Message and out.code == codes.OK:
+            msg = pb.PushMsg.FromString(out.data).msg
+            self._offer(msg)
+            if self.push_ack:
+                self._send(pb.CT_ACK, pb.ACKMsg(type=pb.AT_Push, seq=self.seq).SerializeToString())
+            if self._buffer and self._syncing is None:
+                self.sync()
+        elif out.type == pb.CT_Sync:
+            self._on_sync(out.code, pb.SyncOutputMsg.FromString(out.data))
+
+    def _on_login_ack(self, code: int, ack: pb.ACKMsg) -> None:
+        d, self._login = self._login, None
+        if code != codes.OK:
+            if d is not None:
+                d.errback(SendError(code, "login"))
+            return
+        self.logged_in = True
+        self.server_seq = ack.seq
+        if self.device_id:
+            self.last_client_id = max(self.last_client_id, ack.clientId)
+        elif self._unacked:
+            # The window belonged to the old connection: number what is left anew.
+            renumbered = {}
+            for i, cid in enumerate(sorted(self._unacked), start=1):
+                pending = self._unacked[cid]
+                pending.client_id = i
+                renumbered[i] = pending
+            self._unacked = renumbered
+            self.last_client_id = len(renumbered)
+        else:
+            self.last_client_id = 0
+        for cid in sorted(self._unacked):
+            self._transmit(self._unacked[cid])
+        sync = self.sync()
+        if d is not None:
+            sync.addCallback(lambda _: self)
+            sync.chainDeferred(d)
+
+    def sync(self) -> defer.Deferred:
+        """Pull everything after the held seq; fires when ``has_more`` is false."""
+        waiter: defer.Deferred = defer.Deferred()
+        self._sync_waiters.append(waiter)
+        if self._syncing is None:
+            self._syncing = defer.Deferred()
+            self._request_sync()
+        return waiter
+
+    def _request_sync(self) -> None:
+        self._send(pb.CT_Sync, pb.SyncInputMsg(seq=self.seq).SerializeToString())
+
+    def _on_sync(self, code: int, body: pb.SyncOutputMsg) -> None:
+        if self._syncing is None:
+            return
+        if code != codes.OK:
+            self._finish_sync(SendError(code, "sync"))
+            return
+        for msg in body.messages:
+            self._offer(msg)
+        if body.has_more:
+            self._request_sync()
+        else:
+            self._finish_sync(None)
+
+    def _finish_sync(self, error: Exception | None) -> None:
+        self._syncing = None
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(self.seq)
+            else:
+                waiter.errback(error)
+        if error is None and self._buffer:
+            self.sync()  # a push raced past the end of the sync
+
+    def _offer(self, msg: pb.Message) -> None:
+        if msg.seq <= self.seq or msg.seq in self._buffer:
+            return
+        self._buffer[msg.seq] = msg
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            nxt = self.seq + 1
+            if nxt in self._own:
+                self._own.discard(nxt)
+                self._buffer.pop(nxt, None)
+                self.seq = nxt
+                continue
+            msg = self._buffer.pop(nxt, None)
+            if msg is None:
+                break
+            self.seq = nxt
+            self.received.append(msg)
+            if self.on_message is not None:
+                self.on_message(msg)
+        self._own = {s for s in self._own if s > self.seq}
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    def onOpen(self) -> None:  # noqa: N802
+        client: GoChatClient = self.factory.client
+        d = client.attach(self)
+        d.chainDeferred(self.factory.ready)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
+        self.factory.client.frame_received(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
+        client: GoChatClient = self.factory.client
+        if client.proto is self:
+            client.connection_lost(code, reason)
+        elif not self.factory.ready.called:
+            self.factory.ready.errback(ConnectionError(f"could not open: {reason}"))
+
+
+def client_endpoint(reactor: Any, url: str, trust_root: Any = None) -> Any:
+    """The endpoint for a ``ws://`` or ``wss://`` URL (certificates verified for wss)."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    if parsed.scheme == "wss":
+        port = parsed.port or 443
+        options = ssl.optionsForClientTLS(host, trustRoot=trust_root)
+        return endpoints.wrapClientTLS(options, endpoints.HostnameEndpoint(reactor, host, port))
+    if parsed.scheme == "ws":
+        return endpoints.HostnameEndpoint(reactor, host, parsed.port or 80)
+    raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+
+
+def connect(
+    url: str,
+    token: str | None = None,
+    *,
+    client: GoChatClient | None = None,
+    reactor: Any = None,
+    trust_root: Any = None,
+    **client_kwargs: Any,
+) -> defer.Deferred:
+    """Connect, log in and sync; fires with the :class:`GoChatClient`.
+
+    Pass ``client=`` to reconnect an existing client (its unACKed messages are
+    sent again and its seq is kept).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    if client is None:
+        if token is None:
+            raise ValueError("a token or a client is needed")
+        client = GoChatClient(token, reactor=reactor, **client_kwargs)
+    factory = WebSocketClientFactory(url)
+    factory.protocol = _ClientProtocol
+    factory.client = client
+    factory.ready = defer.Deferred()
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    d = client_endpoint(reactor, url, trust_root).connect(factory)
+    d.addCallback(lambda _: factory.ready)
+    return d

@@ -1,0 +1,92 @@
+"""The one codec for ``Input`` and ``Output`` frames.
+
+Everything that turns wire bytes into protobuf objects or back lives here, so
+the gateway, the logic and the client agree byte for byte. Push frames are
+built from one serialization of the message shared by all recipients: only
+the seq differs, and protobuf lets a field be appended to prebuilt bytes.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from gochat import codes
+from gochat.pb import pb
+
+__all__ = [
+    "DecodeError",
+    "decode_input",
+    "encode_output",
+    "ack_frame",
+    "push_frame",
+    "push_frame_from_base",
+    "message_base",
+    "sync_frame",
+    "error_frame",
+]
+
+
+def decode_input(payload: bytes) -> pb.Input:
+    """Parse one client frame; raises :class:`DecodeError` on garbage."""
+    frame = pb.Input()
+    frame.ParseFromString(payload)
+    return frame
+
+
+def encode_output(cmd: int, code: int = codes.OK, data: bytes = b"", msg: str = "") -> bytes:
+    out = pb.Output(type=cmd, code=code, data=data)
+    if code != codes.OK:
+        out.CodeMsg = msg or codes.MESSAGES.get(code, "")
+    return out.SerializeToString()
+
+
+def ack_frame(ack_type: int, code: int = codes.OK, client_id: int = 0, seq: int = 0) -> bytes:
+    """``Output{CT_ACK, code, ACKMsg{type, clientId, seq}}``."""
+    ack = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
+    return encode_output(pb.CT_ACK, code, ack.SerializeToString())
+
+
+def error_frame(code: int, cmd: int = pb.CT_UnKnow) -> bytes:
+    return encode_output(cmd, code)
+
+
+def sync_frame(messages: list[pb.Message], has_more: bool, code: int = codes.OK) -> bytes:
+    body = pb.SyncOutputMsg(messages=messages, has_more=has_more)
+    return encode_output(pb.CT_Sync, code, body.SerializeToString())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+# Output{type: CT_Message (field 1 varint), code: 200 (field 2 varint)} prefix.
+_PUSH_PREFIX = b"\x08" + _varint(pb.CT_Message) + b"\x10" + _varint(codes.OK)
+_SEQ_TAG = b"\x30"  # Message.seq: field 6, varint
+
+
+def message_base(msg: pb.Message) -> bytes:
+    """Serialize a message without its seq, for :func:`push_frame_from_base`."""
+    copy = pb.Message()
+    copy.CopyFrom(msg)
+    copy.seq = 0
+    return copy.SerializeToString()
+
+
+def push_frame_from_base(base: bytes, seq: int) -> bytes:
+    """``Output{CT_Message, 200, PushMsg{Message(base) with seq}}`` without re-serializing."""
+    message = base + _SEQ_TAG + _varint(seq)
+    push = b"\x0a" + _varint(len(message)) + message  # PushMsg.msg: field 1, bytes
+    return _PUSH_PREFIX + b"\x22" + _varint(len(push)) + push  # Output.data: field 4
+
+
+def push_frame(msg: pb.Message) -> bytes:
+    """The push frame for one message, seq included."""
+    return encode_output(pb.CT_Message, codes.OK, pb.PushMsg(msg=msg).SerializeToString())

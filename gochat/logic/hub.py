@@ -1,0 +1,200 @@
+"""The node's logic hub: logins, devices, upstream outcomes, pushes.
+
+The hub holds node-wide state: every open session (for the heartbeat
+checker), each device's upstream window (last accepted and last queued
+clientId), the message writer and the router. Sessions call into it; it calls
+the store, presence and router it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gochat import codec, codes, metrics
+from gochat.auth import TokenSigner
+from gochat.logic.router import RemoteDeliverer, Router
+from gochat.logic.session import Connection, Session
+from gochat.logic.writer import MessageWriter
+from gochat.pb import pb
+from gochat.presence import LocalPresence, Presence
+from gochat.store import Store, UpItem, UpResult
+
+ACK_MEMORY = 4096  # recent ACKs a device keeps in memory for retransmits
+
+
+@dataclass
+class HubConfig:
+    login_timeout: float = 10.0
+    sync_limit: int = 50
+    max_frame: int = 64 * 1024
+
+
+@dataclass(eq=False)
+class DeviceState:
+    """The upstream window of one device (or of one connection without device_id)."""
+
+    user_id: int
+    device_id: str | None
+    accepted: int = 0  # last clientId whose outcome is final
+    pending: int = 0  # last clientId queued for the store
+    session: Session | None = None
+    acks: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pending = self.accepted
+
+    def remember(self, client_id: int, code: int, seq: int) -> None:
+        self.acks[client_id] = (code, seq)
+        self.acks.pop(client_id - ACK_MEMORY, None)
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        signer: TokenSigner,
+        clock: IReactorTime,
+        config: HubConfig | None = None,
+        presence: Presence | None = None,
+        remote: RemoteDeliverer | None = None,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.clock = clock
+        self.config = config or HubConfig()
+        self.presence = presence or LocalPresence()
+        self.router = Router(self.presence, remote)
+        self.writer = MessageWriter(store, self._committed, self._failed)
+        self.sessions: set[Session] = set()
+        self.devices: dict[tuple[int, str], DeviceState] = {}
+
+    # -- sessions ------------------------------------------------------------
+
+    def open_session(self, conn: Connection) -> Session:
+        session = Session(self, conn)
+        self.sessions.add(session)
+        metrics.CONNECTIONS.set(len(self.sessions))
+        return session
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        metrics.CONNECTIONS.set(len(self.sessions))
+        device = session.device
+        if device is None:
+            return
+        if device.session is session:
+            device.session = None
+            self._maybe_forget(device)
+        if self.router.remove(session):
+            uid = session.user_id
+            self.presence.user_offline(uid).addErrback(
+                lambda f: self.log.failure("presence: marking {uid} offline", f, uid=uid)
+            )
+
+    @defer.inlineCallbacks
+    def login(self, session: Session, user_id: int, device_id: str | None, push_ack: bool) -> Any:
+        """Attach ``session`` to the user; fires with ``(last clientId, latest seq)``."""
+        if device_id is None:
+            device = DeviceState(user_id, None)
+        else:
+            key = (user_id, device_id)
+            device = self.devices.get(key)
+            if device is None:
+                last = yield self.store.load_device(user_id, device_id)
+                device = self.devices.get(key)  # another login may have won meanwhile
+                if device is None:
+                    device = self.devices[key] = DeviceState(user_id, device_id, accepted=last)
+        seq = yield self.store.latest_seq(user_id)
+        if session.closed:
+            if device_id is not None:
+                self._maybe_forget(device)
+            return (device.accepted, seq)
+        old = device.session
+        device.session = session
+        if old is not None and old is not session:
+            old.device = None  # its window now belongs to the new connection
+            self.router.remove(old)
+            old.close("the same device logged in again")
+        session.user_id = user_id
+        session.device = device
+        session.push_ack = push_ack
+        if self.router.add(session):
+            yield self.presence.user_online(user_id)
+        return (device.accepted, seq)
+
+    def _maybe_forget(self, device: DeviceState) -> None:
+        """Drop a device's window once nothing refers to it any more."""
+        if device.device_id is None or device.session is not None:
+            return
+        if device.pending == device.accepted:
+            self.devices.pop((device.user_id, device.device_id), None)
+
+    # -- upstream ------------------------------------------------------------
+
+    def submit(self, item: UpItem, device: DeviceState) -> None:
+        item_started = self.clock.seconds()
+        self.writer.submit(item, (device, item_started))
+
+    def _committed(self, item: UpItem, owner: tuple[DeviceState, float], result: UpResult) -> None:
+        device, started = owner
+        device.accepted = item.client_id
+        device.remember(item.client_id, result.code, result.sender_seq)
+        metrics.UPSTREAM.labels(str(result.code)).inc()
+        session = device.session
+        if session is not None:
+            session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))
+            metrics.ACK_LATENCY.observe(self.clock.seconds() - started)
+        if result.code == codes.OK and result.message is not None:
+            self.router.deliver(result.message, result.rows, device)
+        if session is None:
+            self._maybe_forget(device)
+
+    def _failed(self, item: UpItem, owner: tuple[DeviceState, float]) -> None:
+        device, _ = owner
+        device.pending = device.accepted
+        metrics.UPSTREAM.labels(str(codes.SERVER_ERROR)).inc()
+        if device.session is not None:
+            device.session.send(codec.ack_frame(pb.AT_Up, codes.SERVER_ERROR, item.client_id))
+        else:
+            self._maybe_forget(device)
+
+    def reack(self, session: Session, device: DeviceState, client_id: int) -> None:
+        """Answer a retransmit of an already final clientId with the same ACK."""
+        known = device.acks.get(client_id)
+        if known is not None:
+            session.send(codec.ack_frame(pb.AT_Up, known[0], client_id, known[1]))
+            return
+        if device.device_id is None:
+            session.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL, client_id))
+            return
+
+        def found(row: tuple[int, int] | None) -> None:
+            code, seq = row if row is not None else (codes.PARAM_ILLEGAL, 0)
+            session.send(codec.ack_frame(pb.AT_Up, code, client_id, seq))
+
+        def failed(failure: Any) -> None:
+            self.log.failure("looking up clientId {cid}", failure, cid=client_id)
+            session.send(codec.ack_frame(pb.AT_Up, codes.SERVER_ERROR, client_id))
+
+        self.store.device_ack(device.user_id, device.device_id, client_id).addCallbacks(
+            found, failed
+        )
+
+    def push_acked(self, session: Session, seq: int) -> None:
+        """A device acknowledged pushes up to ``seq`` (cumulative)."""
+
+    # -- node-to-node --------------------------------------------------------
+
+    def deliver_from_peer(self, frames: dict[int, list[bytes]]) -> int:
+        """Pushes another node routed here."""
+        return self.router.deliver_local(frames)
+
+    def wait_idle(self) -> defer.Deferred:
+        return self.writer.wait_idle()

@@ -1,0 +1,95 @@
+"""The one place that decides where a push goes.
+
+After a message commits, every row (user, seq) becomes a push to each online
+device of that user: directly to sessions on this node, and through the
+remote deliverer (PB, in a cluster) to the nodes that presence names, one
+call per node. Offline users get nothing: they sync.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+from gochat import codec, metrics
+from gochat.pb import pb
+
+if TYPE_CHECKING:
+    from gochat.logic.session import Session
+    from gochat.presence import Presence
+
+
+class RemoteDeliverer(Protocol):
+    def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
+        """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
+
+
+class Router:
+    log = Logger()
+
+    def __init__(self, presence: Presence, remote: RemoteDeliverer | None = None) -> None:
+        self.presence = presence
+        self.remote = remote
+        self.online: dict[int, list[Session]] = {}
+
+    def add(self, session: Session) -> bool:
+        """Register a logged-in session; True when it is the user's first here."""
+        sessions = self.online.setdefault(session.user_id, [])
+        sessions.append(session)
+        return len(sessions) == 1
+
+    def remove(self, session: Session) -> bool:
+        """Unregister; True when the user has no session left here."""
+        sessions = self.online.get(session.user_id)
+        if not sessions or session not in sessions:
+            return False
+        sessions.remove(session)
+        if not sessions:
+            del self.online[session.user_id]
+            return True
+        return False
+
+    def deliver(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> None:
+        """Push ``message`` to each recipient row, skipping devices of ``origin``."""
+        base = codec.message_base(message)
+        online = self.online
+        remote_rows = []
+        local = 0
+        for user_id, seq in rows:
+            sessions = online.get(user_id)
+            if sessions:
+                frame = codec.push_frame_from_base(base, seq)
+                for session in sessions:
+                    if session.device is not origin:
+                        session.push(seq, frame)
+                        local += 1
+            if self.remote is not None:
+                remote_rows.append((user_id, seq))
+        if local:
+            metrics.PUSHES.labels("local").inc(local)
+        if remote_rows:
+            self._deliver_remote(base, remote_rows)
+
+    def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
+        """Push frames that another node sent here; returns how many went out."""
+        sent = 0
+        for user_id, user_frames in frames.items():
+            for session in self.online.get(user_id, ()):
+                session.send_many(user_frames)
+                sent += len(user_frames)
+        return sent
+
+    def _deliver_remote(self, base: bytes, rows: list[tuple[int, int]]) -> None:
+        seqs = dict(rows)
+
+        def route(nodes: dict[str, list[int]]) -> None:
+            assert self.remote is not None
+            for node_id, user_ids in nodes.items():
+                frames = {u: [codec.push_frame_from_base(base, seqs[u])] for u in user_ids}
+                metrics.PUSHES.labels("remote").inc(len(frames))
+                self.remote.deliver(node_id, frames)
+
+        d = self.presence.nodes_for(list(seqs))
+        d.addCallback(route)
+        d.addErrback(lambda f: self.log.failure("presence lookup for a push failed", f))

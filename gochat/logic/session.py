@@ -1,0 +1,265 @@
+"""One client connection's conversation: decode, dispatch on CmdType, reply.
+
+A :class:`Session` is fed whole frames by a transport (the WebSocket
+gateway, or a fake connection in tests) and answers through its
+:class:`Connection`. It keeps the connection's login state and liveness;
+node-wide state (devices, who is online, the writer) lives in the hub.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from google.protobuf.message import DecodeError
+from twisted.logger import Logger
+
+from gochat import codec, codes, metrics
+from gochat.auth import BadToken
+from gochat.pb import pb
+from gochat.store import UpItem
+from gochat.store.store import MAX_ID
+
+if TYPE_CHECKING:
+    from gochat.logic.hub import DeviceState, Hub
+
+MAX_DEVICE_ID = 128
+
+
+class Connection(Protocol):
+    """What a session needs of its transport."""
+
+    peer: str
+
+    def send(self, frame: bytes) -> None:
+        """Send one ``Output`` frame."""
+
+    def send_many(self, frames: list[bytes]) -> None:
+        """Send several ``Output`` frames, in order, in as few writes as possible."""
+
+    def close(self, reason: str, going_away: bool = False) -> None:
+        """Close the connection (politely); ``connection_lost`` follows."""
+
+
+class Session:
+    log = Logger()
+
+    def __init__(self, hub: Hub, conn: Connection) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.clock = hub.clock
+        self.user_id = 0
+        self.device: DeviceState | None = None
+        self.push_ack = False
+        self.closed = False
+        self._logging_in = False
+        self.last_active = self.clock.seconds()
+        self._login_timer: Any = self.clock.callLater(hub.config.login_timeout, self._login_timeout)
+        self._handlers = {
+            pb.CT_Login: self._on_login,
+            pb.CT_Heartbeat: self._on_heartbeat,
+            pb.CT_Message: self._on_message,
+            pb.CT_ACK: self._on_ack,
+            pb.CT_Sync: self._on_sync,
+        }
+
+    @property
+    def logged_in(self) -> bool:
+        return self.device is not None
+
+    # -- transport side ------------------------------------------------------
+
+    def frame_received(self, payload: bytes, is_binary: bool = True) -> None:
+        """Handle one whole WebSocket message."""
+        if self.closed:
+            return
+        self.last_active = self.clock.seconds()
+        if not is_binary:
+            self.send(codec.error_frame(codes.PARAM_ILLEGAL))
+            return
+        too_large = len(payload) > self.hub.config.max_frame
+        try:
+            frame = codec.decode_input(payload)
+        except DecodeError:
+            self.send(codec.error_frame(codes.TOO_LARGE if too_large else codes.PARAM_ILLEGAL))
+            return
+        handler = self._handlers.get(frame.type)
+        if handler is None:
+            self.send(codec.error_frame(codes.UNKNOWN_COMMAND))
+            return
+        if too_large and frame.type != pb.CT_Message:
+            # An upstream message still gets its ACK (and consumes its clientId).
+            self.send(codec.error_frame(codes.TOO_LARGE))
+            return
+        handler(frame.data, too_large)
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.last_active = self.clock.seconds()
+        self.conn.send(frame)
+
+    def send_many(self, frames: list[bytes]) -> None:
+        if self.closed or not frames:
+            return
+        self.last_active = self.clock.seconds()
+        self.conn.send_many(frames)
+
+    def push(self, seq: int, frame: bytes) -> None:
+        """A push of the message with this user's ``seq``."""
+        self.send(frame)
+
+    def connection_lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        self.hub.session_closed(self)
+
+    def close(self, reason: str, going_away: bool = False) -> None:
+        self.log.info("closing {peer}: {reason}", peer=self.conn.peer, reason=reason)
+        self.conn.close(reason, going_away)
+
+    def _login_timeout(self) -> None:
+        self._login_timer = None
+        if not self.logged_in and not self.closed:
+            self.close("no login within the login timeout")
+
+    # -- commands ------------------------------------------------------------
+
+    def _on_heartbeat(self, data: bytes, too_large: bool) -> None:
+        """Nothing to answer: reading the frame already refreshed liveness."""
+
+    def _on_login(self, data: bytes, too_large: bool) -> None:
+        def reply(code: int, client_id: int = 0, seq: int = 0) -> None:
+            self.send(codec.ack_frame(pb.AT_Login, code, client_id, seq))
+
+        if self.logged_in or self._logging_in:
+            reply(codes.PARAM_ILLEGAL)
+            return
+        try:
+            login = pb.LoginMsg.FromString(data)
+        except DecodeError:
+            reply(codes.PARAM_ILLEGAL)
+            return
+        if len(login.device_id) > MAX_DEVICE_ID:
+            reply(codes.PARAM_ILLEGAL)
+            return
+        try:
+            user_id = self.hub.signer.verify(login.token)
+        except BadToken as exc:
+            metrics.LOGINS.labels("bad_token").inc()
+            reply(codes.UNAUTHORIZED)
+            self.close(f"bad token: {exc}")
+            return
+        self._logging_in = True
+
+        def ok(result: tuple[int, int]) -> None:
+            self._logging_in = False
+            if self.closed:
+                return
+            if self._login_timer is not None and self._login_timer.active():
+                self._login_timer.cancel()
+            self._login_timer = None
+            metrics.LOGINS.labels("ok").inc()
+            reply(codes.OK, *result)
+
+        def failed(failure: Any) -> None:
+            self._logging_in = False
+            metrics.LOGINS.labels("error").inc()
+            self.log.failure("login of user {uid} failed", failure, uid=user_id)
+            reply(codes.SERVER_ERROR)
+
+        d = self.hub.login(self, user_id, login.device_id or None, login.push_ack)
+        d.addCallbacks(ok, failed)
+
+    def _on_message(self, data: bytes, too_large: bool) -> None:
+        try:
+            up = pb.UpMsg.FromString(data)
+        except DecodeError:
+            self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
+            return
+        cid = up.clientId
+        if not self.logged_in:
+            self.send(codec.ack_frame(pb.AT_Up, codes.NOT_LOGGED_IN, cid))
+            return
+        device = self.device
+        assert device is not None
+        if cid == 0:
+            self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
+            return
+        if cid <= device.accepted:
+            self.hub.reack(self, device, cid)
+            return
+        if cid <= device.pending:
+            return  # in flight: its ACK is on the way
+        if cid != device.pending + 1:
+            self.send(codec.ack_frame(pb.AT_Up, codes.OUT_OF_ORDER, cid))
+            return
+        device.pending = cid
+        code = codes.TOO_LARGE if too_large else self._check(up)
+        item = UpItem(
+            user_id=self.user_id,
+            device_id=device.device_id,
+            client_id=cid,
+            message=up.msg if code == codes.OK else None,
+            reject_code=code,
+        )
+        self.hub.submit(item, device)
+
+    def _check(self, up: pb.UpMsg) -> int:
+        """Permanent rejections that need no database; fills in defaults."""
+        if not up.HasField("msg"):
+            return codes.PARAM_ILLEGAL
+        msg = up.msg
+        if msg.sender_id == 0:
+            msg.sender_id = self.user_id
+        elif msg.sender_id != self.user_id:
+            return codes.UNAUTHORIZED_USER_ID
+        if msg.session_type not in (pb.ST_Single, pb.ST_Group):
+            return codes.PARAM_ILLEGAL
+        if msg.message_type not in (pb.MT_UnKnow, pb.MT_Text, pb.MT_Picture, pb.MT_Voice):
+            return codes.PARAM_ILLEGAL
+        if not 0 < msg.receiver_id <= MAX_ID:
+            return codes.NO_DATA
+        if msg.session_type == pb.ST_Single and msg.receiver_id == self.user_id:
+            return codes.PARAM_ILLEGAL
+        if msg.send_time == 0:
+            msg.send_time = int(self.clock.seconds() * 1000)
+        msg.seq = 0
+        return codes.OK
+
+    def _on_ack(self, data: bytes, too_large: bool) -> None:
+        try:
+            ack = pb.ACKMsg.FromString(data)
+        except DecodeError:
+            self.send(codec.ack_frame(pb.AT_Push, codes.PARAM_ILLEGAL))
+            return
+        if not self.logged_in:
+            self.send(codec.ack_frame(ack.type, codes.NOT_LOGGED_IN, ack.clientId, ack.seq))
+            return
+        if ack.type != pb.AT_Push:
+            self.send(codec.ack_frame(ack.type, codes.PARAM_ILLEGAL, ack.clientId, ack.seq))
+            return
+        self.hub.push_acked(self, ack.seq)
+
+    def _on_sync(self, data: bytes, too_large: bool) -> None:
+        try:
+            request = pb.SyncInputMsg.FromString(data)
+        except DecodeError:
+            self.send(codec.sync_frame([], False, codes.PARAM_ILLEGAL))
+            return
+        if not self.logged_in:
+            self.send(codec.sync_frame([], False, codes.NOT_LOGGED_IN))
+            return
+
+        def ok(result: tuple[list[pb.Message], bool]) -> None:
+            self.send(codec.sync_frame(*result))
+
+        def failed(failure: Any) -> None:
+            self.log.failure("sync for user {uid} failed", failure, uid=self.user_id)
+            self.send(codec.sync_frame([], False, codes.SERVER_ERROR))
+
+        d = self.hub.store.sync(self.user_id, request.seq, self.hub.config.sync_limit)
+        d.addCallbacks(ok, failed)

@@ -1,0 +1,96 @@
+"""The message writer: upstream messages committed in batches, in order.
+
+One transaction is in flight at a time; messages that arrive meanwhile wait
+and go together in the next one. That keeps every device's messages in
+clientId order, lets a transient failure stop a device's later messages from
+being stored before the failed one, and turns a burst of messages into a few
+large transactions instead of many small ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gochat.store import Store, UpItem, UpResult
+
+
+class MessageWriter:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        on_result: Callable[[UpItem, Any, UpResult], None],
+        on_failure: Callable[[UpItem, Any], None],
+        max_batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.on_result = on_result
+        self.on_failure = on_failure
+        self.max_batch = max_batch
+        self._queue: list[tuple[UpItem, Any]] = []
+        self._busy = False
+        self._idle_waiters: list[Any] = []
+
+    def submit(self, item: UpItem, owner: Any) -> None:
+        """Queue ``item``; ``owner`` (its device) is handed back with the outcome."""
+        self._queue.append((item, owner))
+        if not self._busy:
+            self._flush()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + (1 if self._busy else 0)
+
+    def _flush(self) -> None:
+        batch = self._queue[: self.max_batch]
+        del self._queue[: self.max_batch]
+        self._busy = True
+        d = self.store.commit_messages([item for item, _ in batch])
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addBoth(self._next)
+
+    def _committed(self, results: list[UpResult], batch: list[tuple[UpItem, Any]]) -> None:
+        for (item, owner), result in zip(batch, results, strict=True):
+            try:
+                self.on_result(item, owner, result)
+            except Exception:
+                self.log.failure("delivering the outcome of clientId {cid}", cid=item.client_id)
+
+    def _failed(self, failure: Failure, batch: list[tuple[UpItem, Any]]) -> None:
+        self.log.error(
+            "storing {n} messages failed, ACKed 1004: {error}",
+            n=len(batch),
+            error=failure.getErrorMessage(),
+        )
+        owners = {id(owner) for _, owner in batch}
+        # Later messages of the same devices must not be stored before these.
+        later = [entry for entry in self._queue if id(entry[1]) in owners]
+        self._queue = [entry for entry in self._queue if id(entry[1]) not in owners]
+        for item, owner in batch + later:
+            try:
+                self.on_failure(item, owner)
+            except Exception:
+                self.log.failure("reporting failure of clientId {cid}", cid=item.client_id)
+
+    def _next(self, _: Any) -> None:
+        self._busy = False
+        if self._queue:
+            self._flush()
+        else:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def wait_idle(self) -> Any:
+        """A Deferred that fires once nothing is queued or in flight (for shutdown)."""
+        if not self._busy and not self._queue:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d

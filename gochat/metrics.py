@@ -1,0 +1,37 @@
+"""Prometheus metrics of a node, defined once and shared by every part.
+
+Parts import the metric they update; ``/metrics`` serves the registry.
+A custom registry keeps several nodes in one test process apart.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STORE_LATENCY = Histogram(
+    "gochat_store_interaction_seconds",
+    "Time spent in a named database interaction",
+    ["name"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STORE_ERRORS = Counter(
+    "gochat_store_errors_total", "Failed database interactions", ["name"], registry=REGISTRY
+)
+CONNECTIONS = Gauge("gochat_connections", "Open WebSocket connections", registry=REGISTRY)
+LOGINS = Counter("gochat_logins_total", "Login attempts by result", ["result"], registry=REGISTRY)
+UPSTREAM = Counter(
+    "gochat_upstream_messages_total", "Upstream messages by ACK code", ["code"], registry=REGISTRY
+)
+ACK_LATENCY = Histogram(
+    "gochat_ack_latency_seconds",
+    "From receiving an upstream message to sending its ACK",
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], registry=REGISTRY)
+HEARTBEAT_CLOSES = Counter(
+    "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY
+)

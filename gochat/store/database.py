@@ -1,0 +1,163 @@
+"""The adbapi connection pools and named interactions.
+
+Every database call is ``run_interaction("name", func, ...)``: the name shows
+up in logs when the call is slow and in the store latency metric. Schema
+deltas from :mod:`gochat.store.schema` are applied here at start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gochat import metrics
+from gochat.store.engines import BaseEngine, SQLiteEngine
+
+T = TypeVar("T")
+
+SLOW_INTERACTION = 1.0  # seconds; slower interactions are logged by name
+
+
+class Cursor:
+    """A DB-API cursor that takes ``?`` placeholders whatever the dialect."""
+
+    def __init__(self, txn: Any, engine: BaseEngine) -> None:
+        self.txn = txn
+        self.engine = engine
+
+    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+        return self.txn.execute(self.engine.convert_sql(sql), tuple(args))
+
+    def executemany(self, sql: str, rows: list) -> Any:
+        if rows:
+            return self.txn.executemany(self.engine.convert_sql(sql), rows)
+        return None
+
+    def fetchone(self) -> Any:
+        return self.txn.fetchone()
+
+    def fetchall(self) -> list:
+        return list(self.txn.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self.txn.rowcount
+
+    @property
+    def lastrowid(self) -> int:
+        return self.txn.lastrowid
+
+
+class Database:
+    """Owns the pools. SQLite gets one writer connection and a few readers."""
+
+    log = Logger()
+
+    def __init__(self, engine: BaseEngine, max_connections: int = 8) -> None:
+        self.engine = engine
+        common = {
+            "cp_openfun": engine.on_connect,
+            "cp_noisy": False,
+            **engine.pool_kwargs(),
+            **engine.connect_kwargs,
+        }
+        if isinstance(engine, SQLiteEngine):
+            directory = os.path.dirname(os.path.abspath(engine.path))
+            os.makedirs(directory, exist_ok=True)
+            self.write_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=1, **common)
+            self.read_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=3, **common)
+        else:
+            self.write_pool = adbapi.ConnectionPool(
+                engine.driver, cp_min=1, cp_max=max_connections, **common
+            )
+            self.read_pool = self.write_pool
+
+    def _timed(self, name: str, d: defer.Deferred) -> defer.Deferred:
+        started = time.monotonic()
+
+        def done(result: Any) -> Any:
+            elapsed = time.monotonic() - started
+            metrics.STORE_LATENCY.labels(name).observe(elapsed)
+            if elapsed > SLOW_INTERACTION:
+                self.log.warn("slow interaction {name}: {elapsed:.3f}s", name=name, elapsed=elapsed)
+            return result
+
+        def failed(failure: Any) -> Any:
+            metrics.STORE_ERRORS.labels(name).inc()
+            return done(failure)
+
+        return d.addCallbacks(done, failed)
+
+    def run_interaction(
+        self, name: str, func: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any
+    ) -> defer.Deferred:
+        """Run ``func(cursor, *args)`` in one transaction on a pool thread."""
+        engine = self.engine
+        pool = self.write_pool if write else self.read_pool
+
+        def interaction(txn: Any) -> T:
+            return func(Cursor(txn, engine), *args, **kwargs)
+
+        return self._timed(name, pool.runInteraction(interaction))
+
+    @defer.inlineCallbacks
+    def run_with_retry(
+        self, name: str, func: Callable[..., T], *args: Any, attempts: int = 5
+    ) -> Any:
+        """Like :meth:`run_interaction`, retrying when the database aborts the transaction."""
+        for attempt in range(attempts):
+            try:
+                result = yield self.run_interaction(name, func, *args)
+                return result
+            except Exception as exc:
+                if attempt + 1 < attempts and self.engine.is_retryable(exc):
+                    self.log.info("retrying {name} after {exc}", name=name, exc=exc)
+                    continue
+                raise
+
+    def migrate(self) -> defer.Deferred:
+        return self.run_interaction("apply_schema", apply_schema, self.engine)
+
+    def close(self) -> None:
+        self.write_pool.close()
+        if self.read_pool is not self.write_pool:
+            self.read_pool.close()
+
+
+def schema_deltas() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every delta shipped in the package, in order."""
+    found = []
+    for entry in resources.files("gochat.store.schema").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def apply_schema(cur: Cursor, engine: BaseEngine) -> int:
+    """Bring the schema up to date; returns the version reached."""
+    cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    cur.execute("SELECT MAX(version) FROM schema_version")
+    row = cur.fetchone()
+    current = row[0] if row and row[0] is not None else 0
+    for version, _name, sql in schema_deltas():
+        if version <= current:
+            continue
+        sql = sql.format(**engine.types)
+        for statement in _split_statements(sql):
+            cur.execute(statement)
+        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        current = version
+    return current
+
+
+def _split_statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

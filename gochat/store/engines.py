@@ -1,0 +1,205 @@
+"""One small engine class per SQL dialect.
+
+Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB lives
+here (driver, parameter style, column types, connection setup, row locks,
+which errors are worth a retry), so the queries in :mod:`gochat.store.store`
+are written once, with ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+
+class DatabaseURLError(ValueError):
+    """The ``--db`` value cannot be understood."""
+
+
+@dataclass
+class BaseEngine:
+    """Dialect hooks; subclasses fill them in."""
+
+    name: str = "base"
+    driver: str = ""
+    connect_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: True when one writer process owns the database (seqs can be served from memory).
+    single_writer: bool = False
+    types: dict[str, str] = field(default_factory=dict)
+
+    def convert_sql(self, sql: str) -> str:
+        return sql
+
+    def on_connect(self, conn: Any) -> None:  # noqa: B027 - optional hook
+        """Per-connection setup (pragmas, session variables)."""
+
+    def lock_rows_suffix(self) -> str:
+        """Appended to the ``SELECT`` that reads seqs for update."""
+        return " FOR UPDATE"
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Deadlocks and serialization failures: the database asks for a retry."""
+        return False
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        return self.name
+
+
+class SQLiteEngine(BaseEngine):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            name="sqlite",
+            driver="sqlite3",
+            connect_kwargs={
+                "database": path,
+                "check_same_thread": False,
+                "timeout": 30,
+                "isolation_level": "DEFERRED",
+            },
+            single_writer=True,
+            types={
+                "autoinc_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "blob": "BLOB",
+                "bigint": "INTEGER",
+                "text_key": "VARCHAR(128)",
+            },
+        )
+        self.path = path
+
+    def on_connect(self, conn: Any) -> None:
+        # WAL lets readers run beside the writer; FULL makes each commit durable.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+
+    def lock_rows_suffix(self) -> str:
+        return ""  # the single writer connection already serializes writes
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+
+class PostgresEngine(BaseEngine):
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        super().__init__(
+            name="postgresql",
+            driver="psycopg2",
+            connect_kwargs=kwargs,
+            types={
+                "autoinc_pk": "BIGSERIAL PRIMARY KEY",
+                "blob": "BYTEA",
+                "bigint": "BIGINT",
+                "text_key": "VARCHAR(128)",
+            },
+        )
+
+    def convert_sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def on_connect(self, conn: Any) -> None:
+        conn.set_session(isolation_level="READ COMMITTED", autocommit=False)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return getattr(exc, "pgcode", None) == "23505"
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return getattr(exc, "pgcode", None) in ("40001", "40P01")
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        return {"cp_reconnect": True}
+
+    def describe(self) -> str:
+        kw = self.connect_kwargs
+        return f"postgresql://{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('dbname', '')}"
+
+
+class MySQLEngine(BaseEngine):
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        kwargs = {"charset": "utf8mb4", "autocommit": False, **kwargs}
+        super().__init__(
+            name="mysql",
+            driver="pymysql",
+            connect_kwargs=kwargs,
+            types={
+                "autoinc_pk": "BIGINT AUTO_INCREMENT PRIMARY KEY",
+                "blob": "LONGBLOB",
+                "bigint": "BIGINT",
+                "text_key": "VARCHAR(128)",
+            },
+        )
+
+    def convert_sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def on_connect(self, conn: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.close()
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return bool(getattr(exc, "args", None)) and exc.args[0] == 1062
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        # 1213 deadlock, 1205 lock wait timeout
+        return bool(getattr(exc, "args", None)) and exc.args[0] in (1213, 1205)
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        return {"cp_reconnect": True}
+
+    def describe(self) -> str:
+        kw = self.connect_kwargs
+        return f"mysql://{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('database', '')}"
+
+
+def engine_from_url(url: str, data_dir: str) -> BaseEngine:
+    """Build the engine for a ``--db`` value; raises :class:`DatabaseURLError`."""
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise DatabaseURLError("sqlite: needs a file path, e.g. sqlite:gochat.db")
+        if not os.path.isabs(path) and data_dir and os.sep not in path:
+            path = os.path.join(data_dir, path)
+        return SQLiteEngine(path)
+    parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        kwargs: dict[str, Any] = {
+            "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or 5432,
+            "dbname": unquote(parsed.path.lstrip("/")) or "gochat",
+        }
+        if parsed.username:
+            kwargs["user"] = unquote(parsed.username)
+        if parsed.password:
+            kwargs["password"] = unquote(parsed.password)
+        for key, values in parse_qs(parsed.query).items():
+            kwargs[key] = values[-1]
+        return PostgresEngine(kwargs)
+    if parsed.scheme in ("mysql", "mariadb"):
+        kwargs = {
+            "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or 3306,
+            "database": unquote(parsed.path.lstrip("/")) or "gochat",
+            "user": unquote(parsed.username) if parsed.username else "root",
+            "password": unquote(parsed.password) if parsed.password else "",
+        }
+        return MySQLEngine(kwargs)
+    raise DatabaseURLError(
+        f"unsupported database URL {url!r}: use sqlite:PATH, postgresql://… or mysql://…"
+    )

@@ -1,0 +1,1 @@
+"""Numbered schema deltas (``NNN_name.sql``), applied in order at start."""

@@ -1,0 +1,406 @@
+"""Every query of the node, as named interactions on :class:`Database`.
+
+The one place that allocates seqs is :meth:`Store.commit_messages`: a batch
+of upstream messages is validated, sequenced and written in one transaction,
+so all rows of a message (and of every message in the batch) commit together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from gochat import codes
+from gochat.pb import pb
+from gochat.store.database import Cursor, Database
+
+MAX_ID = 2**63 - 1  # ids are signed 64-bit in every supported database
+
+
+class NotFound(Exception):
+    """A referenced user or group does not exist."""
+
+
+class Conflict(Exception):
+    """A unique value (a phone number) is taken."""
+
+
+@dataclass
+class UpItem:
+    """One upstream message (or a permanent rejection) waiting to be committed."""
+
+    user_id: int
+    device_id: str | None  # None: the clientId belongs to the connection only
+    client_id: int
+    message: pb.Message | None  # None for a rejection decided before the store
+    reject_code: int = codes.OK
+
+
+@dataclass
+class UpResult:
+    code: int
+    sender_seq: int = 0
+    #: (user_id, seq) of every row written, the sender's own included
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    message: pb.Message | None = None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """High-level storage operations; every method returns a Deferred."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.engine = db.engine
+        # Seqs served from memory when this process is the only writer (SQLite).
+        # Only touched inside the single write transaction, or after it commits.
+        self._seq_cache: dict[int, int] = {}
+        self._known_users: set[int] = set()
+        self._group_cache: dict[int, tuple[int, ...]] = {}
+
+    # -- users ---------------------------------------------------------------
+
+    def create_user(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred:
+        """Insert a user; fires with its id, or fails with :class:`Conflict`."""
+
+        def txn(cur: Cursor) -> int:
+            cur.execute("SELECT id FROM users WHERE phone_number = ?", (phone,))
+            if cur.fetchone():
+                raise Conflict("phone number already registered")
+            cur.execute(
+                "INSERT INTO users (phone_number, nickname, password_hash, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (phone, nickname, password_hash, _now_ms()),
+            )
+            cur.execute("SELECT id FROM users WHERE phone_number = ?", (phone,))
+            user_id = cur.fetchone()[0]
+            cur.execute("INSERT INTO user_seq (user_id, seq) VALUES (?, 0)", (user_id,))
+            return int(user_id)
+
+        def unique(failure: Any) -> Any:
+            if self.engine.is_unique_violation(failure.value):
+                raise Conflict("phone number already registered")
+            return failure
+
+        return self.db.run_interaction("create_user", txn).addErrback(unique)
+
+    def get_user_by_phone(self, phone: str) -> defer.Deferred:
+        """Fires with ``(id, password_hash)`` or ``None``."""
+
+        def txn(cur: Cursor) -> tuple[int, str] | None:
+            cur.execute("SELECT id, password_hash FROM users WHERE phone_number = ?", (phone,))
+            row = cur.fetchone()
+            return (int(row[0]), row[1]) if row else None
+
+        return self.db.run_interaction("get_user_by_phone", txn, write=False)
+
+    def set_password_hash(self, user_id: int, password_hash: str) -> defer.Deferred:
+        def txn(cur: Cursor) -> None:
+            cur.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+        return self.db.run_interaction("set_password_hash", txn)
+
+    def users_exist(self, user_ids: list[int]) -> defer.Deferred:
+        """Fires with the subset of ``user_ids`` that exist."""
+        wanted = {u for u in user_ids if 0 < u <= MAX_ID}
+
+        def txn(cur: Cursor) -> set[int]:
+            return _existing_users(cur, wanted)
+
+        return self.db.run_interaction("users_exist", txn, write=False)
+
+    # -- friends and groups --------------------------------------------------
+
+    def add_friend(self, user_id: int, friend_id: int) -> defer.Deferred:
+        """Make two users friends both ways (idempotent)."""
+
+        def txn(cur: Cursor) -> None:
+            if not _existing_users(cur, {friend_id}):
+                raise NotFound(f"user {friend_id} not found")
+            now = _now_ms()
+            for a, b in ((user_id, friend_id), (friend_id, user_id)):
+                cur.execute("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (a, b))
+                if not cur.fetchone():
+                    cur.execute(
+                        "INSERT INTO friends (user_id, friend_id, created_at) VALUES (?, ?, ?)",
+                        (a, b, now),
+                    )
+
+        return self.db.run_with_retry("add_friend", txn)
+
+    def create_group(self, owner_id: int, name: str, member_ids: list[int]) -> defer.Deferred:
+        """Create a group of ``member_ids`` plus the owner; fires with its id."""
+        members = sorted({owner_id, *member_ids})
+
+        def txn(cur: Cursor) -> int:
+            missing = set(members) - _existing_users(cur, set(members))
+            if missing:
+                raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
+            cur.execute(
+                "INSERT INTO chat_groups (name, owner_id, created_at) VALUES (?, ?, ?)",
+                (name, owner_id, _now_ms()),
+            )
+            group_id = cur.lastrowid
+            if not group_id:  # PostgreSQL cursors have no lastrowid
+                cur.execute("SELECT MAX(id) FROM chat_groups WHERE owner_id = ?", (owner_id,))
+                group_id = cur.fetchone()[0]
+            cur.executemany(
+                "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
+                [(group_id, m) for m in members],
+            )
+            return int(group_id)
+
+        return self.db.run_interaction("create_group", txn)
+
+    def group_members(self, group_id: int) -> defer.Deferred:
+        """Fires with the sorted member ids (empty when the group does not exist)."""
+        cached = self._group_cache.get(group_id)
+        if cached is not None:
+            return defer.succeed(list(cached))
+
+        def txn(cur: Cursor) -> list[int]:
+            return list(_group_members(cur, group_id))
+
+        return self.db.run_interaction("group_members", txn, write=False)
+
+    # -- sequencing and messages ---------------------------------------------
+
+    def latest_seq(self, user_id: int) -> defer.Deferred:
+        if self.engine.single_writer and user_id in self._seq_cache:
+            return defer.succeed(self._seq_cache[user_id])
+
+        def txn(cur: Cursor) -> int:
+            cur.execute("SELECT seq FROM user_seq WHERE user_id = ?", (user_id,))
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return self.db.run_interaction("latest_seq", txn, write=False)
+
+    def sync(self, user_id: int, after_seq: int, limit: int) -> defer.Deferred:
+        """Fires with ``(messages, has_more)``: seq > after_seq, ascending."""
+        after_seq = min(after_seq, MAX_ID)
+
+        def txn(cur: Cursor) -> tuple[list[pb.Message], bool]:
+            cur.execute(
+                "SELECT seq, sender_id, session_type, receiver_id, message_type, content,"
+                " send_time FROM messages WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (user_id, after_seq, limit + 1),
+            )
+            rows = cur.fetchall()
+            out = [
+                pb.Message(
+                    seq=r[0],
+                    sender_id=r[1],
+                    session_type=r[2],
+                    receiver_id=r[3],
+                    message_type=r[4],
+                    content=bytes(r[5]),
+                    send_time=r[6],
+                )
+                for r in rows[:limit]
+            ]
+            return out, len(rows) > limit
+
+        return self.db.run_interaction("sync", txn, write=False)
+
+    def load_device(self, user_id: int, device_id: str) -> defer.Deferred:
+        """Fires with the last accepted clientId of (user, device), creating the row."""
+
+        def txn(cur: Cursor) -> int:
+            cur.execute(
+                "SELECT last_client_id FROM devices WHERE user_id = ? AND device_id = ?",
+                (user_id, device_id),
+            )
+            row = cur.fetchone()
+            if row:
+                return int(row[0])
+            cur.execute(
+                "INSERT INTO devices (user_id, device_id, last_client_id) VALUES (?, ?, 0)",
+                (user_id, device_id),
+            )
+            return 0
+
+        def unique(failure: Any) -> Any:
+            if self.engine.is_unique_violation(failure.value):
+                return self.load_device(user_id, device_id)  # created concurrently
+            return failure
+
+        return self.db.run_interaction("load_device", txn).addErrback(unique)
+
+    def device_ack(self, user_id: int, device_id: str, client_id: int) -> defer.Deferred:
+        """Fires with ``(code, seq)`` given earlier to that clientId, or ``None``."""
+
+        def txn(cur: Cursor) -> tuple[int, int] | None:
+            cur.execute(
+                "SELECT code, seq FROM device_acks WHERE user_id = ? AND device_id = ?"
+                " AND client_id = ?",
+                (user_id, device_id, client_id),
+            )
+            row = cur.fetchone()
+            return (int(row[0]), int(row[1])) if row else None
+
+        return self.db.run_interaction("device_ack", txn, write=False)
+
+    def commit_messages(self, items: list[UpItem]) -> defer.Deferred:
+        """Validate, sequence and store a batch in one transaction.
+
+        Fires with one :class:`UpResult` per item, in order. Permanent
+        rejections are results; a database failure fails the whole batch and
+        nothing of it is stored.
+        """
+        single_writer = self.engine.single_writer
+
+        def done(outcome: tuple[list[UpResult], dict[int, int], dict[int, tuple]]) -> Any:
+            results, seqs, groups = outcome
+            if single_writer:
+                self._seq_cache.update(seqs)
+            self._group_cache.update(groups)
+            for result in results:
+                if result.code == codes.OK:
+                    self._known_users.update(u for u, _ in result.rows)
+            return results
+
+        return self.db.run_with_retry("commit_messages", self._commit_txn, items).addCallback(done)
+
+    def _commit_txn(
+        self, cur: Cursor, items: list[UpItem]
+    ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple]]:
+        groups: dict[int, tuple[int, ...]] = {}
+        known = set(self._known_users)
+        # 1. decide recipients (validation that needs the database)
+        plans: list[tuple[UpItem, int, tuple[int, ...]]] = []
+        for item in items:
+            msg = item.message
+            if item.reject_code != codes.OK or msg is None:
+                plans.append((item, item.reject_code, ()))
+                continue
+            if msg.session_type == pb.ST_Single:
+                rid = msg.receiver_id
+                if rid not in known:
+                    if _existing_users(cur, {rid}):
+                        known.add(rid)
+                    else:
+                        plans.append((item, codes.NO_DATA, ()))
+                        continue
+                plans.append((item, codes.OK, (item.user_id, rid)))
+            else:
+                gid = msg.receiver_id
+                members = groups.get(gid) or self._group_cache.get(gid)
+                if members is None:
+                    members = _group_members(cur, gid)
+                    if members:
+                        groups[gid] = members
+                if not members:
+                    plans.append((item, codes.NO_DATA, ()))
+                elif item.user_id not in members:
+                    plans.append((item, codes.UNAUTHORIZED, ()))
+                else:
+                    plans.append((item, codes.OK, members))
+        # 2. current seqs of every recipient, locked in a fixed order
+        users = sorted({u for _, code, rcpts in plans if code == codes.OK for u in rcpts})
+        current = self._current_seqs(cur, users)
+        # 3. rows
+        rows = []
+        results = []
+        device_acks = []
+        device_last: dict[tuple[int, str], int] = {}
+        for item, code, recipients in plans:
+            result = UpResult(code=code)
+            if code == codes.OK:
+                msg = item.message
+                assert msg is not None
+                for uid in recipients:
+                    seq = current[uid] + 1
+                    current[uid] = seq
+                    rows.append(
+                        (
+                            uid,
+                            seq,
+                            msg.sender_id,
+                            msg.session_type,
+                            msg.receiver_id,
+                            msg.message_type,
+                            msg.content,
+                            msg.send_time,
+                        )
+                    )
+                    result.rows.append((uid, seq))
+                    if uid == item.user_id:
+                        result.sender_seq = seq
+                result.message = msg
+            if item.device_id is not None:
+                device_acks.append(
+                    (item.user_id, item.device_id, item.client_id, code, result.sender_seq)
+                )
+                device_last[(item.user_id, item.device_id)] = item.client_id
+            results.append(result)
+        cur.executemany(
+            "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
+            " message_type, content, send_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        changed = {u: current[u] for u in users}
+        cur.executemany(
+            "UPDATE user_seq SET seq = ? WHERE user_id = ?",
+            [(seq, uid) for uid, seq in changed.items()],
+        )
+        cur.executemany(
+            "INSERT INTO device_acks (user_id, device_id, client_id, code, seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            device_acks,
+        )
+        cur.executemany(
+            "UPDATE devices SET last_client_id = ? WHERE user_id = ? AND device_id = ?",
+            [(cid, uid, dev) for (uid, dev), cid in device_last.items()],
+        )
+        return results, changed, groups
+
+    def _current_seqs(self, cur: Cursor, users: list[int]) -> dict[int, int]:
+        current: dict[int, int] = {}
+        missing = users
+        if self.engine.single_writer:
+            cache = self._seq_cache
+            current = {u: cache[u] for u in users if u in cache}
+            missing = [u for u in users if u not in cache]
+        suffix = self.engine.lock_rows_suffix()
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cur.execute(
+                f"SELECT user_id, seq FROM user_seq WHERE user_id IN ({marks})"
+                f" ORDER BY user_id{suffix}",
+                chunk,
+            )
+            for uid, seq in cur.fetchall():
+                current[int(uid)] = int(seq)
+        return current
+
+    def forget_group(self, group_id: int) -> None:
+        """Drop a cached member list (membership changed elsewhere)."""
+        self._group_cache.pop(group_id, None)
+
+
+def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:
+    found: set[int] = set()
+    ids = sorted(u for u in user_ids if 0 < u <= MAX_ID)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cur.execute(f"SELECT id FROM users WHERE id IN ({marks})", chunk)
+        found.update(int(r[0]) for r in cur.fetchall())
+    return found
+
+
+def _group_members(cur: Cursor, group_id: int) -> tuple[int, ...]:
+    if not 0 < group_id <= MAX_ID:
+        return ()
+    cur.execute(
+        "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (group_id,)
+    )
+    return tuple(int(r[0]) for r in cur.fetchall())

@@ -1,0 +1,134 @@
+"""``twistd gochat``: the options and the service tree of a node, built in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+from gochat.api import build_site
+from gochat.auth import Passwords, TokenSigner, load_or_create_secret
+from gochat.config import Config, Options
+from gochat.gateway import GatewayFactory, HeartbeatChecker
+from gochat.logic import Hub, HubConfig
+from gochat.store import Database, Store, engine_from_url
+
+__all__ = ["Options", "makeService", "GoChatService"]
+
+
+class GoChatService(service.MultiService):
+    """Opens the store, then listens; stops in the reverse order.
+
+    Listening waits for the schema so no client reaches a half-made database.
+    A node that cannot start (database unreachable, port taken) says so in one
+    line and exits with status 1.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        passwords: Passwords | None = None,
+        exit_on_failure: bool = True,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.exit_on_failure = exit_on_failure
+        self.ports: dict[str, Any] = {}
+        self.ready: defer.Deferred = defer.Deferred()
+
+        self.engine = engine_from_url(config.db_url, config.data_dir)
+        self.database = Database(self.engine)
+        self.store = Store(self.database)
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
+        self.passwords = passwords or Passwords()
+        self.hub = Hub(
+            self.store,
+            self.signer,
+            reactor,
+            HubConfig(
+                login_timeout=config.login_timeout,
+                sync_limit=config.sync_limit,
+                max_frame=config.max_frame,
+            ),
+        )
+        self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
+        self.site = build_site(
+            self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
+        )
+        HeartbeatChecker(
+            self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
+        ).setServiceParent(self)
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        d = self._start()
+        d.addCallbacks(self.ready.callback, self._cannot_start)
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        try:
+            yield self.database.migrate()
+        except Exception as exc:
+            raise StartError(f"database {self.engine.describe()}: {exc}") from exc
+        for name, desc, factory in (
+            ("ws", self.config.ws, self.ws_factory),
+            ("http", self.config.http, self.site),
+        ):
+            try:
+                endpoint = endpoints.serverFromString(self.reactor, desc)
+                self.ports[name] = yield endpoint.listen(factory)
+            except Exception as exc:
+                raise StartError(f"--{name} {desc}: {exc}") from exc
+        self.log.info(
+            "GoChat node ready: HTTP {http}, WebSocket {ws}, database {db}",
+            http=self.config.http,
+            ws=self.config.ws,
+            db=self.engine.describe(),
+        )
+        return self
+
+    def _cannot_start(self, failure: Any) -> None:
+        message = str(failure.value) if failure.check(StartError) else repr(failure.value)
+        if not self.exit_on_failure:
+            self.ready.errback(failure)
+            return
+        sys.stderr.write(f"gochat: cannot start: {message}\n")
+        self.log.error("cannot start: {message}", message=message)
+        if IReactorCore.providedBy(self.reactor):
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        for port in self.ports.values():
+            yield port.stopListening()
+        for session in list(self.hub.sessions):
+            session.close("server shutting down", going_away=True)
+        yield self.hub.wait_idle()
+        yield super().stopService()
+        self.database.close()
+
+
+class StartError(Exception):
+    """A one-line reason the node could not start."""
+
+
+def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
+    config = options.config
+    assert config is not None
+    return GoChatService(config)
