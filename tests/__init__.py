@@ -1,0 +1,1 @@
+"""The trial suite of GoChat for Twisted."""
