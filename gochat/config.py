@@ -82,7 +82,7 @@ _PARAMS = [
         "max-send-buffer",
         None,
         "4194304",
-        "bytes queued to a client that stops reading before close",
+        "bytes queued to a non-reading client before it is dropped",
     ],
     ["msg-rate", None, "1000", "frames per second a connection may send (1013 past it)"],
     ["msg-burst", None, "5000", "frames a connection may send at once above --msg-rate"],

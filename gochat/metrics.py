@@ -35,3 +35,9 @@ PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], 
 HEARTBEAT_CLOSES = Counter(
     "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY
 )
+REFUSED = Counter(
+    "gochat_refused_total",
+    "Frames, requests and connections refused to protect the node, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -17,6 +17,7 @@ from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options
 from gochat.gateway import GatewayFactory, HeartbeatChecker
 from gochat.logic import Hub, HubConfig
+from gochat.ratelimit import RateLimiter
 from gochat.store import Database, Store, engine_from_url
 
 __all__ = ["Options", "makeService", "GoChatService"]
@@ -64,11 +65,24 @@ class GoChatService(service.MultiService):
                 login_timeout=config.login_timeout,
                 sync_limit=config.sync_limit,
                 max_frame=config.max_frame,
+                msg_rate=config.msg_rate,
+                msg_burst=config.msg_burst,
             ),
         )
-        self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
+        self.ws_factory = GatewayFactory(
+            self.hub,
+            max_frame=config.max_frame,
+            max_connections=config.max_connections,
+            max_unauthenticated=config.max_unauthenticated,
+            max_send_buffer=config.max_send_buffer,
+        )
+        self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.site = build_site(
-            self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
+            self.store,
+            self.signer,
+            self.passwords,
+            WebSocketResource(self.ws_factory),
+            auth_limiter=self.auth_limiter,
         )
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
@@ -115,11 +129,29 @@ class GoChatService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
+        """Drain, in an order that never ACKs a message it then loses.
+
+        Stop accepting; stop reading frames (what is not read is not ACKed, so
+        clients resend it elsewhere); let the transaction in flight commit and
+        its ACKs go out; close every WebSocket with 1001 going away, which also
+        takes the users out of presence; only then stop the children (presence,
+        heartbeat) and close the database.
+        """
+        self.hub.draining = True
         for port in self.ports.values():
             yield port.stopListening()
+        yield self.hub.wait_idle()
+        closed = [
+            session.conn.is_closed
+            for session in self.hub.sessions
+            if isinstance(getattr(session.conn, "is_closed", None), defer.Deferred)
+        ]
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
-        yield self.hub.wait_idle()
+        if closed:
+            # Autobahn drops a peer that does not answer the close within its
+            # closeHandshakeTimeout, so this wait is bounded.
+            yield defer.DeferredList(closed, consumeErrors=True)
         yield super().stopService()
         self.database.close()
 

@@ -32,6 +32,8 @@ class HubConfig:
     login_timeout: float = 10.0
     sync_limit: int = 50
     max_frame: int = 64 * 1024
+    msg_rate: float = 1000.0  # frames per second per connection
+    msg_burst: int = 5000  # frames a connection may send at once
 
 
 @dataclass(eq=False)
@@ -74,17 +76,22 @@ class Hub:
         self.writer = MessageWriter(store, self._committed, self._failed)
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
+        self.unauthenticated = 0  # open sessions that have not logged in yet
+        self.draining = False  # shutting down: frames are no longer read
 
     # -- sessions ------------------------------------------------------------
 
     def open_session(self, conn: Connection) -> Session:
         session = Session(self, conn)
         self.sessions.add(session)
+        self.unauthenticated += 1
         metrics.CONNECTIONS.set(len(self.sessions))
         return session
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        if not session.authenticated:
+            self.unauthenticated -= 1
         metrics.CONNECTIONS.set(len(self.sessions))
         device = session.device
         if device is None:
@@ -124,6 +131,9 @@ class Hub:
             old.close("the same device logged in again")
         session.user_id = user_id
         session.device = device
+        if not session.authenticated:
+            session.authenticated = True
+            self.unauthenticated -= 1
         session.push_ack = push_ack
         if self.router.add(session):
             yield self.presence.user_online(user_id)
