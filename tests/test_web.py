@@ -78,17 +78,14 @@ class ServedPage(NodeTestCase):
         schema = json.loads(body)
         self.assertEqual(schema, protobufjs_schema())
         types = schema["nested"]["pb"]["nested"]
-        self.assertEqual(
-            types["Message"]["fields"]["receiver_id"], {"type": "uint64", "id": 2}
-        )
+        self.assertEqual(types["Message"]["fields"]["receiver_id"], {"type": "uint64", "id": 2})
         self.assertEqual(
             types["SyncOutputMsg"]["fields"]["messages"],
             {"type": "pb.Message", "id": 1, "rule": "repeated"},
         )
         self.assertEqual(types["CmdType"]["values"]["CT_Sync"], 5)
-        self.assertEqual(
-            set(types), set(pb.DESCRIPTOR.message_types_by_name) | set(pb.DESCRIPTOR.enum_types_by_name)
-        )
+        wire = pb.DESCRIPTOR
+        self.assertEqual(set(types), set(wire.message_types_by_name) | set(wire.enum_types_by_name))
 
     @defer.inlineCallbacks
     def test_unknown_paths_stay_json_404_and_directories_are_not_listed(self):
@@ -135,16 +132,15 @@ class BrowserChat(NodeTestCase):
         login_msg = pb.LoginMsg.FromString(login[0].data)
         self.assertTrue(login_msg.push_ack)
         self.assertTrue(login_msg.device_id.startswith("web-"))
-        acks = [
-            pb.ACKMsg.FromString(f.data) for f in report["bob_frames"] if f.type == pb.CT_ACK
-        ]
+        acks = [pb.ACKMsg.FromString(f.data) for f in report["bob_frames"] if f.type == pb.CT_ACK]
         self.assertTrue(acks)
         self.assertTrue(all(a.type == pb.AT_Push for a in acks))
         seqs = [a.seq for a in acks]
         self.assertEqual(seqs, sorted(set(seqs)))  # cumulative: only ever forward
         self.assertGreaterEqual(seqs[-1], report["bob_seq_of_hello"])
         # Upstream clientIds of one device run 1, 2, 3, ... across reconnects.
-        self.assertEqual(report["alice_client_ids"], list(range(1, len(report["alice_client_ids"]) + 1)))
+        client_ids = report["alice_client_ids"]
+        self.assertEqual(client_ids, list(range(1, len(client_ids) + 1)))
         for path in report["screenshots"]:
             self.assertGreater(os.path.getsize(path), 10000, path)
 
@@ -210,14 +206,12 @@ class BrowserChat(NodeTestCase):
                 a.fill("#group-name", "team")
                 a.fill("#group-members", str(bob))
                 a.click("#create-group")
-                expect(a.locator("#conv-title")).to_have_text(
-                    re.compile(r"Group \d+")
-                )
+                expect(a.locator("#conv-title")).to_have_text(re.compile(r"Group \d+"))
                 group = a.locator("#conv-title").inner_text().split()[-1]
                 say(a, "welcome to the team")
                 sees(b, f"g{group}", "welcome to the team")
                 say(b, "glad to be here")
-                expect(a.locator("#messages li.theirs", has_text="glad to be here")).to_have_count(1)
+                sees(a, f"g{group}", "glad to be here")
 
                 # The connection drops: the page reconnects by itself and goes on.
                 with a.expect_websocket():
