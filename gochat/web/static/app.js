@@ -224,6 +224,14 @@
     loggedIn = true;
     attempt = 0;
     setStatus("Online", true);
+    if (num(ack.seq) < state.seq) {
+      // The node's list is shorter than what this browser holds: a different
+      // database (a reset development node). Start over from its list.
+      state = { seq: 0, messages: [], conversations: [], unread: {} };
+      buffer = new Map();
+      pushAcked = 0;
+      saveState();
+    }
     // Everything up to ack.clientId is stored (its own copy comes back by
     // sync); the rest is renumbered after it, in order, and sent again.
     const last = num(ack.clientId);
