@@ -11,12 +11,15 @@ import json
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
 from twisted.web.client import Agent, readBody
 
+from gochat import codec
 from gochat.pb import pb
+from gochat.store.store import UpItem
 from gochat.web import protobufjs_schema
 from tests.util import NodeTestCase, missing_service
 
@@ -123,6 +126,25 @@ class BrowserChat(NodeTestCase):
         for session in list(self.node.service.hub.sessions):
             session.close("test drops the connection")
 
+    def push_again(self, user_id: int, msg: pb.Message) -> None:
+        """Send a push the device already had, as a server retransmit would."""
+        for session in list(self.node.service.hub.sessions):
+            if session.user_id == user_id:
+                session.send(codec.push_frame(msg))
+
+    def store_without_push(self, sender: int, receiver: int, text: str) -> defer.Deferred:
+        """Store a message but push it to nobody, as if every push of it were lost."""
+        message = pb.Message(
+            session_type=pb.ST_Single,
+            sender_id=sender,
+            receiver_id=receiver,
+            message_type=pb.MT_Text,
+            content=text.encode(),
+            send_time=int(time.time() * 1000),
+        )
+        item = UpItem(sender, "test-direct", 1, message)
+        return self.node.service.store.commit_messages([item])
+
     @defer.inlineCallbacks
     def test_two_people_chat_one_to_one_and_in_a_group_and_catch_up_after_offline(self):
         report = yield threads.deferToThread(self.scenario, self.node.http_url)
@@ -202,6 +224,29 @@ class BrowserChat(NodeTestCase):
                 say(b, "hi alice")
                 expect(a.locator("#messages li.theirs", has_text="hi alice")).to_have_count(1)
 
+                # A push it already holds is dropped; a push past a gap (the
+                # one before it was lost) makes the page sync first, so both
+                # show, once each, in order — on both sides.
+                hello = pb.Message(
+                    session_type=pb.ST_Single,
+                    sender_id=alice,
+                    receiver_id=bob,
+                    message_type=pb.MT_Text,
+                    content=b"hello bob",
+                    seq=report["bob_seq_of_hello"],
+                )
+                threads.blockingCallFromThread(reactor, self.push_again, bob, hello)
+                threads.blockingCallFromThread(
+                    reactor, self.store_without_push, alice, bob, "lost push"
+                )
+                say(a, "after the gap")
+                expect(b.locator("#messages li.theirs .text")).to_have_text(
+                    ["hello bob", "lost push", "after the gap"]
+                )
+                expect(a.locator("#messages li.mine .text")).to_have_text(
+                    ["hello bob", "lost push", "after the gap"]
+                )
+
                 # A group: alice creates it with bob, both write in it.
                 a.fill("#group-name", "team")
                 a.fill("#group-members", str(bob))
@@ -237,7 +282,7 @@ class BrowserChat(NodeTestCase):
                 sees(b, f"u{alice}", "while you were away")
                 # Nothing twice: history came from the page's store, the rest by sync.
                 expect(b.locator("#messages li", has_text="hello bob")).to_have_count(1)
-                expect(b.locator("#messages li")).to_have_count(4)
+                expect(b.locator("#messages li")).to_have_count(6)
                 sees(b, f"g{group}", "group news")
                 expect(b.locator("#messages li")).to_have_count(3)
 
