@@ -77,6 +77,7 @@ class CliProcess(protocol.ProcessProtocol):
 
 class TerminalClient(NodeTestCase):
     timeout = 120
+    node_options = {"sync_limit": 2}  # the history at start takes several sync pages
 
     def cli(self, *args: str) -> CliProcess:
         proc = CliProcess()

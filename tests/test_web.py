@@ -109,6 +109,7 @@ class BrowserChat(NodeTestCase):
     """Two people chat through the page in headless Chromium."""
 
     timeout = 240
+    node_options = {"sync_limit": 2}  # catching up takes several sync pages
 
     def setUp(self) -> Any:
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -271,18 +272,20 @@ class BrowserChat(NodeTestCase):
                 b.close()
                 a.click(f'[data-conversation="u{bob}"]')
                 say(a, "while you were away")
+                say(a, "and one more")
                 a.click(f'[data-conversation="g{group}"]')
                 say(a, "group news")
                 b = bob_ctx.new_page()
                 b.on("websocket", record(report["bob_frames"]))
                 b.goto(base + "/")
                 expect(b.locator("#status")).to_have_attribute("data-online", "yes")
-                expect(b.locator(f'[data-conversation="u{alice}"] .badge')).to_have_text("1")
+                expect(b.locator(f'[data-conversation="u{alice}"] .badge')).to_have_text("2")
                 expect(b.locator(f'[data-conversation="g{group}"] .badge')).to_have_text("1")
                 sees(b, f"u{alice}", "while you were away")
                 # Nothing twice: history came from the page's store, the rest by sync.
                 expect(b.locator("#messages li", has_text="hello bob")).to_have_count(1)
-                expect(b.locator("#messages li")).to_have_count(6)
+                expect(b.locator("#messages li")).to_have_count(7)
+                expect(b.locator("#messages li.theirs .text").last).to_have_text("and one more")
                 sees(b, f"g{group}", "group news")
                 expect(b.locator("#messages li")).to_have_count(3)
 
