@@ -20,13 +20,19 @@ class CliProcess(protocol.ProcessProtocol):
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.raw = b""  # everything written, control sequences included
         self.cursor = 0  # lines before this were consumed by an earlier expect()
         self.stderr = b""
         self.partial = b""
         self.waiting: tuple[re.Pattern, defer.Deferred] | None = None
+        self.waiting_raw: tuple[bytes, defer.Deferred] | None = None
         self.ended: defer.Deferred = defer.Deferred()
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.raw += data
+        if self.waiting_raw is not None and self.waiting_raw[0] in self.raw:
+            d, self.waiting_raw = self.waiting_raw[1], None
+            d.callback(None)
         self.partial += data
         *complete, self.partial = self.partial.split(b"\n")
         self.lines.extend(line.decode("utf-8", "replace").rstrip("\r") for line in complete)
@@ -57,6 +63,22 @@ class CliProcess(protocol.ProcessProtocol):
         self._check()
         return d
 
+    def expect_raw(self, data: bytes) -> defer.Deferred:
+        """Fires once ``data`` has appeared anywhere in the output."""
+        d: defer.Deferred = defer.Deferred()
+        if data in self.raw:
+            d.callback(None)
+            return d
+        self.waiting_raw = (data, d)
+        timer = reactor.callLater(WAIT, self._timeout_raw, d, data)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+    def _timeout_raw(self, d: defer.Deferred, data: bytes) -> None:
+        if self.waiting_raw is not None and self.waiting_raw[1] is d:
+            self.waiting_raw = None
+            d.errback(AssertionError(f"{data!r} never appeared in:\n{self.raw!r}"))
+
     def _timeout(self, d: defer.Deferred, pattern: str) -> None:
         if self.waiting is not None and self.waiting[1] is d:
             self.waiting = None
@@ -79,7 +101,7 @@ class TerminalClient(NodeTestCase):
     timeout = 120
     node_options = {"sync_limit": 2}  # the history at start takes several sync pages
 
-    def cli(self, *args: str) -> CliProcess:
+    def cli(self, *args: str, pty: bool = False) -> CliProcess:
         proc = CliProcess()
         argv = [
             sys.executable,
@@ -94,7 +116,7 @@ class TerminalClient(NodeTestCase):
             *args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        reactor.spawnProcess(proc, sys.executable, argv, env=env)
+        reactor.spawnProcess(proc, sys.executable, argv, env=env, usePTY=pty)
         self.addCleanup(self._stop, proc)
         return proc
 
@@ -188,6 +210,28 @@ class TerminalClient(NodeTestCase):
         yield alice.expect(rf"sent to user {bob_id} \(seq 1\)")
         msg = yield got
         self.assertEqual(msg.content, b"back again")
+
+    @defer.inlineCallbacks
+    def test_on_a_terminal_a_message_arriving_mid_line_leaves_the_line_intact(self):
+        alice = self.cli("register", "600", "alice", pty=True)
+        alice_id = int((yield alice.expect(r"Logged in as user (\d+);")).group(1))
+        bob_id, bob_token = yield self.node.user("bob")
+        bob = yield self.client(bob_token)
+        got = defer.Deferred()
+        bob.on_message = got.callback
+        alice.transport.write(f"/to {bob_id}\r".encode())
+        yield alice.expect(rf"now talking to user {bob_id}")
+        alice.transport.write(b"half-typ")
+        yield alice.expect_raw(b"half-typ")  # the line editor echoed it
+        yield bob.send_text(alice_id, "ping")
+        # The message is printed above the input line, which is drawn again.
+        yield alice.expect_raw(b"[user %d] ping\r\n> half-typ" % bob_id)
+        alice.transport.write(b"ed line\r")
+        msg = yield got
+        self.assertEqual(msg.content, b"half-typed line")
+        yield alice.expect(rf"sent to user {bob_id} \(seq 2\)")
+        alice.transport.write(b"\x04")  # Ctrl-D on an empty line leaves
+        self.assertEqual((yield alice.ended), 0)
 
     @defer.inlineCallbacks
     def test_wrong_password_exits_with_one_line(self):

@@ -6,6 +6,9 @@ Messages are printed as they arrive, while you type; what arrived while you
 were away is printed first (the client syncs at login). A dropped connection is
 reopened with backoff, and what you typed meanwhile is sent then, once.
 
+On a terminal the input line is edited in place (Twisted Conch's line
+editor), so a message that arrives while you type is printed above the line
+you are typing and the line is redrawn; through pipes it reads plain lines.
 It owns only the terminal: delivery, ACKs and sync are the library's.
 """
 
@@ -16,9 +19,13 @@ import getpass
 import os
 import secrets
 import sys
+import termios
 import time
+import tty
 from typing import Any
 
+from twisted.conch.insults.insults import ServerProtocol
+from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer, stdio, task
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -48,12 +55,13 @@ HEARTBEAT_INTERVAL = 60.0
 
 
 class Terminal(LineReceiver):
-    """The line mode: reads commands, prints messages and outcomes."""
+    """Plain lines through pipes: reads commands, prints messages and outcomes."""
 
     delimiter = os.linesep.encode()
 
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
+        chat.terminal = self
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -66,6 +74,69 @@ class Terminal(LineReceiver):
     def show(self, text: str) -> None:
         if self.transport is not None:
             self.transport.write((text + "\n").encode("utf-8", "replace"))
+
+
+class TtyTerminal(HistoricRecvLine):
+    """A terminal in raw mode: an editable input line (arrows, history) kept
+    below the output, redrawn after every message that arrives."""
+
+    ps = (b"> ", b"> ")
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+        chat.terminal = self
+
+    def initializeScreen(self) -> None:  # noqa: N802 - Twisted's name
+        # Unlike RecvLine, keep what is on the screen (no reset).
+        self.terminal.write(self.ps[self.pn])
+        self.setInsertMode()
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:  # noqa: N802, N803
+        if keyID == b"\x03" or (keyID == b"\x04" and not self.lineBuffer):  # Ctrl-C, Ctrl-D
+            self.chat.quit()
+        elif isinstance(keyID, bytes) and keyID >= b"\x80":
+            self.characterReceived(keyID, False)  # bytes of a UTF-8 character
+        else:
+            super().keystrokeReceived(keyID, modifier)
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        self.terminal.write(self.ps[self.pn])
+        text = line.decode("utf-8", "replace")
+        if text.strip():
+            self.chat.command(text)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        self.chat.quit()
+
+    def show(self, text: str) -> None:
+        if self.terminal is None:
+            return
+        self.terminal.eraseLine()
+        # The terminal turns "\n" into "\r\n" itself.
+        self.terminal.write(b"\r" + text.encode("utf-8", "replace") + b"\n")
+        self.drawInputLine()
+        behind = len(self.lineBuffer) - self.lineBufferIndex
+        if behind:
+            self.terminal.cursorBackward(behind)
+
+
+class RawMode:
+    """Puts a terminal in raw mode for the line editor and always restores it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.saved: list | None = None
+
+    def enter(self) -> None:
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setraw(self.fd)
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+            self.saved = None
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 class Chat:
@@ -86,7 +157,7 @@ class Chat:
         self.token = token
         self.user_id = user_id
         self.target: tuple[str, int] | None = None
-        self.terminal = Terminal(self)
+        self.terminal: Any = None  # a Terminal or TtyTerminal, which sets itself here
         self.client = GoChatClient(
             token, device_id=device_id, push_ack=True, reactor=reactor, on_message=self.received
         )
@@ -164,7 +235,8 @@ class Chat:
     # -- terminal ------------------------------------------------------------
 
     def show(self, text: str) -> None:
-        self.terminal.show(text)
+        if self.terminal is not None:
+            self.terminal.show(text)
 
     def command(self, line: str) -> None:
         if not line.startswith("/"):
@@ -257,6 +329,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device-id", help="this terminal's device id (default: a new one per run)"
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="read plain lines even on a terminal (no in-place line editing)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     register = commands.add_parser("register", help="create an account, then chat")
     register.add_argument("phone")
@@ -267,7 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @defer.inlineCallbacks
-def run(reactor: Any, args: argparse.Namespace, password: str) -> Any:
+def run(reactor: Any, args: argparse.Namespace, password: str, raw: RawMode | None = None) -> Any:
     api = HttpApi(args.http, reactor)
     try:
         if args.command == "register":
@@ -284,10 +361,16 @@ def run(reactor: Any, args: argparse.Namespace, password: str) -> Any:
         raise SystemExit(1) from None
     device_id = args.device_id or "cli-" + secrets.token_hex(6)
     chat = Chat(reactor, api, args.ws, data["token"], user_id, device_id)
-    stdio.StandardIO(chat.terminal, reactor=reactor)
+    if raw is not None:
+        raw.enter()
+        stdio.StandardIO(ServerProtocol(TtyTerminal, chat), reactor=reactor)
+    else:
+        stdio.StandardIO(Terminal(chat), reactor=reactor)
     try:
         yield chat.start()
     except Exception as exc:
+        if raw is not None:
+            raw.restore()
         sys.stderr.write(f"gochat-cli: cannot log in at {args.ws}: {exc}\n")
         raise SystemExit(1) from None
     yield chat.done
@@ -299,7 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     password = args.password or os.environ.get("GOCHAT_PASSWORD")
     if not password:
         password = getpass.getpass("Password: ")
-    task.react(run, (args, password))
+    raw = None
+    if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
+        raw = RawMode(sys.stdin.fileno())
+    try:
+        task.react(run, (args, password, raw))
+    finally:
+        if raw is not None:
+            raw.restore()
 
 
 if __name__ == "__main__":
