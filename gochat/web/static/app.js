@@ -205,7 +205,9 @@
       else if (ack.type === T.Ack.AT_Up) onUpAck(out.code, num(ack.clientId), num(ack.seq));
     } else if (type === T.Cmd.CT_Message && out.code === 200) {
       offer(messageFromWire(T.PushMsg.decode(out.data).msg));
-      acknowledgePushes();
+      // Every push is answered, a repeat too: the node may have missed the
+      // last ACK and keeps retransmitting until it hears one.
+      acknowledgePushes(true);
     } else if (type === T.Cmd.CT_Sync) {
       onSync(out.code, T.SyncOutputMsg.decode(out.data));
     }
@@ -223,6 +225,7 @@
     }
     loggedIn = true;
     attempt = 0;
+    pushAcked = 0;
     setStatus("Online", true);
     if (num(ack.seq) < state.seq) {
       // The node's list is shorter than what this browser holds: a different
@@ -373,8 +376,8 @@
     if (buffer.size && state.seq > before) sync();
   }
 
-  function acknowledgePushes() {
-    if (!loggedIn || state.seq <= pushAcked) return;
+  function acknowledgePushes(always) {
+    if (!loggedIn || (state.seq <= pushAcked && !always)) return;
     pushAcked = state.seq;
     send(T.Cmd.CT_ACK, T.ACKMsg, { type: T.Ack.AT_Push, seq: state.seq });
   }
