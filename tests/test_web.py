@@ -289,6 +289,7 @@ class BrowserChat(NodeTestCase):
                 sees(b, f"g{group}", "group news")
                 expect(b.locator("#messages li")).to_have_count(3)
 
+                a.click(f'[data-conversation="u{bob}"]')
                 out = artifacts_dir()
                 for name, page in (("alice", a), ("bob", b)):
                     path = os.path.join(out, f"web-chat-{name}.png")
