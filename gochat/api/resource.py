@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from gochat import metrics
+from gochat import metrics, web
 from gochat.auth import BadToken, Passwords, TokenSigner
 from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
@@ -385,6 +385,7 @@ def build_site(
     root = build_root(store, signer, passwords, auth_limiter)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
+    web.mount(root, NotFoundResource())
     site = server.Site(root, requestFactory=BoundedRequest)
     site.displayTracebacks = False
     return site
