@@ -82,8 +82,10 @@ class GatewayProtocol(WebSocketServerProtocol):
     # -- IPushProducer: the transport tells us when the client stops reading --
 
     def pauseProducing(self) -> None:  # noqa: N802
-        self._paused = True
-        self._backlog = 0
+        # Called again on every write while the buffer stays full: count from the first.
+        if not self._paused:
+            self._paused = True
+            self._backlog = 0
 
     def resumeProducing(self) -> None:  # noqa: N802
         self._paused = False
@@ -175,8 +177,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         # Straight to the transport: a server frame needs no masking, and
         # Autobahn's sendMessage costs several times the frame itself.
         if self.state == WebSocketProtocol.STATE_OPEN and not self.send_queue:
+            paused = self._paused  # the write that fills the buffer is not held against it
             self.transport.write(frame_header(len(frame)) + frame)
-            if self._paused:
+            if paused:
                 self._stalled(len(frame))
 
     def send_many(self, frames: list[bytes]) -> None:
@@ -186,8 +189,9 @@ class GatewayProtocol(WebSocketServerProtocol):
                 parts.append(frame_header(len(frame)))
                 parts.append(frame)
             data = b"".join(parts)
+            paused = self._paused
             self.transport.write(data)
-            if self._paused:
+            if paused:
                 self._stalled(len(data))
 
     def close(self, reason: str, going_away: bool = False) -> None:
