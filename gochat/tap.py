@@ -107,7 +107,11 @@ class GoChatService(service.MultiService):
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
-        sys.stderr.write(f"gochat: cannot start: {message}\n")
+        # twistd has replaced sys.stderr with the log by now; the operator's
+        # terminal (or service manager) should still see the one line.
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write(f"gochat: cannot start: {message}\n")
+        stderr.flush()
         self.log.error("cannot start: {message}", message=message)
         if IReactorCore.providedBy(self.reactor):
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)

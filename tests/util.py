@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import sys
 import tempfile
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.trial import unittest
 
 from gochat.auth import Passwords
@@ -273,3 +274,79 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- real twistd processes ------------------------------------------------------
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """``twistd -n --pidfile= gochat ARGS`` as a child process.
+
+    :meth:`when_ready` fires when the node logs that it listens; ``ended``
+    fires with ``(exit status, stdout, stderr)``.
+    """
+
+    READY = b"GoChat node ready"
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.is_ready = False
+        self.signal: int | None = None  # set when the process died of a signal
+        self._ready_waiters: list[defer.Deferred] = []
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def when_ready(self) -> defer.Deferred:
+        """Fires once the node listens; fails if it exits first."""
+        if self.is_ready:
+            return defer.succeed(self)
+        if self.ended.called:
+            return defer.fail(self._exit_error())
+        d: defer.Deferred = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _exit_error(self) -> Exception:
+        return RuntimeError(f"node exited: {self.stderr!r} {self.stdout[-2000:]!r}")
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.stdout += data
+        if not self.is_ready and self.READY in self.stdout:
+            self.is_ready = True
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self.stderr += data
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        status = reason.value.exitCode
+        self.signal = getattr(reason.value, "signal", None)
+        self.ended.callback((status, self.stdout, self.stderr))
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(self._exit_error())
+
+    def stop(self) -> defer.Deferred:
+        if not self.ended.called:
+            self.transport.signalProcess("TERM")
+        return self.ended
+
+
+def spawn_twistd(args: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
+    """Start ``twistd -n --pidfile= gochat`` + ``args``; returns the :class:`TwistdProcess`."""
+    proc = TwistdProcess()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    reactor.spawnProcess(
+        proc,
+        TWISTD[0],
+        [*TWISTD, "-n", "--pidfile=", "gochat", *args],
+        env=full_env,
+        path=cwd or tempfile.mkdtemp(prefix="gochat-proc-"),
+    )
+    proc.ended.addTimeout(120, reactor)
+    return proc
