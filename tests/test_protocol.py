@@ -291,6 +291,14 @@ class Upstream(Pair):
         self.assertEqual(again, refused(1001, 1))
 
     @defer.inlineCallbacks
+    def test_unknown_message_type_gets_1001(self):
+        proto = yield self.raw(self.alice_token)
+        msg = text(self.bob, "?")
+        msg.message_type = 9
+        ack = yield self.send(proto, 1, msg)
+        self.assertEqual(ack, refused(1001, 1))
+
+    @defer.inlineCallbacks
     def test_clientid_zero_gets_1001(self):
         proto = yield self.raw(self.alice_token)
         ack = yield self.send(proto, 0, text(self.bob, "zero"))
@@ -627,4 +635,50 @@ class Sync(Pair):
                     send_time=42,
                 )
             ],
+        )
+
+
+class Timeouts(Pair):
+    """The timers on the real reactor: waits on the close itself, never a sleep."""
+
+    node_options = {"login_timeout": 0.3, "heartbeat_timeout": 1.0, "heartbeat_interval": 0.1}
+
+    @defer.inlineCallbacks
+    def test_connection_without_login_is_closed_after_the_login_timeout(self):
+        proto = yield self.raw()
+        code, reason = yield proto.closed
+        self.assertEqual((code, reason), (1000, "no login within the login timeout"))
+
+    @defer.inlineCallbacks
+    def test_idle_logged_in_connection_is_closed_by_the_heartbeat_checker(self):
+        proto = yield self.raw(self.alice_token)
+        code, reason = yield proto.closed
+        self.assertEqual((code, reason), (1000, "heartbeat timeout"))
+        yield self.node.service.hub.presence.nodes_for([self.alice])
+        self.assertNotIn(self.alice, self.node.service.hub.presence.online)
+
+
+class Reconnect(Pair):
+    @defer.inlineCallbacks
+    def test_pipelined_messages_are_exactly_once_when_the_device_reconnects_midway(self):
+        count = 200
+        old = yield self.raw(self.alice_token, device_id="phone")
+        ups = [
+            (pb.CT_Message, pb.UpMsg(msg=text(self.bob, f"m{c}"), clientId=c))
+            for c in range(1, count + 1)
+        ]
+        old.send_inputs(ups)
+        new = yield self.raw()
+        code, ack = yield new.login(self.alice_token, device_id="phone")
+        self.assertEqual(code, 200)
+        acked_before = ack.clientId
+        # Retransmit everything after what the login ACK says was accepted.
+        new.send_inputs(ups[acked_before:])
+        outs = yield new.outputs(count - acked_before)
+        self.assertEqual(
+            [up_ack(o) for o in outs], [ok(c, c) for c in range(acked_before + 1, count + 1)]
+        )
+        self.assertEqual(
+            [r[4] for r in rows(self.node, self.bob)],
+            [f"m{c}".encode() for c in range(1, count + 1)],
         )
