@@ -23,14 +23,13 @@ class PluginDiscovery(unittest.TestCase):
         self.assertEqual(makers["gochat"].module, "gochat.tap")
 
     def test_top_level_twisted_plugins_has_no_init(self):
-        # An __init__.py here would shadow Twisted's own twisted.plugins package.
-        import gochat
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(gochat.__file__)))
-        plugins = os.path.join(root, "twisted", "plugins")
-        if os.path.isdir(plugins):
-            self.assertFalse(os.path.exists(os.path.join(plugins, "__init__.py")))
-            self.assertFalse(os.path.exists(os.path.join(root, "twisted", "__init__.py")))
+        # An __init__.py in the checkout's twisted/ would shadow Twisted itself.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.assertTrue(
+            os.path.exists(os.path.join(root, "twisted", "plugins", "gochat_plugin.py"))
+        )
+        self.assertFalse(os.path.exists(os.path.join(root, "twisted", "plugins", "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(root, "twisted", "__init__.py")))
 
 
 class RealProcess(unittest.TestCase):
