@@ -13,7 +13,7 @@ import sqlite3
 from twisted.internet import defer
 
 from gochat.pb import pb
-from tests.util import NodeTestCase, ack_of, query, text
+from tests.util import NodeTestCase, ack_of, query, raw_connect, text
 
 U64_MAX = 2**64 - 1
 
@@ -682,3 +682,18 @@ class Reconnect(Pair):
             [r[4] for r in rows(self.node, self.bob)],
             [f"m{c}".encode() for c in range(1, count + 1)],
         )
+
+
+class Endpoints(Pair):
+    @defer.inlineCallbacks
+    def test_websocket_is_also_served_at_ws_on_the_http_port(self):
+        url = self.node.http_url.replace("http://", "ws://") + "/ws"
+        proto = yield raw_connect(url)
+        self.addCleanup(self._drop, proto)
+        code, ack = yield proto.login(self.alice_token)
+        self.assertEqual((code, ack.type), (200, pb.AT_Login))
+
+    @defer.inlineCallbacks
+    def test_other_paths_on_the_gateway_are_refused(self):
+        url = self.node.ws_url.replace("/ws", "/elsewhere")
+        yield self.assertFailure(raw_connect(url), ConnectionError)

@@ -89,6 +89,36 @@ class Restart(NodeTestCase):
         self.assertEqual(seq, 101)
 
     @defer.inlineCallbacks
+    def test_stopping_mid_pipeline_keeps_every_acked_message_and_the_device_window(self):
+        count = 300
+        alice, alice_token = yield self.node.user("alice")
+        bob, _ = yield self.node.user("bob")
+        proto = yield self.raw(alice_token, device_id="phone")
+        proto.send_inputs(
+            [
+                (pb.CT_Message, pb.UpMsg(msg=_text(bob, f"m{c}"), clientId=c))
+                for c in range(1, count + 1)
+            ]
+        )
+        yield proto.next_output()  # the first ACK: the node is busy writing
+        yield self.node.stop()
+        yield proto.closed
+        acked = [
+            pb.ACKMsg.FromString(pb.Output.FromString(f).data).clientId for f, _ in proto.frames
+        ]
+        acked.insert(0, 1)
+        stored = query(
+            self.node, "SELECT seq, content FROM messages WHERE user_id = ? ORDER BY seq", (bob,)
+        )
+        self.assertEqual(stored, [(c, f"m{c}".encode()) for c in range(1, len(stored) + 1)])
+        self.assertEqual(acked, list(range(1, len(acked) + 1)))
+        self.assertLessEqual(len(acked), len(stored))
+        yield self.restart()
+        again = yield self.raw()
+        code, ack = yield again.login(alice_token, device_id="phone")
+        self.assertEqual((code, ack.clientId, ack.seq), (200, len(stored), len(stored)))
+
+    @defer.inlineCallbacks
     def test_generated_secret_survives_restarts_and_old_tokens_stay_valid(self):
         path = os.path.join(self.node.data_dir, "secret.key")
         with open(path, "rb") as f:
@@ -108,6 +138,10 @@ class Restart(NodeTestCase):
         yield self.restart()
         versions = query(self.node, "SELECT version FROM schema_version ORDER BY version")
         self.assertEqual(versions, [(v,) for v, _, _ in schema_deltas()])
+
+
+def _text(receiver: int, content: str) -> pb.Message:
+    return pb.Message(session_type=pb.ST_Single, receiver_id=receiver, content=content.encode())
 
 
 class StoreTransactions(unittest.TestCase):
