@@ -95,6 +95,17 @@ class Register(Api):
         self.assertEqual(reply["msg"], "phone number already registered")
 
     @defer.inlineCallbacks
+    def test_concurrent_registrations_of_one_phone_give_one_account(self):
+        fields = [("phone_number", "560"), ("password", "pw"), ("nickname", "x")]
+        results = yield defer.gatherResults(
+            [self.http("POST", "/register", fields) for _ in range(6)]
+        )
+        self.assertEqual(sorted(status for status, _ in results), [200] + [409] * 5)
+        self.assertEqual(
+            query(self.node, "SELECT COUNT(*) FROM users WHERE phone_number = '560'"), [(1,)]
+        )
+
+    @defer.inlineCallbacks
     def test_missing_parameter_is_400(self):
         status, reply = yield self.http(
             "POST", "/register", [("phone_number", "559"), ("nickname", "x")]

@@ -10,6 +10,8 @@ import os
 import tempfile
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -319,3 +321,34 @@ class _At:
 
     def time(self) -> float:
         return self.when
+
+
+class Fuzz(LogicTestCase):
+    """Whatever bytes arrive, the session answers with a documented code and never raises."""
+
+    CODES = {1000, 1001, 1003, 1010, 1012}
+
+    @settings(max_examples=300, deadline=None)
+    @given(payload=st.binary(max_size=2048))
+    def test_arbitrary_bytes_before_login(self, payload):
+        self._one_reply(payload)
+
+    @settings(max_examples=300, deadline=None)
+    @given(cmd=st.integers(min_value=-5, max_value=20), data=st.binary(max_size=2048))
+    def test_arbitrary_inputs_before_login(self, cmd, data):
+        try:
+            payload = pb.Input(type=cmd, data=data).SerializeToString()
+        except ValueError:
+            return
+        self._one_reply(payload, heartbeat=cmd == pb.CT_Heartbeat)
+
+    def _one_reply(self, payload: bytes, heartbeat: bool = False) -> None:
+        conn = self.connect()
+        conn.session.frame_received(payload)
+        if heartbeat and len(payload) <= 1024:
+            self.assertEqual(conn.frames, [])
+            return
+        self.assertEqual(len(conn.frames), 1, payload)
+        self.assertIn(conn.frames[0].code, self.CODES)
+        if conn.close_reason is None:
+            conn.close("done")
