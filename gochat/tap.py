@@ -104,6 +104,7 @@ class GoChatService(service.MultiService):
 
     def _cannot_start(self, failure: Any) -> None:
         message = str(failure.value) if failure.check(StartError) else repr(failure.value)
+        message = " ".join(message.split())  # drivers' messages span lines; keep one
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
@@ -135,4 +136,9 @@ class StartError(Exception):
 def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
     config = options.config
     assert config is not None
-    return GoChatService(config)
+    try:
+        return GoChatService(config)
+    except (OSError, ValueError) as exc:
+        # An unusable data dir or secret file: one line, not a traceback.
+        sys.stderr.write(f"gochat: cannot start: {exc}\n")
+        raise SystemExit(1) from None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from gochat.config import _PARAMS, Config, Options, env_name
-from tests.util import spawn_twistd
+from tests.util import free_port, spawn_twistd
 
 #: A valid value for every option of DESIGN.md section 2, and where it lands in Config.
 SAMPLES = {
@@ -144,3 +145,51 @@ class InvalidConfiguration(unittest.TestCase):
         lines = stderr.decode().splitlines()
         self.assertEqual(len(lines), 1, stderr)
         self.assertTrue(lines[0].startswith(f"gochat: cannot start: --http tcp:{port}"), lines[0])
+
+    @defer.inlineCallbacks
+    def test_unusable_secret_file_or_data_dir_prints_one_line_and_exits_1(self):
+        work = tempfile.mkdtemp(prefix="gochat-bad-")
+        short = os.path.join(work, "short.key")
+        with open(short, "w") as f:
+            f.write("abc\n")
+        not_a_dir = os.path.join(work, "file")
+        open(not_a_dir, "w").close()
+        cases = [
+            (["--secret-file", short], "secret file"),
+            (["--data-dir", os.path.join(not_a_dir, "sub")], "Not a directory"),
+        ]
+        procs = [
+            (spawn_twistd(["--http", "tcp:0", "--ws", "tcp:0", *args], cwd=work), args, what)
+            for args, what in cases
+        ]
+        for proc, args, what in procs:
+            status, _, stderr = yield proc.ended
+            lines = stderr.decode().splitlines()
+            self.assertEqual(status, 1, args)
+            self.assertEqual(len(lines), 1, (args, stderr))
+            self.assertTrue(lines[0].startswith("gochat: cannot start: "), lines[0])
+            self.assertIn(what, lines[0])
+
+    @defer.inlineCallbacks
+    def test_unreachable_database_prints_one_line_and_exits_1(self):
+        closed = free_port()
+        proc = spawn_twistd(
+            [
+                "--http",
+                "tcp:0",
+                "--ws",
+                "tcp:0",
+                "--db",
+                f"postgresql://postgres@127.0.0.1:{closed}/x",
+            ]
+        )
+        status, _, stderr = yield proc.ended
+        lines = stderr.decode().splitlines()
+        self.assertEqual(status, 1)
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(
+            lines[0].startswith(
+                f"gochat: cannot start: database postgresql://127.0.0.1:{closed}/x"
+            ),
+            lines[0],
+        )
