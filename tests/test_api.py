@@ -13,7 +13,8 @@ from twisted.web.http_headers import Headers
 
 from gochat.auth import TokenSigner
 from gochat.client.http import _Body
-from tests.util import NodeTestCase, query
+from gochat.pb import pb
+from tests.util import Node, NodeTestCase, query, raw_connect
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -321,3 +322,28 @@ class Routing(Api):
             "POST", "/register", form=[("phone_number", "1"), ("password", "x" * 70000)]
         )
         self.assertEqual((status, reply["code"]), (413, 413))
+
+
+class SharedSecret(Api):
+    @defer.inlineCallbacks
+    def test_nodes_sharing_a_secret_file_accept_each_other_s_tokens(self):
+        secret = os.path.join(self.node.data_dir, "secret.key")
+        other = Node(secret_file=secret)
+        yield other.start()
+        self.addCleanup(other.stop)
+        data = yield self.register("800")
+        proto = yield raw_connect(other.ws_url)
+        self.addCleanup(self._drop, proto)
+        code, ack = yield proto.login(data["token"])
+        self.assertEqual((code, ack.type), (200, pb.AT_Login))
+
+    @defer.inlineCallbacks
+    def test_a_node_with_its_own_secret_refuses_the_token(self):
+        other = Node()
+        yield other.start()
+        self.addCleanup(other.stop)
+        data = yield self.register("801")
+        proto = yield raw_connect(other.ws_url)
+        self.addCleanup(self._drop, proto)
+        code, _ = yield proto.login(data["token"])
+        self.assertEqual(code, 1003)
