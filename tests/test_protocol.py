@@ -337,6 +337,39 @@ class Upstream(Pair):
         )
 
     @defer.inlineCallbacks
+    def test_rejections_inside_a_pipeline_keep_order_and_seqs(self):
+        proto = yield self.raw(self.alice_token)
+        msgs = [
+            text(self.bob, "a"),
+            text(U64_MAX, "nobody"),
+            text(self.bob, "b"),
+            text(self.bob, "spoof", sender_id=self.bob),
+            text(self.bob, "c"),
+        ]
+        proto.send_inputs(
+            [(pb.CT_Message, pb.UpMsg(msg=m, clientId=c)) for c, m in enumerate(msgs, start=1)]
+        )
+        outs = yield proto.outputs(5)
+        self.assertEqual(
+            [up_ack(o) for o in outs],
+            [ok(1, 1), refused(1005, 2), ok(3, 2), refused(1002, 4), ok(5, 3)],
+        )
+        self.assertEqual([r[4] for r in rows(self.node, self.bob)], [b"a", b"b", b"c"])
+
+    @defer.inlineCallbacks
+    def test_gap_inside_a_pipeline_is_refused_and_the_rest_accepted(self):
+        proto = yield self.raw(self.alice_token)
+        order = [1, 2, 4, 3, 4]
+        proto.send_inputs(
+            [(pb.CT_Message, pb.UpMsg(msg=text(self.bob, f"m{c}"), clientId=c)) for c in order]
+        )
+        outs = [up_ack(o) for o in (yield proto.outputs(5))]
+        # A gap is answered at once (nothing to store); outcomes come in clientId order.
+        self.assertEqual(outs[0], refused(1011, 4))
+        self.assertEqual(outs[1:], [ok(1, 1), ok(2, 2), ok(3, 3), ok(4, 4)])
+        self.assertEqual([r[4] for r in rows(self.node, self.bob)], [b"m1", b"m2", b"m3", b"m4"])
+
+    @defer.inlineCallbacks
     def test_retransmit_while_in_flight_is_stored_and_acked_once(self):
         proto = yield self.raw(self.alice_token)
         msg = pb.UpMsg(msg=text(self.bob, "once"), clientId=1)
