@@ -539,6 +539,36 @@ class Pushes(Pair):
         self.assertEqual((out.type, out.code), (pb.CT_Sync, 200))
 
     @defer.inlineCallbacks
+    def test_group_push_reaches_the_sender_s_other_devices_with_the_sender_s_seq(self):
+        carol, carol_token = yield self.node.user("carol")
+        group = yield self.node.api().create_group(self.alice_token, "g", [self.bob, carol])
+        gid = int(group["id"])
+        bob_first = yield self.raw(self.bob_token)
+        first = yield self.send(bob_first, 1, text(self.alice, "bob first"))  # bob: seq 1
+        self.assertEqual(first, ok(1, 1))
+        a1 = yield self.raw(self.alice_token, device_id="a1")
+        devices = []
+        for name in ("a2", "a3", "a4"):
+            d = yield self.raw(self.alice_token, device_id=name)
+            devices.append(d)
+        carols = []
+        for _ in range(2):
+            c = yield self.raw(carol_token)
+            carols.append(c)
+        ack = yield self.send(a1, 1, text(gid, "hello all", group=True))
+        self.assertEqual(ack, ok(1, 2))
+        for proto, seq in [(d, 2) for d in devices] + [(c, 1) for c in carols] + [(bob_first, 2)]:
+            out = yield proto.next_output()
+            msg = pb.PushMsg.FromString(out.data).msg
+            self.assertEqual(
+                (out.type, msg.seq, msg.sender_id, msg.receiver_id, msg.content),
+                (pb.CT_Message, seq, self.alice, gid, b"hello all"),
+            )
+        a1.send_input(pb.CT_Sync, pb.SyncInputMsg(seq=2))
+        out = yield a1.next_output()
+        self.assertEqual((out.type, out.code), (pb.CT_Sync, 200))  # no push to the sender
+
+    @defer.inlineCallbacks
     def test_push_carries_each_recipient_s_own_seq(self):
         carol, carol_token = yield self.node.user("carol")
         alice = yield self.raw(self.alice_token)
