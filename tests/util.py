@@ -88,8 +88,7 @@ class NodeTestCase(unittest.TestCase):
     """A test with a fresh node; clients made with :meth:`client` are closed after."""
 
     timeout = 60
-    #: Config overrides for this test case's node (e.g. ``{"sync_limit": 5}``).
-    node_options: dict[str, Any] = {}
+    node_options: dict[str, Any] = {}  # Config overrides for this test case's node
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
