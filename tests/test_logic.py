@@ -7,6 +7,7 @@ Time-driven rules (login timeout, heartbeat checker) are tested by advancing
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from typing import Any
 
@@ -352,3 +353,52 @@ class Fuzz(LogicTestCase):
         self.assertIn(conn.frames[0].code, self.CODES)
         if conn.close_reason is None:
             conn.close("done")
+
+
+class FuzzLoggedIn(LogicTestCase):
+    @defer.inlineCallbacks
+    def test_random_frames_after_login_never_break_the_session(self):
+        rng = random.Random(20261126)
+        alice = yield self.user("900")
+        bob = yield self.user("901")
+        conn = yield self.logged_in(alice, "fuzz")
+        for _ in range(500):
+            cmd = rng.choice([pb.CT_Message, pb.CT_Sync, pb.CT_ACK, pb.CT_Login, 0, 9])
+            if rng.random() < 0.5:
+                data = rng.randbytes(rng.randrange(0, 64))
+            elif cmd == pb.CT_Message:
+                msg = pb.Message(
+                    session_type=rng.choice([0, 1, 2, 7]),
+                    receiver_id=rng.choice([0, bob, alice, 2**64 - 1, 12345]),
+                    sender_id=rng.choice([0, alice, bob]),
+                    message_type=rng.choice([0, 1, 2, 3, 9]),
+                    content=rng.randbytes(8),
+                    send_time=rng.choice([0, -1, 2**63 - 1]),
+                )
+                data = pb.UpMsg(
+                    msg=msg, clientId=rng.choice([0, 1, 2, 5, 2**64 - 1])
+                ).SerializeToString()
+            elif cmd == pb.CT_Sync:
+                data = pb.SyncInputMsg(seq=rng.choice([0, 1, 2**64 - 1])).SerializeToString()
+            else:
+                data = pb.ACKMsg(
+                    type=rng.randrange(0, 5), seq=rng.randrange(0, 10)
+                ).SerializeToString()
+            conn.session.frame_received(frame(cmd, data))
+        yield self.hub.wait_idle()
+        self.assertIsNone(conn.close_reason)
+        # Still a working session: the next clientId is stored and ACKed.
+        nxt = conn.session.device.accepted + 1
+        msg = pb.Message(session_type=pb.ST_Single, receiver_id=bob, content=b"still fine")
+        conn.session.frame_received(frame(pb.CT_Message, pb.UpMsg(msg=msg, clientId=nxt)))
+        seen = []
+        while True:
+            out = yield conn.next_output()
+            seen.append(out)
+            ack = pb.ACKMsg.FromString(out.data) if out.type == pb.CT_ACK else None
+            if ack is not None and ack.type == pb.AT_Up and ack.clientId == nxt:
+                break
+        self.assertEqual(out.code, 200)
+        self.assertLessEqual(
+            {o.code for o in seen}, {200, 1001, 1002, 1003, 1005, 1010, 1011, 1012}
+        )
