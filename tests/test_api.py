@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from typing import Any
 from urllib.parse import urlencode
 
@@ -119,6 +120,24 @@ class Register(Api):
     def test_malformed_json_is_400(self):
         status, reply = yield self.http("POST", "/register", body=b"{", ctype="application/json")
         self.assertEqual((status, reply["code"]), (400, 400))
+
+
+class ServerError(Api):
+    @defer.inlineCallbacks
+    def test_database_failure_is_a_json_500(self):
+        db = sqlite3.connect(os.path.join(self.node.data_dir, "gochat.db"), isolation_level=None)
+        self.addCleanup(db.close)
+        db.execute(
+            "CREATE TRIGGER refuse_users BEFORE INSERT ON users"
+            " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+        status, reply = yield self.http(
+            "POST", "/register", [("phone_number", "9"), ("password", "pw"), ("nickname", "n")]
+        )
+        self.assertEqual((status, reply), (500, {"code": 500, "msg": "server error", "data": {}}))
+        self.flushLoggedErrors()
+        db.execute("DROP TRIGGER refuse_users")
+        yield self.register("9")  # the node is fine afterwards
 
 
 class Login(Api):

@@ -321,7 +321,7 @@ class Upstream(Pair):
 
     @defer.inlineCallbacks
     def test_pipelined_messages_are_acked_in_clientid_order_with_contiguous_seqs(self):
-        count = 500
+        count = 2000  # "a few thousand at once" must fit the default limits
         proto = yield self.raw(self.alice_token)
         proto.send_inputs(
             [
