@@ -254,7 +254,7 @@ class GoChatClient:
             if self.push_ack:
                 self._ack_pushes()
             if self._gap() and self._syncing is None:
-                self.sync()
+                self._catch_up()
         elif out.type == pb.CT_Sync:
             self._on_sync(out.code, pb.SyncOutputMsg.FromString(out.data))
 
@@ -292,10 +292,12 @@ class GoChatClient:
             self.last_client_id = 0
         for cid in sorted(self._unacked):
             self._transmit(self._unacked[cid])
+        if d is None:
+            self._catch_up()
+            return
         sync = self.sync()
-        if d is not None:
-            sync.addCallback(lambda _: self)
-            sync.chainDeferred(d)
+        sync.addCallback(lambda _: self)
+        sync.chainDeferred(d)
 
     def sync(self) -> defer.Deferred:
         """Pull everything after the held seq; fires when ``has_more`` is false."""
@@ -305,6 +307,10 @@ class GoChatClient:
             self._syncing = defer.Deferred()
             self._request_sync()
         return waiter
+
+    def _catch_up(self) -> None:
+        """A sync nobody waits for: a lost connection ends it, the next login syncs again."""
+        self.sync().addErrback(lambda f: f.trap(ConnectionError, SendError))
 
     def _request_sync(self) -> None:
         self._send(pb.CT_Sync, pb.SyncInputMsg(seq=self.seq).SerializeToString())
@@ -347,7 +353,7 @@ class GoChatClient:
             else:
                 waiter.errback(error)
         if error is None and self._gap():
-            self.sync()  # a push raced past the end of the sync
+            self._catch_up()  # a push raced past the end of the sync
 
     def _offer(self, msg: pb.Message) -> None:
         if msg.seq <= self.seq or msg.seq in self._buffer:

@@ -1,0 +1,267 @@
+"""Every message reaches every device exactly once, in order, over a bad network.
+
+The real hub, the real SQLite store and the real client library
+(:class:`gochat.client.GoChatClient`) talk through :class:`LossyNetwork`, a
+stand-in for the network only: it drops, duplicates, delays (and so reorders)
+frames in both directions and now and then cuts a connection, all decided by a
+seeded ``random.Random`` and timed by one ``task.Clock``. Clients reconnect
+after a cut, as an application would.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet import defer, reactor
+
+from gochat import metrics
+from gochat.client import GoChatClient
+from gochat.logic import HubConfig
+from tests.logic_util import LogicTestCase
+
+STEP = 0.05  # simulated seconds per turn of the test loop
+
+
+class LossyNetwork:
+    """Carries frames late, twice or not at all."""
+
+    def __init__(
+        self,
+        clock: Any,
+        rng: random.Random,
+        drop: float = 0.1,
+        duplicate: float = 0.05,
+        max_delay: float = 0.4,
+        cut: float = 0.002,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng
+        self.drop = drop
+        self.duplicate = duplicate
+        self.max_delay = max_delay
+        self.cut = cut
+        self.counts = {"carried": 0, "dropped": 0, "duplicated": 0, "cuts": 0}
+
+    def carry(self, link: Link, deliver: Any, payload: bytes) -> None:
+        rng = self.rng
+        if rng.random() < self.cut:
+            self.counts["cuts"] += 1
+            link.shut("network cut")
+            return
+        if rng.random() < self.drop:
+            self.counts["dropped"] += 1
+            return
+        copies = 1
+        if rng.random() < self.duplicate:
+            copies = 2
+            self.counts["duplicated"] += 1
+        for _ in range(copies):
+            self.counts["carried"] += 1
+            self.clock.callLater(rng.uniform(0, self.max_delay), link.arrive, deliver, payload)
+
+
+class Link:
+    """One connection between a client and a fresh hub session through the network.
+
+    The client sees it as its WebSocket protocol (``sendMessage``,
+    ``sendClose``); the session sees :class:`_ServerEnd` as its connection.
+    """
+
+    def __init__(self, net: LossyNetwork, hub: Any, client: GoChatClient) -> None:
+        self.net = net
+        self.client = client
+        self.open = True
+        self.session = hub.open_session(_ServerEnd(self))
+
+    # the client's side
+    def sendMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
+        if self.open:
+            self.net.carry(self, self.session.frame_received, payload)
+
+    def sendClose(self, code: int = 1000, reason: str | None = None) -> None:  # noqa: N802
+        self.shut("client closed")
+
+    def arrive(self, deliver: Any, payload: bytes) -> None:
+        if self.open:
+            deliver(payload)
+
+    def shut(self, reason: str) -> None:
+        if not self.open:
+            return
+        self.open = False
+        self.net.clock.callLater(0, self.session.connection_lost)
+        self.net.clock.callLater(0, self.client.connection_lost, 1000, reason)
+
+
+class _ServerEnd:
+    peer = "lossy"
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def send(self, frame: bytes) -> None:
+        if self.link.open:
+            self.link.net.carry(self.link, self.link.client.frame_received, frame)
+
+    def send_many(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.send(frame)
+
+    def close(self, reason: str, going_away: bool = False) -> None:
+        self.link.shut(reason)
+
+
+class Device:
+    """A client that reconnects (after a random pause) whenever its link goes down."""
+
+    def __init__(self, test: LossyDelivery, name: str, user_id: int, token: str) -> None:
+        self.test = test
+        self.name = name
+        self.user_id = user_id
+        self.client = GoChatClient(
+            token,
+            device_id=name,
+            push_ack=True,
+            reactor=test.clock,
+            retransmit_timeout=1.0,
+            login_timeout=3.0,
+        )
+        self.sent: set[bytes] = set()
+        self.results: list[defer.Deferred] = []
+        self.connections = 0
+        self.connect()
+
+    def connect(self) -> None:
+        self.connections += 1
+        link = Link(self.test.net, self.test.hub, self.client)
+        self.client.attach(link).addErrback(lambda _: None)  # a cut during login: retried
+        self.client.disconnected.addCallback(self._lost)
+
+    def _lost(self, _: Any) -> None:
+        self.test.clock.callLater(self.test.rng.uniform(0.2, 2.0), self.connect)
+
+    def send(self, receiver_id: int, text: str, group: bool = False) -> None:
+        self.sent.add(text.encode())
+        self.results.append(self.client.send_text(receiver_id, text, group=group))
+
+
+class LossyDelivery(LogicTestCase):
+    timeout = 300
+    hub_config = HubConfig(push_retry_timeout=1.5, push_retries=5, push_window=8, sync_limit=7)
+
+    def setUp(self) -> Any:
+        self.rng = random.Random(20261126)
+        d = super().setUp()
+        d.addCallback(lambda _: self._count_interactions())
+        return d
+
+    def _count_interactions(self) -> None:
+        """Know when the real database has nothing in flight, so the fake clock
+        only moves while the node waits for nothing but time."""
+        self.inflight = 0
+        self._idle: list[defer.Deferred] = []
+        run = self.database.run_interaction
+
+        def counted(*args: Any, **kwargs: Any) -> defer.Deferred:
+            self.inflight += 1
+            d = run(*args, **kwargs)
+            d.addBoth(self._finished)
+            return d
+
+        self.database.run_interaction = counted
+
+    def _finished(self, result: Any) -> Any:
+        self.inflight -= 1
+        reactor.callLater(0, self._check_idle)  # after the caller's own callbacks
+        return result
+
+    def _check_idle(self) -> None:
+        if self.inflight == 0:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    def database_idle(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        reactor.callLater(0, self._check_idle)
+        return d
+
+    @defer.inlineCallbacks
+    def run_until(self, done: Any, limit: float) -> Any:
+        """Advance the clock a step at a time until ``done()``; fails past ``limit``."""
+        start = self.clock.seconds()
+        while not done():
+            if self.clock.seconds() - start > limit:
+                self.fail(f"not done after {limit} simulated seconds")
+            self.clock.advance(STEP)
+            self.max_window = max(
+                [self.max_window, *(len(w.pending) for w in self.hub.pushes.windows.values())]
+            )
+            yield self.database_idle()
+
+    @defer.inlineCallbacks
+    def test_every_message_reaches_every_device_exactly_once_in_order(self):
+        self.net = LossyNetwork(self.clock, self.rng)
+        retransmits = metrics.PUSH_RETRANSMITS._value.get()
+        self.max_window = 0
+        users = {}
+        for name in ("ann", "ben", "cat"):
+            users[name] = yield self.user(name)
+        ann, ben, cat = (users[n][0] for n in ("ann", "ben", "cat"))
+        group = yield self.store.create_group(ann, "trio", [ben, cat])
+        devices = [
+            Device(self, "ann-phone", *users["ann"]),
+            Device(self, "ann-laptop", *users["ann"]),
+            Device(self, "ben-phone", *users["ben"]),
+            Device(self, "cat-phone", *users["cat"]),
+        ]
+        peers = {ann: [ben, cat], ben: [ann, cat], cat: [ann, ben]}
+
+        # 30 messages per device at random moments over 20 simulated seconds:
+        # one-to-one and to the group, so each device also gets bursts.
+        for device in devices:
+            for i in range(30):
+                text = f"{device.name}-{i}"
+                if self.rng.random() < 0.5:
+                    args = (group, text, True)
+                else:
+                    args = (self.rng.choice(peers[device.user_id]), text)
+                self.clock.callLater(self.rng.uniform(0, 20), device.send, *args)
+
+        def all_sent() -> bool:
+            return all(len(d.results) == 30 and all(r.called for r in d.results) for d in devices)
+
+        yield self.run_until(all_sent, limit=600)
+        latest = {}
+        for user_id in (ann, ben, cat):
+            latest[user_id] = yield self.store.latest_seq(user_id)
+        yield self.run_until(
+            lambda: all(d.client.seq == latest[d.user_id] for d in devices), limit=600
+        )
+        # Give the last ACKs time to land, then nothing may be held any more.
+        yield self.run_until(lambda: not self.hub.pushes.windows, limit=60)
+
+        for device in devices:
+            self.assertEqual(device.client.seq, latest[device.user_id])
+            stored, has_more = yield self.store.sync(device.user_id, 0, 1000)
+            self.assertFalse(has_more)
+            contents = [m.content for m in stored]
+            self.assertEqual(len(contents), len(set(contents)), "a message was stored twice")
+            expected = [m.content for m in stored if m.content not in device.sent]
+            got = [m.content for m in device.client.received]
+            self.assertEqual(got, expected, f"{device.name} saw the wrong messages")
+            seqs = [m.seq for m in device.client.received]
+            self.assertEqual(seqs, sorted(set(seqs)))
+            self.assertTrue(device.sent <= set(contents), "a sent message is missing")
+        # Memory for unacknowledged pushes stayed within the window and is free now.
+        self.assertLessEqual(self.max_window, self.hub_config.push_window)
+        self.assertEqual(self.hub.pushes.unacked, 0)
+        # The network really was bad, and the node really did retransmit.
+        counts = self.net.counts
+        self.assertGreater(counts["dropped"], 50)
+        self.assertGreater(counts["duplicated"], 20)
+        self.assertGreater(counts["cuts"], 0)
+        self.assertGreater(sum(d.connections for d in devices), len(devices))
+        self.assertGreater(metrics.PUSH_RETRANSMITS._value.get(), retransmits)
