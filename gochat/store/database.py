@@ -146,9 +146,10 @@ class Database:
         return self.run_interaction("apply_schema", apply_schema, self.engine)
 
     def close(self) -> None:
-        self.write_pool.close()
-        if self.read_pool is not self.write_pool:
-            self.read_pool.close()
+        """Close the pools (once: a second call, e.g. at shutdown, does nothing)."""
+        for pool in {id(p): p for p in (self.write_pool, self.read_pool)}.values():
+            if pool.running:
+                pool.close()
 
 
 def schema_deltas() -> list[tuple[int, str, str]]:
