@@ -159,6 +159,8 @@ def build_config(opts: dict) -> Config:
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
+    if config.log_file is not None and config.log_format != "json":
+        raise ConfigError("--log-file: only with --log-format json (twistd --logfile for text)")
     if config.sync_limit > 1000:
         raise ConfigError("--sync-limit: at most 1000 messages per page")
     if config.max_frame > 64 * 1024 * 1024:

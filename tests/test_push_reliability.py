@@ -16,8 +16,10 @@ TICK = TIMEOUT / 5
 
 
 def sample(name, *labels):
-    metric = getattr(metrics, name)
-    return (metric.labels(*labels) if labels else metric)._value.get()
+    """The current value of a metric, read the way a scrape reads it."""
+    family = getattr(metrics, name)
+    metric = family.labels(*labels) if labels else family
+    return next(s.value for s in metric.collect()[0].samples if not s.name.endswith("_created"))
 
 
 class PushAckTestCase(LogicTestCase):
@@ -93,6 +95,8 @@ class Retransmit(PushAckTestCase):
         self.bob_session.frame_received(push_ack_frame(s3))
         self.assertEqual(self.hub.pushes.unacked, 0)
         self.assertEqual(self.hub.pushes.windows, {})
+        self.advance(TICK)
+        self.assertFalse(self.hub.pushes._loop.running)
         self.advance(TIMEOUT * 5)
         self.assertEqual(self.bob.pushes(), [s1, s2, s3, s3])
 
@@ -147,9 +151,20 @@ class Bounds(PushAckTestCase):
         self.bob_session.connection_lost()
 
         self.assertEqual(self.hub.pushes.unacked, 0)
+        self.advance(TICK)
         self.assertFalse(self.hub.pushes._loop.running)
         self.advance(TIMEOUT * 2)
         self.assertEqual(len(self.bob.pushes()), 1)
+
+    @defer.inlineCallbacks
+    def test_unacked_gauge_counts_what_is_held(self):
+        yield self.pair()
+        before = sample("UNACKED_PUSHES")
+        s1 = yield self.message()
+        yield self.message()
+        self.assertEqual(sample("UNACKED_PUSHES") - before, 2)
+        self.bob_session.frame_received(push_ack_frame(s1))
+        self.assertEqual(sample("UNACKED_PUSHES") - before, 1)
 
     @defer.inlineCallbacks
     def test_pushes_from_another_node_are_tracked_too(self):

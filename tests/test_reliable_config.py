@@ -47,6 +47,7 @@ class PushAndLogOptions(unittest.TestCase):
             (["--push-window=0"], "--push-window"),
             (["--push-retry-timeout=soon"], "--push-retry-timeout"),
             (["--log-format=xml"], "--log-format"),
+            (["--log-file=/tmp/x.log"], "--log-file"),
         ):
             message = self.refuse(*argv)
             self.assertIn(words, message)

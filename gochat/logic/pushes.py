@@ -8,16 +8,19 @@ the push is forgotten and the device is left to sync (its client notices the
 gap at the next push, or syncs at its next login).
 
 Time is one periodic sweep for the whole node (a ``LoopingCall`` on the hub's
-injected clock), not a timer per message: it runs only while some connection
-has unacknowledged pushes, and looks only at connections whose oldest
-deadline has passed. Memory is bounded per connection by ``window``: past it
-the oldest push is forgotten, which costs the device nothing if it already got
-the push and otherwise leaves it to sync on the gap the next push reveals.
+injected clock), not a timer per message: it starts with the first tracked
+push, stops at the first sweep that finds nothing held, and looks only at
+connections whose earliest deadline has passed. Memory is bounded per
+connection by ``window``: past it the oldest push is forgotten, which costs
+the device nothing if it already got the push and otherwise leaves it to sync
+on the gap the next push reveals.
 Devices without ``push_ack`` never reach the tracker.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
@@ -47,9 +50,16 @@ class _Window:
     __slots__ = ("pending", "next_due", "top")
 
     def __init__(self) -> None:
-        self.pending: dict[int, _Pending] = {}  # ascending seq (see PushTracker.track)
+        self.pending: OrderedDict[int, _Pending] = OrderedDict()  # ascending seq
         self.next_due = float("inf")
         self.top = 0  # highest seq tracked so far
+
+
+#: Every tracker in the process, summed when Prometheus scrapes (several
+#: nodes share a process in tests); nothing is counted on the push path.
+_TRACKERS: weakref.WeakSet[PushTracker] = weakref.WeakSet()
+metrics.UNACKED_PUSHES.set_function(lambda: sum(t.unacked for t in list(_TRACKERS)))
+metrics.PUSH_WINDOWS.set_function(lambda: sum(len(t.windows) for t in list(_TRACKERS)))
 
 
 class PushTracker:
@@ -67,6 +77,7 @@ class PushTracker:
         self.windows: dict[Session, _Window] = {}
         self._loop = LoopingCall(self.sweep)
         self._loop.clock = clock
+        _TRACKERS.add(self)
 
     @property
     def unacked(self) -> int:
@@ -78,7 +89,6 @@ class PushTracker:
         window = self.windows.get(session)
         if window is None:
             window = self.windows[session] = _Window()
-            metrics.PUSH_WINDOWS.inc()
             self._start()
         pending = window.pending
         if seq in pending:
@@ -92,14 +102,11 @@ class PushTracker:
             # A push that arrived out of seq order (from another node): keep
             # the dict ascending so a cumulative ACK pops from the front.
             pending[seq] = entry
-            window.pending = dict(sorted(pending.items()))
+            window.pending = OrderedDict(sorted(pending.items()))
         if due < window.next_due:
             window.next_due = due
-        metrics.UNACKED_PUSHES.inc()
         if len(window.pending) > self.window:
-            oldest = next(iter(window.pending))
-            del window.pending[oldest]
-            metrics.UNACKED_PUSHES.dec()
+            window.pending.popitem(last=False)
             metrics.PUSHES_ABANDONED.labels("window").inc()
 
     def acked(self, session: Session, seq: int) -> None:
@@ -108,27 +115,14 @@ class PushTracker:
         if window is None:
             return
         pending = window.pending
-        cleared = 0
-        for s in list(pending):
-            if s > seq:
-                break
-            del pending[s]
-            cleared += 1
-        if cleared:
-            metrics.UNACKED_PUSHES.dec(cleared)
+        while pending and next(iter(pending)) <= seq:
+            pending.popitem(last=False)
         if not pending:
             self.forget(session)
 
     def forget(self, session: Session) -> None:
         """Drop a connection's window (it closed, or holds nothing more)."""
-        window = self.windows.pop(session, None)
-        if window is None:
-            return
-        if window.pending:
-            metrics.UNACKED_PUSHES.dec(len(window.pending))
-        metrics.PUSH_WINDOWS.dec()
-        if not self.windows:
-            self.stop()
+        self.windows.pop(session, None)
 
     def sweep(self) -> int:
         """Send again every push past its deadline; returns how many went out."""
@@ -157,7 +151,6 @@ class PushTracker:
             for seq in given_up:
                 del window.pending[seq]
             if given_up:
-                metrics.UNACKED_PUSHES.dec(len(given_up))
                 metrics.PUSHES_ABANDONED.labels("retries").inc(len(given_up))
             if frames:
                 resent += len(frames)
@@ -166,6 +159,8 @@ class PushTracker:
                 self.forget(session)
         if resent:
             metrics.PUSH_RETRANSMITS.inc(resent)
+        if not self.windows:
+            self.stop()  # idle until the next tracked push
         return resent
 
     def _start(self) -> None:
