@@ -10,6 +10,7 @@ from gochat import codec, metrics
 from gochat.logic import HubConfig
 from gochat.pb import pb
 from tests.logic_util import LogicTestCase, push_ack_frame
+from tests.util import NodeTestCase
 
 TIMEOUT = 5.0
 TICK = TIMEOUT / 5
@@ -191,3 +192,26 @@ class Bounds(PushAckTestCase):
         self.advance(TIMEOUT)
 
         self.assertEqual(self.bob.pushes(), [5, 3, 4, 5])
+
+
+class OverWebSocket(NodeTestCase):
+    """The same promise end to end: real node, real sockets, real client."""
+
+    @defer.inlineCallbacks
+    def test_push_ack_client_clears_the_node_window(self):
+        alice, alice_token = yield self.node.user("alice")
+        bob, bob_token = yield self.node.user("bob")
+        a = yield self.client(alice_token, device_id="a")
+        b = yield self.client(bob_token, device_id="b", push_ack=True)
+        hub = self.node.service.hub
+
+        all_in = defer.Deferred()
+        b.on_message = lambda m: len(b.received) == 3 and all_in.callback(None)
+        for text in ("one", "two", "three"):
+            yield a.send_text(bob, text)
+        yield all_in
+        yield b.sync()  # answered after every earlier frame of b, its ACKs included
+
+        self.assertEqual([m.content for m in b.received], [b"one", b"two", b"three"])
+        self.assertEqual(hub.pushes.windows, {})
+        self.assertTrue(next(iter(hub.router.online[bob])).push_ack)
