@@ -10,6 +10,7 @@ drop. Only the network is simulated: hub, store, SQLite and client are real.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from gochat.client import GoChatClient
 from tests.logic_util import LogicTestCase
 
 STEP = 0.05  # simulated seconds per turn of the test loop
+#: The network's seed; GOCHAT_TEST_SEED=N replays another run of the dice.
+SEED = int(os.environ.get("GOCHAT_TEST_SEED", "20261126"))
 
 
 class LossyNetwork:
@@ -71,21 +74,29 @@ class Link:
         self.net = net
         self.client = client
         self.open = True
+        self.closing = False
         self.session = hub.open_session(_ServerEnd(self))
 
     # the client's side
     def sendMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
-        if self.open:
+        if self.open and not self.closing:
             self.net.carry(self, self.session.frame_received, payload)
 
     def sendClose(self, code: int = 1000, reason: str | None = None) -> None:  # noqa: N802
-        self.shut("client closed")
+        self.close("client closed")
+
+    def close(self, reason: str) -> None:
+        """A WebSocket close: nothing more is sent, what is on its way still arrives."""
+        if self.open and not self.closing:
+            self.closing = True
+            self.net.clock.callLater(self.net.max_delay, self.shut, reason)
 
     def arrive(self, deliver: Any, payload: bytes) -> None:
         if self.open:
             deliver(payload)
 
     def shut(self, reason: str) -> None:
+        """The connection is gone (a cut loses whatever was on its way)."""
         if not self.open:
             return
         self.open = False
@@ -100,7 +111,7 @@ class _ServerEnd:
         self.link = link
 
     def send(self, frame: bytes) -> None:
-        if self.link.open:
+        if self.link.open and not self.link.closing:
             self.link.net.carry(self.link, self.link.client.frame_received, frame)
 
     def send_many(self, frames: list[bytes]) -> None:
@@ -108,11 +119,13 @@ class _ServerEnd:
             self.send(frame)
 
     def close(self, reason: str, going_away: bool = False) -> None:
-        self.link.shut(reason)
+        self.link.close(reason)
 
 
 class ScriptedNetwork:
     """Delivers every frame on the next clock step, except those ``drop`` picks."""
+
+    max_delay = 0.0
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
@@ -135,7 +148,7 @@ class NetworkTestCase(LogicTestCase):
     timeout = 300
 
     def setUp(self) -> Any:
-        self.rng = random.Random(20261126)
+        self.rng = random.Random(SEED)
         self.max_window = 0
         d = super().setUp()
         d.addCallback(lambda _: self._count_interactions())

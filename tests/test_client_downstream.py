@@ -137,3 +137,52 @@ class Downstream(NetworkTestCase):
         yield self.run_until(lambda: not self.hub.pushes.windows, limit=1.5)
         self.assertEqual(texts(self.ben), [b"first", b"second"])
         self.assertEqual(metrics.PUSH_RETRANSMITS._value.get(), retransmits)
+
+
+class Login(NetworkTestCase):
+    @defer.inlineCallbacks
+    def test_a_refused_login_fails_and_closes_the_connection(self):
+        net = ScriptedNetwork(self.clock)
+        client = GoChatClient("not-a-token", reactor=self.clock)
+        failed = []
+        d = self.connect(net, client)
+        d.addErrback(failed.append)
+        yield self.run_until(lambda: client.disconnected.called, limit=10)
+
+        self.assertEqual(failed[0].value.code, 1003)
+        self.assertIsNone(client.proto)
+
+    @defer.inlineCallbacks
+    def test_a_lost_login_answer_ends_in_a_new_connection(self):
+        _, token = yield self.user("dee")
+        net = ScriptedNetwork(self.clock)
+        net.drop = lambda link, payload, to_client: to_client  # the server is never heard
+        client = GoChatClient(token, reactor=self.clock, login_timeout=3.0)
+        d = self.connect(net, client)
+        d.addErrback(lambda _: None)
+        start = self.clock.seconds()
+
+        yield self.run_until(lambda: client.disconnected.called, limit=10)
+        self.assertGreaterEqual(self.clock.seconds() - start, 3.0)
+        self.assertFalse(client.logged_in)
+        # The server had logged it in; the close reached it as well.
+        self.assertEqual([s for s in self.hub.sessions if not s.closed], [])
+
+    @defer.inlineCallbacks
+    def test_a_repeated_answer_to_login_is_ignored(self):
+        _, token = yield self.user("eve")
+        net = ScriptedNetwork(self.clock)
+        client = GoChatClient(token, reactor=self.clock)
+        d = self.connect(net, client)
+        yield self.run_until(lambda: d.called, limit=10)
+        self.assertTrue(client.logged_in)
+
+        # What the server answers to a login frame the network repeated.
+        refused = pb.ACKMsg(type=pb.AT_Login).SerializeToString()
+        client.frame_received(
+            pb.Output(type=pb.CT_ACK, code=1001, data=refused).SerializeToString()
+        )
+        self.clock.advance(0)
+
+        self.assertTrue(client.logged_in)
+        self.assertIsNotNone(client.proto)

@@ -267,13 +267,18 @@ class GoChatClient:
         return bool(self._buffer) and self.seq + 1 not in self._buffer
 
     def _on_login_ack(self, code: int, ack: pb.ACKMsg) -> None:
+        if self.logged_in or self.proto is None:
+            return  # a second answer, e.g. to a login frame the network repeated
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
         d, self._login = self._login, None
         if code != codes.OK:
+            # Refused: this connection is of no use, whatever the server does with it.
             if d is not None:
                 d.errback(SendError(code, "login"))
+            if self.proto is not None:
+                self.proto.sendClose(code=1000)
             return
         self.logged_in = True
         self.server_seq = ack.seq
