@@ -72,7 +72,7 @@ class Downstream(NetworkTestCase):
         self.assertEqual(texts(self.ben), [])
 
         yield self.run_until(lambda: texts(self.ben) == [b"only"], limit=10)
-        yield self.run_until(lambda: not self.hub.pushes.windows, limit=10)
+        yield self.run_until(lambda: self.hub.pushes.unacked == 0, limit=10)
         self.assertEqual(len(self.net.dropped), 1)
 
     @defer.inlineCallbacks
@@ -134,7 +134,7 @@ class Downstream(NetworkTestCase):
         yield self.send(self.ann, self.ben_id, "first")
         yield self.send(self.ann, self.ben_id, "second")
 
-        yield self.run_until(lambda: not self.hub.pushes.windows, limit=1.5)
+        yield self.run_until(lambda: self.hub.pushes.unacked == 0, limit=1.5)
         self.assertEqual(texts(self.ben), [b"first", b"second"])
         self.assertEqual(metrics.PUSH_RETRANSMITS._value.get(), retransmits)
 

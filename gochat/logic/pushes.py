@@ -59,7 +59,7 @@ class _Window:
 #: nodes share a process in tests); nothing is counted on the push path.
 _TRACKERS: weakref.WeakSet[PushTracker] = weakref.WeakSet()
 metrics.UNACKED_PUSHES.set_function(lambda: sum(t.unacked for t in list(_TRACKERS)))
-metrics.PUSH_WINDOWS.set_function(lambda: sum(len(t.windows) for t in list(_TRACKERS)))
+metrics.PUSH_WINDOWS.set_function(lambda: sum(t.holding for t in list(_TRACKERS)))
 
 
 class PushTracker:
@@ -83,6 +83,11 @@ class PushTracker:
     def unacked(self) -> int:
         """Pushes held node-wide, for tests and the gauge."""
         return sum(len(w.pending) for w in self.windows.values())
+
+    @property
+    def holding(self) -> int:
+        """Connections with at least one unacknowledged push."""
+        return sum(1 for w in self.windows.values() if w.pending)
 
     def track(self, session: Session, seq: int, frame: bytes) -> None:
         """Remember a push that was just sent to ``session``."""
@@ -117,8 +122,8 @@ class PushTracker:
         pending = window.pending
         while pending and next(iter(pending)) <= seq:
             pending.popitem(last=False)
-        if not pending:
-            self.forget(session)
+        # An emptied window stays until the next sweep: a connection that is
+        # pushed to and ACKs all the time does not rebuild it for every push.
 
     def forget(self, session: Session) -> None:
         """Drop a connection's window (it closed, or holds nothing more)."""
@@ -129,10 +134,10 @@ class PushTracker:
         now = self.clock.seconds()
         resent = 0
         for session, window in list(self.windows.items()):
-            if window.next_due > now:
-                continue
-            if session.closed:
+            if not window.pending or session.closed:
                 self.forget(session)
+                continue
+            if window.next_due > now:
                 continue
             frames = []
             given_up = []
@@ -155,8 +160,6 @@ class PushTracker:
             if frames:
                 resent += len(frames)
                 session.send_many(frames)
-            if not window.pending:
-                self.forget(session)
         if resent:
             metrics.PUSH_RETRANSMITS.inc(resent)
         if not self.windows:
