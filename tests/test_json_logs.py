@@ -116,3 +116,31 @@ class JsonLogs(unittest.TestCase):
         lines, proc = yield self.run_node("--log-file=" + path, log_file=path)
         self.assert_json_log(lines)
         self.assertNotIn(b"GoChat node ready", proc.out)
+
+
+class EventLines(unittest.TestCase):
+    """What one event becomes: the fields a log shipper indexes."""
+
+    def test_failure_fields_and_objects(self):
+        import io
+
+        from twisted.logger import Logger
+        from twisted.python.failure import Failure
+
+        from gochat.logs import json_file_observer
+
+        out = io.StringIO()
+        log = Logger(namespace="gochat.test", observer=json_file_observer(out))
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            log.failure("storing {n} messages for {peer} failed", Failure(), n=3, peer=object())
+
+        (line,) = out.getvalue().splitlines()
+        record = json.loads(line)
+        self.assertEqual(record["level"], "critical")
+        self.assertEqual(record["namespace"], "gochat.test")
+        self.assertTrue(record["message"].startswith("storing 3 messages for <object object"))
+        self.assertEqual(record["n"], 3)
+        self.assertTrue(record["peer"].startswith("<object object"))  # not JSON: its repr
+        self.assertIn("ZeroDivisionError", record["traceback"])

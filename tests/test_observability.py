@@ -162,3 +162,51 @@ class PostgresHealth(NodeTestCase):
         from twisted.enterprise.adbapi import ConnectionLost
 
         self.flushLoggedErrors(psycopg2.Error, ConnectionLost)
+
+
+class _RedisPresencePing:
+    """The optional ``ping()`` a cluster's presence offers, over a real Redis
+    connection (the Redis presence itself belongs to the cluster code)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def ping(self) -> defer.Deferred:
+        return self.connection.ping()
+
+
+class RedisHealth(NodeTestCase):
+    @defer.inlineCallbacks
+    def probe(self, port: int) -> Any:
+        import txredisapi
+
+        from gochat.api.health import HealthResource
+
+        try:
+            connection = yield txredisapi.Connection("127.0.0.1", port, reconnect=False)
+        except Exception as exc:
+            missing_service(f"Redis at 127.0.0.1:{port}: {exc}")
+        self.addCleanup(connection.disconnect)
+        health = HealthResource(
+            self.node.service.database, _RedisPresencePing(connection), reactor, timeout=0.5
+        )
+        result = yield health.check()
+        return result
+
+    @defer.inlineCallbacks
+    def test_redis_that_answers_is_healthy(self):
+        healthy, parts = yield self.probe(6379)
+        self.assertEqual((healthy, parts), (True, {"database": "ok", "redis": "ok"}))
+
+    @defer.inlineCallbacks
+    def test_redis_that_does_not_answer_is_unhealthy(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        # A listening socket that never speaks Redis: the ping goes unanswered.
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        healthy, parts = yield self.probe(port.getHost().port)
+
+        self.assertEqual(
+            (healthy, parts), (False, {"database": "ok", "redis": "no answer within 0.5s"})
+        )

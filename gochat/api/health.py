@@ -25,11 +25,14 @@ class HealthResource(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, database: Any, presence: Any, clock: IReactorTime) -> None:
+    def __init__(
+        self, database: Any, presence: Any, clock: IReactorTime, timeout: float = TIMEOUT
+    ) -> None:
         super().__init__()
         self.database = database
         self.presence = presence
         self.clock = clock
+        self.timeout = timeout
 
     def render_GET(self, request: Request) -> Any:  # noqa: N802
         d = self.check()
@@ -62,11 +65,11 @@ class HealthResource(resource.Resource):
 
     def _probe(self, ping: Any) -> defer.Deferred:
         d = defer.maybeDeferred(ping)
-        d.addTimeout(TIMEOUT, self.clock)
+        d.addTimeout(self.timeout, self.clock)
         d.addCallbacks(lambda _: "ok", self._reason)
         return d
 
     def _reason(self, failure: Any) -> str:
         if failure.check(defer.TimeoutError, defer.CancelledError):
-            return f"no answer within {TIMEOUT:g}s"
+            return f"no answer within {self.timeout:g}s"
         return f"error: {failure.getErrorMessage() or failure.type.__name__}"
