@@ -395,7 +395,7 @@ class GoChatClient:
             msg = self._buffer.get(nxt)
             if msg is None:
                 break
-            if _content_key(msg) in self._inflight:
+            if self._inflight and _content_key(msg) in self._inflight:
                 break  # maybe one of ours whose ACK is on the way: it will tell
             del self._buffer[nxt]
             self.seq = nxt
