@@ -7,12 +7,15 @@ import sys
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from gochat import metrics
 from gochat.api import build_site
+from gochat.api.health import HealthResource
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -64,11 +67,18 @@ class GoChatService(service.MultiService):
                 login_timeout=config.login_timeout,
                 sync_limit=config.sync_limit,
                 max_frame=config.max_frame,
+                push_retry_timeout=config.push_retry_timeout,
+                push_retries=config.push_retries,
+                push_window=config.push_window,
             ),
         )
         self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
         self.site = build_site(
             self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
+        )
+        self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
+        self.site.resource.putChild(
+            b"healthz", HealthResource(self.database, self.hub.presence, reactor)
         )
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
@@ -125,6 +135,7 @@ class GoChatService(service.MultiService):
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
         yield self.hub.wait_idle()
+        self.hub.pushes.stop()
         yield super().stopService()
         self.database.close()
 
