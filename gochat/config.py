@@ -50,6 +50,11 @@ class Config:
     cluster_ca: str | None = None
     cluster_cert: str | None = None
     cluster_key: str | None = None
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
+    log_format: str = "text"
+    log_file: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -91,6 +96,11 @@ _PARAMS = [
     ["cluster-ca", None, None, "CA certificate (PEM): PB between nodes over TLS, peers verified"],
     ["cluster-cert", None, None, "this node's certificate (PEM) signed by --cluster-ca"],
     ["cluster-key", None, None, "private key (PEM) of --cluster-cert [in the same file]"],
+    ["push-retry-timeout", None, "5", "seconds a push_ack device has to acknowledge a push"],
+    ["push-retries", None, "3", "resends of an unacknowledged push before the device must sync"],
+    ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
+    ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
+    ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
 ]
 
 
@@ -116,6 +126,14 @@ class Options(usage.Options):
             # One clear line rather than twistd's whole usage text.
             sys.stderr.write(f"gochat: error: {exc}\n")
             raise SystemExit(2) from None
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd resolves --logger after its subcommand's options, so the
+            # JSON observer can be chosen here (see gochat.logs).
+            from gochat import logs
+
+            logs.use_json(self.config.log_file)
+            parent["logger"] = "gochat.logs.json_observer"
 
 
 def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
@@ -169,7 +187,16 @@ def build_config(opts: dict) -> Config:
         cluster_ca=opts["cluster-ca"] or None,
         cluster_cert=opts["cluster-cert"] or None,
         cluster_key=opts["cluster-key"] or None,
+        push_retry_timeout=_number(opts, "push-retry-timeout", float, 0.05),
+        push_retries=int(_number(opts, "push-retries", int, 0)),
+        push_window=int(_number(opts, "push-window", int, 1)),
+        log_format=opts["log-format"],
+        log_file=opts["log-file"] or None,
     )
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
+    if config.log_file is not None and config.log_format != "json":
+        raise ConfigError("--log-file: only with --log-format json (twistd --logfile for text)")
     if config.sync_limit > 1000:
         raise ConfigError("--sync-limit: at most 1000 messages per page")
     if config.max_frame > 64 * 1024 * 1024:

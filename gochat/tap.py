@@ -7,12 +7,15 @@ import sys
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from gochat import metrics
 from gochat.api import build_site
+from gochat.api.health import HealthResource
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -67,6 +70,9 @@ class GoChatService(service.MultiService):
                 max_frame=config.max_frame,
                 msg_rate=config.msg_rate,
                 msg_burst=config.msg_burst,
+                push_retry_timeout=config.push_retry_timeout,
+                push_retries=config.push_retries,
+                push_window=config.push_window,
             ),
         )
         self.ws_factory = GatewayFactory(
@@ -83,6 +89,10 @@ class GoChatService(service.MultiService):
             self.passwords,
             WebSocketResource(self.ws_factory),
             auth_limiter=self.auth_limiter,
+        )
+        self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
+        self.site.resource.putChild(
+            b"healthz", HealthResource(self.database, self.hub.presence, reactor)
         )
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
@@ -157,6 +167,7 @@ class GoChatService(service.MultiService):
             # Autobahn drops a peer that does not answer the close within its
             # closeHandshakeTimeout, so this wait is bounded.
             yield defer.DeferredList(closed, consumeErrors=True)
+        self.hub.pushes.stop()
         yield super().stopService()
         self.database.close()
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.auth import TokenSigner
+from gochat.logic.pushes import PushTracker
 from gochat.logic.router import RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
 from gochat.logic.writer import MessageWriter
@@ -34,6 +35,9 @@ class HubConfig:
     max_frame: int = 64 * 1024
     msg_rate: float = 1000.0  # frames per second per connection
     msg_burst: int = 5000  # frames a connection may send at once
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
 
 
 @dataclass(eq=False)
@@ -77,6 +81,12 @@ class Hub:
         self.writer = MessageWriter(
             store, self._committed, self._failed, key=lambda owner: id(owner[0])
         )
+        self.pushes = PushTracker(
+            clock,
+            timeout=self.config.push_retry_timeout,
+            retries=self.config.push_retries,
+            window=self.config.push_window,
+        )
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
         self.unauthenticated = 0  # open sessions that have not logged in yet
@@ -96,6 +106,7 @@ class Hub:
         if not session.authenticated:
             self.unauthenticated -= 1
         metrics.CONNECTIONS.set(len(self.sessions))
+        self.pushes.forget(session)
         device = session.device
         if device is None:
             return
@@ -202,6 +213,8 @@ class Hub:
 
     def push_acked(self, session: Session, seq: int) -> None:
         """A device acknowledged pushes up to ``seq`` (cumulative)."""
+        if session.push_ack:
+            self.pushes.acked(session, seq)
 
     # -- node-to-node --------------------------------------------------------
 

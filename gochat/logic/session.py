@@ -162,8 +162,12 @@ class Session:
         self.conn.send_many(frames)
 
     def push(self, seq: int, frame: bytes) -> None:
-        """A push of the message with this user's ``seq``."""
+        """A push of the message with this user's ``seq``; tracked for ``push_ack`` devices."""
+        if self.closed:
+            return
         self.send(frame)
+        if self.push_ack:
+            self.hub.pushes.track(self, seq, frame)
 
     def connection_lost(self) -> None:
         if self.closed:

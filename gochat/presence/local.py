@@ -19,6 +19,10 @@ class Presence(Protocol):
     def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
         """Fires with ``{node_id: [user_id, ...]}`` for nodes other than this one."""
 
+    # Optional: ``ping() -> Deferred`` that fails when the shared presence
+    # store (Redis) does not answer. ``/healthz`` calls it when it exists;
+    # in-process presence has no such method because it cannot be down.
+
 
 class LocalPresence:
     """Everything is on this node, so no other node ever holds anyone."""
