@@ -223,6 +223,9 @@ def _check_cluster_tls(config: Config) -> None:
         return
     if config.cluster_ca is None or config.cluster_cert is None:
         raise ConfigError("--cluster-ca and --cluster-cert: give both for PB over TLS")
+    if not config.rpc.startswith("tcp"):
+        # The cluster CA's mutual TLS is layered on a plain listening endpoint.
+        raise ConfigError(f"--rpc {config.rpc!r}: with --cluster-ca give a tcp: description")
     from gochat.tls import ClusterTLSError, load_cluster_tls
 
     try:

@@ -107,6 +107,16 @@ class SecurityOptions(unittest.TestCase):
             options(cluster_ca=ca.files.cert_path, cluster_cert=a.cert_path, cluster_key=a.key_path)
         )
         self.assertEqual(config.cluster_cert, a.cert_path)
+        with self.assertRaises(ConfigError) as caught:
+            build_config(
+                options(
+                    cluster_ca=ca.files.cert_path,
+                    cluster_cert=a.cert_path,
+                    cluster_key=a.key_path,
+                    rpc=f"ssl:9092:privateKey={a.key_path}:certKey={a.cert_path}",
+                )
+            )
+        self.assertIn("--rpc", str(caught.exception))
         # The key may sit in the certificate file.
         both = os.path.join(directory, "both.pem")
         with open(both, "wb") as f:
