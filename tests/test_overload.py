@@ -29,15 +29,22 @@ class SlowReader(NodeTestCase):
                 return session
         return None
 
-    @defer.inlineCallbacks
     def test_reader_that_stops_is_dropped_with_bounded_memory_and_others_unaffected(self):
+        return self.flood_a_stalled_reader(self.node.ws_url)
+
+    def test_stalled_reader_on_the_http_ports_ws_is_dropped_too(self):
+        # /ws beside the API: the web channel handed the transport over to us.
+        return self.flood_a_stalled_reader(self.node.http_url.replace("http", "ws") + "/ws")
+
+    @defer.inlineCallbacks
+    def flood_a_stalled_reader(self, slow_url):
         sender_id, sender_token = yield self.node.user("sender")
         slow_id, slow_token = yield self.node.user("slow")
         fast_id, fast_token = yield self.node.user("fast")
         group = yield self.node.api().create_group(sender_token, "flood", [slow_id, fast_id])
         group_id = int(group["id"])
 
-        slow = yield open_raw(self.node.ws_url, receive_buffer=4096)
+        slow = yield open_raw(slow_url, receive_buffer=4096)
         self.addCleanup(slow.abort)
         ack = yield slow.login(slow_token)
         self.assertEqual(ack.code, codes.OK)
