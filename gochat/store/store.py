@@ -8,6 +8,7 @@ so all rows of a message (and of every message in the batch) commit together.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,12 @@ class Store:
         self._seq_cache: dict[int, int] = {}
         self._known_users: set[int] = set()
         self._group_cache: dict[int, tuple[int, ...]] = {}
+        # Bumped on every invalidation: a transaction that read members before
+        # an invalidation must not put its (maybe stale) copy back in the cache.
+        self._group_generation = 0
+        #: Called with a group id after this node changed its membership; a
+        #: cluster publishes it so every other node drops its cached copy.
+        self.on_group_changed: Callable[[int], Any] | None = None
 
     # -- users ---------------------------------------------------------------
 
@@ -142,14 +149,10 @@ class Store:
             missing = set(members) - _existing_users(cur, set(members))
             if missing:
                 raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
-            cur.execute(
+            group_id = cur.insert_id(
                 "INSERT INTO chat_groups (name, owner_id, created_at) VALUES (?, ?, ?)",
                 (name, owner_id, _now_ms()),
             )
-            group_id = cur.lastrowid
-            if not group_id:  # PostgreSQL cursors have no lastrowid
-                cur.execute("SELECT MAX(id) FROM chat_groups WHERE owner_id = ?", (owner_id,))
-                group_id = cur.fetchone()[0]
             cur.executemany(
                 "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
                 [(group_id, m) for m in members],
@@ -255,12 +258,14 @@ class Store:
         nothing of it is stored.
         """
         single_writer = self.engine.single_writer
+        generation = self._group_generation
 
         def done(outcome: tuple[list[UpResult], dict[int, int], dict[int, tuple]]) -> Any:
             results, seqs, groups = outcome
             if single_writer:
                 self._seq_cache.update(seqs)
-            self._group_cache.update(groups)
+            if generation == self._group_generation:
+                self._group_cache.update(groups)
             for result in results:
                 if result.code == codes.OK:
                     self._known_users.update(u for u, _ in result.rows)
@@ -381,9 +386,52 @@ class Store:
                 current[int(uid)] = int(seq)
         return current
 
+    def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+        """Add existing users to a group (idempotent); every node's cache is invalidated."""
+        wanted = sorted(set(user_ids))
+
+        def txn(cur: Cursor) -> None:
+            if not _group_members(cur, group_id):
+                raise NotFound(f"group {group_id} not found")
+            missing = set(wanted) - _existing_users(cur, set(wanted))
+            if missing:
+                raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
+            present = set(_group_members(cur, group_id))
+            cur.executemany(
+                "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
+                [(group_id, u) for u in wanted if u not in present],
+            )
+
+        d = self.db.run_with_retry("add_group_members", txn)
+        return d.addCallback(self._group_changed, group_id)
+
+    def remove_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+        """Remove users from a group; every node's cache is invalidated."""
+        gone = sorted(set(user_ids))
+
+        def txn(cur: Cursor) -> None:
+            cur.executemany(
+                "DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
+                [(group_id, u) for u in gone],
+            )
+
+        d = self.db.run_with_retry("remove_group_members", txn)
+        return d.addCallback(self._group_changed, group_id)
+
+    def _group_changed(self, _: Any, group_id: int) -> None:
+        self.forget_group(group_id)
+        if self.on_group_changed is not None:
+            self.on_group_changed(group_id)
+
     def forget_group(self, group_id: int) -> None:
         """Drop a cached member list (membership changed elsewhere)."""
+        self._group_generation += 1
         self._group_cache.pop(group_id, None)
+
+    def forget_all_groups(self) -> None:
+        """Drop every cached member list (invalidations may have been missed)."""
+        self._group_generation += 1
+        self._group_cache.clear()
 
 
 def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:
