@@ -35,3 +35,12 @@ PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], 
 HEARTBEAT_CLOSES = Counter(
     "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY
 )
+PRESENCE_ERRORS = Counter(
+    "gochat_presence_errors_total", "Redis presence operations that failed", registry=REGISTRY
+)
+RPC_CALLS = Counter(
+    "gochat_rpc_calls_total",
+    "Node-to-node PB calls by direction and result",
+    ["direction", "result"],
+    registry=REGISTRY,
+)

@@ -132,3 +132,25 @@ def _read_reply(f: Any) -> Any:
     if kind == b"*":
         return [_read_reply(f) for _ in range(int(rest))]
     raise ValueError(f"unexpected Redis reply {line!r}")
+
+
+def poll_until(check: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Call ``check()`` (a value or a Deferred) until it is truthy; fires with it.
+
+    Time is the reactor's: fails with AssertionError once ``timeout`` seconds
+    have passed without success. No blind sleeps: each round waits ``interval``.
+    """
+    from twisted.internet import defer, reactor, task
+
+    @defer.inlineCallbacks
+    def run() -> Any:
+        deadline = reactor.seconds() + timeout
+        while True:
+            result = yield defer.maybeDeferred(check)
+            if result:
+                return result
+            if reactor.seconds() >= deadline:
+                raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
+            yield task.deferLater(reactor, interval, lambda: None)
+
+    return run()
