@@ -154,3 +154,25 @@ def poll_until(check: Any, timeout: float, interval: float = 0.05, what: str = "
             yield task.deferLater(reactor, interval, lambda: None)
 
     return run()
+
+
+CLUSTER_SECRET = b"test-cluster-secret-0123456789"
+
+
+def cluster_config(test: Any, lease: float = 15.0, database: str = "postgresql") -> dict:
+    """Config overrides for in-process cluster nodes sharing one database and Redis prefix."""
+    import tempfile
+
+    db = postgres_database(test) if database == "postgresql" else mysql_database(test)
+    redis_url, prefix = redis_prefix(test)
+    secret = os.path.join(tempfile.mkdtemp(prefix="gochat-cluster-"), "cluster.secret")
+    with open(secret, "wb") as f:
+        f.write(CLUSTER_SECRET)
+    return {
+        "db": db,
+        "redis": redis_url,
+        "redis_prefix": prefix,
+        "presence_lease": lease,
+        "cluster_secret_file": secret,
+        "rpc": "tcp:0:interface=127.0.0.1",
+    }
