@@ -165,10 +165,15 @@ def cluster_config(test: Any, lease: float = 15.0, database: str = "postgresql")
 
     db = postgres_database(test) if database == "postgresql" else mysql_database(test)
     redis_url, prefix = redis_prefix(test)
-    secret = os.path.join(tempfile.mkdtemp(prefix="gochat-cluster-"), "cluster.secret")
+    directory = tempfile.mkdtemp(prefix="gochat-cluster-")
+    secret = os.path.join(directory, "cluster.secret")
     with open(secret, "wb") as f:
         f.write(CLUSTER_SECRET)
+    token_key = os.path.join(directory, "token.key")
+    with open(token_key, "wb") as f:
+        f.write(os.urandom(32).hex().encode())
     return {
+        "secret_file": token_key,
         "db": db,
         "redis": redis_url,
         "redis_prefix": prefix,

@@ -114,9 +114,7 @@ class RedisPresenceTests(unittest.TestCase):
         self.assertEqual(found, {})
 
         def back() -> Any:
-            return b.nodes_for([1, 2, 3]).addCallback(
-                lambda found: found == {a.node_id: [1, 2, 3]}
-            )
+            return b.nodes_for([1, 2, 3]).addCallback(lambda found: found == {a.node_id: [1, 2, 3]})
 
         yield services.poll_until(back, timeout=5, what="re-registration")
 

@@ -1,0 +1,149 @@
+"""Two and three cluster nodes in this process: shared PostgreSQL, Redis presence, PB.
+
+Fast checks of the cluster paths; tests/test_cluster_processes.py repeats the
+important ones with real separate processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from gochat import codes
+from gochat.client import SendError
+from gochat.pb import pb
+from tests import services
+from tests.util import Node
+
+
+class ClusterTestCase(unittest.TestCase):
+    timeout = 90
+    nodes_count = 2
+    database = "postgresql"
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        config = services.cluster_config(self, database=self.database)
+        self.nodes = []
+        for _ in range(self.nodes_count):
+            node = Node(**config)
+            yield node.start()
+            self.addCleanup(node.stop)
+            self.nodes.append(node)
+
+    @defer.inlineCallbacks
+    def client(self, node: Node, token: str, **kwargs: Any) -> Any:
+        client = yield node.connect(token, **kwargs)
+        self.addCleanup(self._close, client)
+        return client
+
+    @defer.inlineCallbacks
+    def _close(self, client: Any) -> Any:
+        if client.proto is not None:
+            yield client.close()
+
+    def wait_messages(self, client: Any, n: int, timeout: float = 20) -> defer.Deferred:
+        return services.poll_until(lambda: len(client.received) >= n, timeout, what=f"{n} messages")
+
+
+class CrossNodeChat(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_single_chat_between_users_on_two_nodes(self):
+        n1, n2 = self.nodes
+        alice, alice_token = yield n1.user("alice")
+        bob, bob_token = yield n2.user("bob")
+        a = yield self.client(n1, alice_token)
+        b = yield self.client(n2, bob_token)
+        seq = yield a.send_text(bob, "hello across")
+        yield self.wait_messages(b, 1)
+        msg = b.received[0]
+        self.assertEqual(
+            (seq, msg.sender_id, msg.receiver_id, msg.content, msg.seq),
+            (1, alice, bob, b"hello across", 1),
+        )
+
+    @defer.inlineCallbacks
+    def test_pushes_reach_the_senders_other_device_on_another_node(self):
+        n1, n2 = self.nodes
+        alice, token = yield n1.user("alice")
+        bob, _ = yield n1.user("bob")
+        laptop = yield self.client(n1, token, device_id="laptop")
+        phone = yield self.client(n2, token, device_id="phone")
+        yield laptop.send_text(bob, "from laptop")
+        yield services.poll_until(lambda: phone.seq >= 1, 20, what="phone caught up")
+        self.assertEqual(phone.seq, 1)
+
+    @defer.inlineCallbacks
+    def test_group_spread_over_nodes_gets_every_push_once(self):
+        n1, n2 = self.nodes
+        users = []
+        for i in range(6):
+            node = self.nodes[i % 2]
+            uid, token = yield node.user(f"m{i}")
+            users.append((uid, token, node))
+        owner_token = users[0][1]
+        group = yield n1.api().create_group(owner_token, "g", [u for u, _, _ in users[1:]])
+        gid = int(group["id"])
+        clients = []
+        for _uid, token, node in users:
+            c = yield self.client(node, token)
+            clients.append(c)
+        for i, c in enumerate(clients[:3]):
+            yield c.send_text(gid, f"hi {i}", group=True)
+        for c in clients:
+            yield services.poll_until(lambda c=c: c.seq >= 3, 20, what="3 group messages")
+        for c in clients[3:]:
+            self.assertEqual([m.content for m in c.received], [b"hi 0", b"hi 1", b"hi 2"])
+
+
+class SameDevice(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_a_device_logging_in_on_another_node_closes_its_old_connection(self):
+        n1, n2 = self.nodes
+        _alice, token = yield n1.user("alice")
+        old = yield self.client(n1, token, device_id="phone")
+        closed = old.disconnected
+        new = yield self.client(n2, token, device_id="phone")
+        code, _reason = yield closed.addTimeout(10, reactor)
+        self.assertIsNone(old.proto)
+        self.assertTrue(new.logged_in)
+
+
+class GroupMembership(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_member_removed_on_one_node_is_refused_on_another(self):
+        n1, n2 = self.nodes
+        alice, alice_token = yield n1.user("alice")
+        bob, bob_token = yield n1.user("bob")
+        group = yield n1.api().create_group(alice_token, "g", [bob])
+        gid = int(group["id"])
+        b = yield self.client(n1, bob_token)
+        yield b.send_text(gid, "cached now", group=True)  # n1 caches the members
+
+        yield n2.service.store.remove_group_members(gid, [bob])
+
+        def refused() -> Any:
+            d = b.send_text(gid, "still a member?", group=True)
+            return d.addCallbacks(lambda _: False, lambda f: f.trap(SendError) and f.value.code)
+
+        code = yield services.poll_until(refused, 10, what="invalidation on node 1")
+        self.assertEqual(code, codes.UNAUTHORIZED)
+
+
+class MySQLCluster(ClusterTestCase):
+    database = "mysql"
+
+    @defer.inlineCallbacks
+    def test_single_chat_between_users_on_two_nodes(self):
+        n1, n2 = self.nodes
+        alice, alice_token = yield n1.user("alice")
+        bob, bob_token = yield n2.user("bob")
+        a = yield self.client(n1, alice_token)
+        b = yield self.client(n2, bob_token)
+        yield a.send_text(bob, "over MariaDB")
+        yield self.wait_messages(b, 1)
+        self.assertEqual(
+            (b.received[0].content, b.received[0].session_type), (b"over MariaDB", pb.ST_Single)
+        )
