@@ -232,6 +232,25 @@ class ConcurrentWriterTests(StoreTests):
             self.assertEqual([s for s, _ in rows], list(range(1, len(rows) + 1)))
 
     @defer.inlineCallbacks
+    def test_a_device_served_by_two_nodes_at_once_stores_each_client_id_once(self):
+        """The device reconnected elsewhere while its old node still had its messages queued."""
+        a, b = yield self.users(2)
+        other = self.open_store()
+        yield self.store.load_device(a, "phone")
+        items = [UpItem(a, "phone", cid, single(a, b, f"m{cid}")) for cid in (1, 2, 3)]
+        twins = [UpItem(a, "phone", cid, single(a, b, f"m{cid}")) for cid in (1, 2, 3)]
+        first, second = yield defer.gatherResults(
+            [self.store.commit_messages(items), other.commit_messages(twins)],
+            consumeErrors=True,
+        )
+        self.assertEqual([r.code for r in first + second], [codes.OK] * 6)
+        self.assertEqual([r.sender_seq for r in first], [r.sender_seq for r in second])
+        rows = yield self.rows(self.store, b)
+        self.assertEqual(rows, [(1, b"m1"), (2, b"m2"), (3, b"m3")])
+        # Only the copy that was stored carries rows to push.
+        self.assertEqual(sum(bool(r.rows) for r in first + second), 3)
+
+    @defer.inlineCallbacks
     def test_a_transaction_the_database_aborts_is_retried(self):
         """Two transactions lock two rows in opposite orders: a real deadlock."""
         a, b = yield self.users(2)

@@ -278,10 +278,21 @@ class Store:
     ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple]]:
         groups: dict[int, tuple[int, ...]] = {}
         known = set(self._known_users)
+        # 0. with several writers the same device may be served by two nodes for a
+        #    moment (it reconnected elsewhere): its window is re-read under a lock,
+        #    and a clientId already stored gets its earlier answer, not a second row.
+        stored = {} if self.engine.single_writer else _lock_devices(cur, items)
         # 1. decide recipients (validation that needs the database)
         plans: list[tuple[UpItem, int, tuple[int, ...]]] = []
+        duplicates: dict[int, UpResult] = {}
         for item in items:
             msg = item.message
+            if item.device_id is not None:
+                key = (item.user_id, item.device_id)
+                if item.client_id <= stored.get(key, 0):
+                    duplicates[id(item)] = _earlier_answer(cur, item)
+                    continue
+                stored[key] = item.client_id
             if item.reject_code != codes.OK or msg is None:
                 plans.append((item, item.reject_code, ()))
                 continue
@@ -345,6 +356,10 @@ class Store:
                 )
                 device_last[(item.user_id, item.device_id)] = item.client_id
             results.append(result)
+        if duplicates:
+            by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
+            by_item.update(duplicates)
+            results = [by_item[id(item)] for item in items]
         cur.executemany(
             "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
             " message_type, content, send_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -432,6 +447,35 @@ class Store:
         """Drop every cached member list (invalidations may have been missed)."""
         self._group_generation += 1
         self._group_cache.clear()
+
+
+def _lock_devices(cur: Cursor, items: list[UpItem]) -> dict[tuple[int, str | None], int]:
+    """Lock the device rows of a batch in a fixed order; ``{(user, device): last clientId}``."""
+    keys = sorted({(i.user_id, i.device_id) for i in items if i.device_id is not None})
+    last: dict[tuple[int, str | None], int] = {}
+    for start in range(0, len(keys), 200):
+        chunk = keys[start : start + 200]
+        where = " OR ".join(["(user_id = ? AND device_id = ?)"] * len(chunk))
+        cur.execute(
+            f"SELECT user_id, device_id, last_client_id FROM devices WHERE {where}"
+            " ORDER BY user_id, device_id FOR UPDATE",
+            [v for key in chunk for v in key],
+        )
+        for uid, dev, cid in cur.fetchall():
+            last[(int(uid), dev)] = int(cid)
+    return last
+
+
+def _earlier_answer(cur: Cursor, item: UpItem) -> UpResult:
+    """The result given when this (user, device, clientId) was first stored."""
+    cur.execute(
+        "SELECT code, seq FROM device_acks WHERE user_id = ? AND device_id = ? AND client_id = ?",
+        (item.user_id, item.device_id, item.client_id),
+    )
+    row = cur.fetchone()
+    if row is None:  # older than the ACK memory: accepted, answer unknown
+        return UpResult(code=codes.OK)
+    return UpResult(code=int(row[0]), sender_seq=int(row[1]))
 
 
 def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:
