@@ -209,7 +209,7 @@ class GoChatClient:
             if self.push_ack:
                 self._send(pb.CT_ACK, pb.ACKMsg(type=pb.AT_Push, seq=self.seq).SerializeToString())
             if self._buffer and self._syncing is None:
-                self.sync()
+                self._background_sync()
         elif out.type == pb.CT_Sync:
             self._on_sync(out.code, pb.SyncOutputMsg.FromString(out.data))
 
@@ -250,6 +250,10 @@ class GoChatClient:
             self._request_sync()
         return waiter
 
+    def _background_sync(self) -> None:
+        """A sync nobody waits for: losing the connection meanwhile is fine (login syncs)."""
+        self.sync().addErrback(lambda f: f.trap(ConnectionError, SendError) and None)
+
     def _request_sync(self) -> None:
         self._send(pb.CT_Sync, pb.SyncInputMsg(seq=self.seq).SerializeToString())
 
@@ -275,7 +279,7 @@ class GoChatClient:
             else:
                 waiter.errback(error)
         if error is None and self._buffer:
-            self.sync()  # a push raced past the end of the sync
+            self._background_sync()  # a push raced past the end of the sync
 
     def _offer(self, msg: pb.Message) -> None:
         if msg.seq <= self.seq or msg.seq in self._buffer:
