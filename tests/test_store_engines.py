@@ -232,6 +232,20 @@ class ConcurrentWriterTests(StoreTests):
             self.assertEqual([s for s, _ in rows], list(range(1, len(rows) + 1)))
 
     @defer.inlineCallbacks
+    def test_nodes_starting_together_migrate_a_fresh_database_once(self):
+        self.db_url = self.url()  # another, empty database
+        stores = [self.open_store() for _ in range(3)]
+        versions = yield defer.gatherResults([s.db.migrate() for s in stores], consumeErrors=True)
+        self.assertEqual(versions, [schema_deltas()[-1][0]] * 3)
+
+        def applied(cur: Any) -> list:
+            cur.execute("SELECT version FROM schema_version ORDER BY version")
+            return [int(r[0]) for r in cur.fetchall()]
+
+        rows = yield stores[0].db.run_interaction("test_versions", applied)
+        self.assertEqual(rows, [v for v, _, _ in schema_deltas()])
+
+    @defer.inlineCallbacks
     def test_a_device_served_by_two_nodes_at_once_stores_each_client_id_once(self):
         """The device reconnected elsewhere while its old node still had its messages queued."""
         a, b = yield self.users(2)
