@@ -45,28 +45,29 @@ def _free_port() -> int:
 
 
 class _Node(protocol.ProcessProtocol):
+    """A node process logging to its own file (a pipe the benchmark drains slowly would
+    stall the node); ready once that file says so."""
+
     def __init__(self, log_path: str) -> None:
-        self.ready: defer.Deferred = defer.Deferred()
-        self.ended: defer.Deferred = defer.Deferred()
-        self.log = open(log_path, "ab")  # noqa: SIM115 - closed when the process ends
-        self.buffer = b""
+        self.log_path = log_path
         self.ws = ""
-
-    def outReceived(self, data: bytes) -> None:  # noqa: N802
-        self.log.write(data)
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if not self.ready.called and READY.search(line.decode("utf-8", "replace")):
-                self.ready.callback(self)
-
-    errReceived = outReceived  # noqa: N815
+        self.transport: Any = None
+        self.ended: defer.Deferred = defer.Deferred()
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
-        self.log.close()
-        if not self.ready.called:
-            self.ready.errback(RuntimeError(f"node exited before it was ready: {reason.value}"))
         self.ended.callback(None)
+
+    @defer.inlineCallbacks
+    def ready(self, reactor: Any, timeout: float = 60) -> Any:
+        deadline = reactor.seconds() + timeout
+        while True:
+            if os.path.exists(self.log_path):
+                with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                    if READY.search(f.read()):
+                        return self
+            if self.ended.called or reactor.seconds() > deadline:
+                raise RuntimeError(f"node did not start; see {self.log_path}")
+            yield task.deferLater(reactor, 0.1, lambda: None)
 
 
 @defer.inlineCallbacks
@@ -80,7 +81,7 @@ def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str) 
         node = _Node(os.path.join(data_dir, "node.log"))
         node.ws = f"ws://127.0.0.1:{ws}/ws"
         argv = [
-            twistd, "-n", "--pidfile=", "gochat",
+            twistd, "-n", "--pidfile=", f"--logfile={node.log_path}", "gochat",
             f"--ws=tcp:{ws}:interface=127.0.0.1",
             f"--http=tcp:{http}:interface=127.0.0.1",
             f"--rpc=tcp:{rpc}:interface=127.0.0.1",
@@ -93,8 +94,8 @@ def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str) 
         node.transport = reactor.spawnProcess(node, twistd, argv, env=env, path=data_dir)
         nodes.append(node)
         if i == 0:  # the first one migrates the schema
-            yield node.ready.addTimeout(60, reactor)
-    yield defer.gatherResults([n.ready.addTimeout(60, reactor) for n in nodes])
+            yield node.ready(reactor)
+    yield defer.gatherResults([n.ready(reactor) for n in nodes])
     return nodes
 
 
