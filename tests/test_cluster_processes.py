@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg2
 from twisted.cred import credentials, error
 from twisted.internet import defer, endpoints, reactor
 from twisted.spread import pb as spread
@@ -26,6 +25,8 @@ LEASE = 2.0  # seconds: a killed node's entries must be gone within LEASE * 4/3
 def pg_rows(db_url: str, sql: str, args: tuple = ()) -> list[tuple]:
     """A direct look at the shared database (blocking, short)."""
     from urllib.parse import urlparse
+
+    import psycopg2
 
     u = urlparse(db_url)
     conn = psycopg2.connect(

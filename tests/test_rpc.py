@@ -96,6 +96,16 @@ class RpcEndpoint(unittest.TestCase):
         self.assertEqual((n, mine.content, theirs.content), (2, b"to carol", b"to dave"))
 
     @defer.inlineCallbacks
+    def test_pushes_for_one_node_in_one_turn_go_as_one_call_in_order(self):
+        pool = self.pool()
+        first = pool.deliver("node", {self.uid: [push(1, self.uid, "one", 1)]})
+        second = pool.deliver("node", {self.uid: [push(1, self.uid, "two", 2)]})
+        results = yield defer.gatherResults([first, second])
+        self.assertEqual(results, [2, 2])  # both answered by the one call that pushed 2 frames
+        yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
+        self.assertEqual([m.content for m in self.received], [b"one", b"two"])
+
+    @defer.inlineCallbacks
     def test_wrong_secret_is_refused_and_delivers_nothing(self):
         result = yield self.pool(secret=b"not-the-cluster-secret").deliver(
             "node", {self.uid: [push(1, self.uid, "forged", 1)]}

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from gochat import metrics
 
-OP_TIMEOUT = 3.0  # seconds a Redis command may take before it counts as failed
+OP_TIMEOUT = 5.0  # seconds a Redis command may take before it counts as failed
 
 _REGISTER = """
 local p, n = ARGV[1], ARGV[2]
@@ -166,6 +166,8 @@ class RedisPresence(service.Service):
         self._redis: Any = None
         self._subscriber: Any = None
         self._loop: task.LoopingCall | None = None
+        self._lookups: list[tuple[list[int], defer.Deferred]] = []
+        self._lookup_call: Any = None
 
     @property
     def channel(self) -> str:
@@ -184,7 +186,9 @@ class RedisPresence(service.Service):
             poolsize=2,
             reconnect=True,
             connectTimeout=OP_TIMEOUT,
-            replyTimeout=OP_TIMEOUT,
+            # No replyTimeout: txredisapi drops the whole connection when one reply is
+            # late, which under load fails every command in flight. Each call here
+            # has its own timeout instead (_call).
             convertNumbers=False,
         )
         self._subscriber = _subscribe(self)
@@ -231,24 +235,47 @@ class RedisPresence(service.Service):
         return self._script(_OFFLINE, str(user_id)).addCallbacks(lambda _: None, self._write_failed)
 
     def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
-        """``{node_id: [user_id, ...]}`` of live nodes other than this one."""
+        """``{node_id: [user_id, ...]}`` of live nodes other than this one.
+
+        Lookups made in one reactor turn (a committed batch pushes many
+        messages at once) share one Redis script call.
+        """
         if not user_ids:
             return defer.succeed({})
+        d: defer.Deferred = defer.Deferred()
+        self._lookups.append((user_ids, d))
+        if self._lookup_call is None:
+            self._lookup_call = self.clock.callLater(0, self._look_up)
+        return d
+
+    def _look_up(self) -> None:
+        self._lookup_call = None
+        lookups, self._lookups = self._lookups, []
+        wanted = sorted({u for ids, _ in lookups for u in ids})
         d = self._call(
-            self._redis.eval(
-                _NODES_FOR, [], [self.prefix, self.node_id, *(str(u) for u in user_ids)]
-            )
+            self._redis.eval(_NODES_FOR, [], [self.prefix, self.node_id, *map(str, wanted)])
         )
 
-        def parse(flat: list[Any]) -> dict[str, list[int]]:
-            out = {}
+        def answer(flat: list[Any]) -> None:
+            holders: dict[int, list[str]] = {}
             for i in range(0, len(flat), 3):
                 node, address, users = _text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2])
                 self.addresses[node] = address
-                out[node] = [int(u) for u in users.split(",")]
-            return out
+                for u in users.split(","):
+                    holders.setdefault(int(u), []).append(node)
+            for ids, waiter in lookups:
+                found: dict[str, list[int]] = {}
+                for u in ids:
+                    for node in holders.get(u, ()):
+                        found.setdefault(node, []).append(u)
+                waiter.callback(found)
 
-        return d.addCallback(parse)
+        def failed(failure: Any) -> None:
+            metrics.PRESENCE_ERRORS.inc()
+            for _, waiter in lookups:
+                waiter.errback(failure)
+
+        d.addCallbacks(answer, failed)
 
     def address_of(self, node_id: str) -> defer.Deferred:
         """The RPC address of a live node (``None`` when its lease is gone)."""

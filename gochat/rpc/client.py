@@ -97,6 +97,11 @@ class _Peer:
             del self.pool.peers[self.node_id]
 
 
+def _fire(result: Any, waiters: list[defer.Deferred]) -> None:
+    for waiter in waiters:
+        waiter.callback(result)
+
+
 class PeerPool:
     """Delivers pushes to other nodes; implements the router's RemoteDeliverer."""
 
@@ -120,6 +125,10 @@ class PeerPool:
         self.reactor = reactor
         self.client_endpoint = client_endpoint
         self.peers: dict[str, _Peer] = {}
+        # Pushes for each node gathered during one reactor turn, sent as one call.
+        self._outbox: dict[str, dict[int, list[bytes]]] = {}
+        self._outbox_waiters: dict[str, list[defer.Deferred]] = {}
+        self._flush_call: Any = None
 
     def _peer(self, node_id: str) -> defer.Deferred:
         peer = self.peers.get(node_id)
@@ -141,15 +150,35 @@ class PeerPool:
         return self._peer(node_id).addCallback(lambda peer: peer.call(method, *args))
 
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
-        """Hand pushes to one node: one call whatever the number of recipients. Never fails."""
-        if len(frames) == 1:
-            ((uid, user_frames),) = frames.items()
-            args: tuple = (uid, user_frames[0] if len(user_frames) == 1 else user_frames)
-            d = self.call(node_id, "DeliverMessage", *args)
-        else:
-            batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
-            d = self.call(node_id, "DeliverMessageAll", batch)
-        return d.addCallbacks(self._ok, self._failed, errbackArgs=(node_id, "deliver", len(frames)))
+        """Hand pushes to one node. Never fails; fires once the call is done.
+
+        Everything for one node in the same reactor turn (a committed batch
+        pushes many messages at once) goes in one call: ``DeliverMessage`` for
+        a single frame, else one ``DeliverMessageAll``, so a group message is
+        never more than one call per node. Frames keep their order per user.
+        """
+        outbox = self._outbox.setdefault(node_id, {})
+        for uid, user_frames in frames.items():
+            outbox.setdefault(uid, []).extend(user_frames)
+        waiter: defer.Deferred = defer.Deferred()
+        self._outbox_waiters.setdefault(node_id, []).append(waiter)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return waiter
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        outbox, self._outbox = self._outbox, {}
+        waiters, self._outbox_waiters = self._outbox_waiters, {}
+        for node_id, frames in outbox.items():
+            if len(frames) == 1 and len(next(iter(frames.values()))) == 1:
+                ((uid, (frame,)),) = frames.items()
+                d = self.call(node_id, "DeliverMessage", uid, frame)
+            else:
+                batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+                d = self.call(node_id, "DeliverMessageAll", batch)
+            d.addCallbacks(self._ok, self._failed, errbackArgs=(node_id, "deliver", len(frames)))
+            d.addCallback(_fire, waiters.pop(node_id, []))
 
     def kick(self, node_id: str, user_id: int, device_id: str) -> defer.Deferred:
         """Ask a node to close its connection of this device. Never fails."""
@@ -172,5 +201,12 @@ class PeerPool:
         return None
 
     def close(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush_call = None
+            waiters, self._outbox_waiters = self._outbox_waiters, {}
+            self._outbox = {}
+            for node_waiters in waiters.values():
+                _fire(None, node_waiters)
         for peer in list(self.peers.values()):
             peer.close()
