@@ -115,6 +115,7 @@ class GoChatService(service.MultiService):
         except Exception as exc:
             raise StartError(f"--rpc {config.rpc}: {exc}") from exc
         self.ports["rpc"] = port
+        self.peers.setServiceParent(self)
         self.presence.address = config.advertise or f"{rpc_host(config.rpc)}:{port.getHost().port}"
         self.presence.setServiceParent(self)
         try:
@@ -177,9 +178,7 @@ class GoChatService(service.MultiService):
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
         yield self.hub.wait_idle()
-        if self.peers is not None:
-            self.peers.close()
-        yield super().stopService()  # presence leaves the cluster here
+        yield super().stopService()  # presence leaves the cluster, peer connections close
         self.database.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application import service
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
@@ -102,8 +103,11 @@ def _fire(result: Any, waiters: list[defer.Deferred]) -> None:
         waiter.callback(result)
 
 
-class PeerPool:
-    """Delivers pushes to other nodes; implements the router's RemoteDeliverer."""
+class PeerPool(service.Service):
+    """Delivers pushes to other nodes; implements the router's RemoteDeliverer.
+
+    As a service it closes every peer connection when the node stops.
+    """
 
     log = Logger()
 
@@ -199,6 +203,10 @@ class PeerPool:
             error=failure.getErrorMessage() or failure.type.__name__,
         )
         return None
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        self.close()
 
     def close(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
