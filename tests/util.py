@@ -83,10 +83,11 @@ class NodeTestCase(unittest.TestCase):
     """A test with a fresh node; clients made with :meth:`client` are closed after."""
 
     timeout = 60
+    node_options: dict[str, Any] = {}  # Config overrides for this test case's node
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.node = Node()
+        self.node = Node(**self.node_options)
         yield self.node.start()
         self.addCleanup(self.node.stop)
         self._clients: list[Any] = []

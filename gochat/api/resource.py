@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from gochat import web
 from gochat.auth import BadToken, Passwords, TokenSigner
 from gochat.store import Conflict, NotFound, Store
 from gochat.store.store import MAX_ID
@@ -284,6 +285,7 @@ def build_site(
     root = build_root(store, signer, passwords)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
+    web.mount(root, NotFoundResource())
     site = server.Site(root)
     site.displayTracebacks = False
     return site
