@@ -98,6 +98,31 @@ class CrossNodeChat(ClusterTestCase):
             self.assertEqual([m.content for m in c.received], [b"hi 0", b"hi 1", b"hi 2"])
 
 
+class OneCallPerNode(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_a_group_message_costs_one_pb_call_per_node_not_per_recipient(self):
+        from gochat import metrics
+
+        n1, n2 = self.nodes
+        sender, token = yield n1.user("sender")
+        far = []
+        for i in range(5):
+            uid, far_token = yield n2.user(f"far{i}")
+            far.append((uid, far_token))
+        group = yield n1.api().create_group(token, "g", [u for u, _ in far])
+        s = yield self.client(n1, token)
+        clients = []
+        for _uid, far_token in far:
+            c = yield self.client(n2, far_token)
+            clients.append(c)
+        calls = metrics.RPC_CALLS.labels("out", "ok")
+        before = calls._value.get()
+        yield s.send_text(int(group["id"]), "one call", group=True)
+        for c in clients:
+            yield self.wait_messages(c, 1)
+        self.assertEqual(calls._value.get() - before, 1)
+
+
 class SameDevice(ClusterTestCase):
     @defer.inlineCallbacks
     def test_a_device_logging_in_on_another_node_closes_its_old_connection(self):

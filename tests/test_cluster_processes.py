@@ -196,6 +196,8 @@ class NodeFailure(ProcessCluster):
         self.assertEqual(sorted(got_by_bob), sorted(f"a{k}" for k in range(40)))
         self.assertEqual(sorted(got_by_alice), sorted(f"b{k}" for k in range(40)))
         self.assertEqual(len(acked_by_bob), 40)
+        # Pushes to the dead node failed, yet every message of alice's was ACKed.
+        self.assertEqual(len(acked_by_alice), 40)
         # Exactly once in storage, in clientId order, seqs contiguous.
         self.assertEqual(self.seqs(bob), list(range(1, 81)))
         rows = pg_rows(
