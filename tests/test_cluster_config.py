@@ -10,7 +10,8 @@ from twisted.internet import defer, utils
 from twisted.trial import unittest
 
 from gochat.config import ConfigError, Options, build_config, rpc_host
-from tests.processes import twistd
+from tests import services
+from tests.processes import free_port, twistd
 
 
 class ClusterOptions(unittest.TestCase):
@@ -97,3 +98,30 @@ class ClusterOptions(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("cluster mode", lines[0])
+
+    @defer.inlineCallbacks
+    def test_a_node_without_redis_stops_at_start_with_one_line(self):
+        db = services.postgres_database(self)
+        program = twistd() or sys.executable
+        args = ([] if twistd() else ["-m", "twisted.scripts.twistd"]) + [
+            "-n",
+            "--pidfile=",
+            "gochat",
+            f"--db={db}",
+            f"--redis=redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+            f"--rpc=tcp:{free_port()}:interface=127.0.0.1",
+            f"--ws=tcp:{free_port()}:interface=127.0.0.1",
+            f"--http=tcp:{free_port()}:interface=127.0.0.1",
+            f"--cluster-secret-file={self.secret}",
+            f"--data-dir={tempfile.mkdtemp()}",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
+        out, err, code = yield utils.getProcessOutputAndValue(program, args, env=env)
+        # With -n, twistd sends stderr into its log on stdout.
+        said = [
+            line for line in (out + err).decode().splitlines() if "gochat: cannot start" in line
+        ]
+        self.assertEqual(code, 1)
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("--redis redis://127.0.0.1:", said[0])
+        self.assertIn("no answer within 10s", said[0])
