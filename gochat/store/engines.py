@@ -187,6 +187,9 @@ class MySQLEngine(BaseEngine):
         cursor.fetchall()
 
     def unlock_schema(self, cursor: Any) -> None:
+        # Commit first: the next node must see our schema_version rows once it has
+        # the lock. (MySQL's DDL is not transactional, so there is nothing to undo.)
+        cursor.execute("COMMIT")
         cursor.execute("SELECT RELEASE_LOCK('gochat_schema')")
         cursor.fetchall()
 
