@@ -111,7 +111,8 @@ class GoChatService(service.MultiService):
         config = self.config
         try:
             endpoint = endpoints.serverFromString(self.reactor, config.rpc)
-            port = yield endpoint.listen(build_rpc_factory(self.hub, self.cluster_secret))
+            factory = build_rpc_factory(self.hub, self.cluster_secret, self.presence)
+            port = yield endpoint.listen(factory)
         except Exception as exc:
             raise StartError(f"--rpc {config.rpc}: {exc}") from exc
         self.ports["rpc"] = port

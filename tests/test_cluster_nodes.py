@@ -135,6 +135,26 @@ class SameDevice(ClusterTestCase):
         self.assertIsNone(old.proto)
         self.assertTrue(new.logged_in)
 
+    @defer.inlineCallbacks
+    def test_a_late_kick_does_not_close_a_newer_login(self):
+        """phone logs in on n1, then n2, then n1 again; n2's kick reaches n1 late."""
+        from gochat.rpc import PeerPool
+
+        n1, n2 = self.nodes
+        alice, token = yield n1.user("alice")
+        first = yield self.client(n1, token, device_id="phone")
+        second = yield self.client(n2, token, device_id="phone")
+        yield first.disconnected.addTimeout(10, reactor)
+        third = yield self.client(n1, token, device_id="phone")
+        yield second.disconnected.addTimeout(10, reactor)
+        # What n2 sent when `second` logged in, arriving only now:
+        pool = PeerPool("n2-late", services.CLUSTER_SECRET, n2.service.presence.address_of)
+        self.addCleanup(pool.close)
+        closed = yield pool.call(n1.service.presence.node_id, "KickDevice", alice, "phone")
+        self.assertFalse(closed)
+        self.assertTrue(third.logged_in)
+        self.assertIsNotNone(third.proto)
+
 
 class GroupMembership(ClusterTestCase):
     @defer.inlineCallbacks

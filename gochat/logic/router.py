@@ -93,7 +93,9 @@ class Router:
             for node_id in nodes:
                 self.remote.kick(node_id, user_id, device_id)
 
-        d = self.presence.nodes_for([user_id])
+        # Claim first: a kick that arrives late on a node holding a newer login is ignored.
+        d = self.presence.claim_device(user_id, device_id)
+        d.addCallback(lambda _: self.presence.nodes_for([user_id]))
         d.addCallback(kick)
         d.addErrback(lambda f: self.log.failure("presence lookup for a device kick failed", f))
 

@@ -8,6 +8,7 @@ one Redis:
 ``nodes``            every node id that registered (what the sweeper walks)
 ``user:<uid>``       set of node ids holding a connection of the user
 ``nodeusers:<id>``   set of user ids a node holds (so its entries can be swept)
+``device:<uid>:<d>`` node of the newest login of a device (a late kick is ignored)
 ``groups`` channel   ids of groups whose membership changed (cache invalidation)
 
 Lookups ignore a node whose lease is gone, at once; every node also sweeps
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 from gochat import metrics
 
 OP_TIMEOUT = 5.0  # seconds a Redis command may take before it counts as failed
+DEVICE_TTL = 86400  # seconds a device's newest-login record is kept (far beyond any race)
 
 _REGISTER = """
 local p, n = ARGV[1], ARGV[2]
@@ -276,6 +278,21 @@ class RedisPresence(service.Service):
                 waiter.errback(failure)
 
         d.addCallbacks(answer, failed)
+
+    def claim_device(self, user_id: int, device_id: str) -> defer.Deferred:
+        """Record that the newest login of (user, device) is here. Never fails."""
+        d = self._call(
+            self._redis.set(self._device_key(user_id, device_id), self.node_id, expire=DEVICE_TTL)
+        )
+        return d.addCallbacks(lambda _: None, self._write_failed)
+
+    def device_holder(self, user_id: int, device_id: str) -> defer.Deferred:
+        """The node of the newest login of (user, device); ``None`` if unknown."""
+        d = self._call(self._redis.get(self._device_key(user_id, device_id)))
+        return d.addCallbacks(lambda v: None if v is None else _text(v), lambda _: None)
+
+    def _device_key(self, user_id: int, device_id: str) -> str:
+        return f"{self.prefix}device:{user_id}:{device_id}"
 
     def address_of(self, node_id: str) -> defer.Deferred:
         """The RPC address of a live node (``None`` when its lease is gone)."""

@@ -84,9 +84,10 @@ class PeerPerspective(pb.Avatar):
 
     log = Logger()
 
-    def __init__(self, hub: PeerHub, peer_id: str) -> None:
+    def __init__(self, hub: PeerHub, peer_id: str, presence: Any = None) -> None:
         self.hub = hub
         self.peer_id = peer_id
+        self.presence = presence
 
     def perspective_DeliverMessage(self, receiver_id: Any, data: Any) -> int:  # noqa: N802
         """Push one ``Output`` frame to every device of ``receiver_id`` here."""
@@ -111,9 +112,16 @@ class PeerPerspective(pb.Avatar):
         if not isinstance(device_id, str) or not 0 < len(device_id) <= MAX_DEVICE_ID:
             raise pb.Error("device_id must be a non-empty string")
         metrics.RPC_CALLS.labels("in", "ok").inc()
-        return self.hub.kick_device(
-            uid, device_id, f"the same device logged in on node {self.peer_id}"
-        )
+        reason = f"the same device logged in on node {self.peer_id}"
+        if self.presence is None:
+            return self.hub.kick_device(uid, device_id, reason)
+
+        def decide(holder: str | None) -> bool:
+            if holder == self.presence.node_id:
+                return False  # a newer login of the device is here: the kick is stale
+            return self.hub.kick_device(uid, device_id, reason)
+
+        return self.presence.device_holder(uid, device_id).addCallback(decide)
 
 
 def _user_id(value: Any) -> int:
@@ -138,17 +146,18 @@ def _frames(data: Any) -> list[bytes]:
 class NodeRealm:
     """Hands a logged-in peer its perspective on this node's hub."""
 
-    def __init__(self, hub: PeerHub) -> None:
+    def __init__(self, hub: PeerHub, presence: Any = None) -> None:
         self.hub = hub
+        self.presence = presence
 
     def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:  # noqa: N802
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("only PB perspectives")
         peer_id = avatar_id.decode() if isinstance(avatar_id, bytes) else str(avatar_id)
-        return pb.IPerspective, PeerPerspective(self.hub, peer_id), lambda: None
+        return pb.IPerspective, PeerPerspective(self.hub, peer_id, self.presence), lambda: None
 
 
-def build_rpc_factory(hub: PeerHub, secret: bytes) -> pb.PBServerFactory:
-    """The factory to listen with on ``--rpc``."""
-    p = portal.Portal(NodeRealm(hub), [ClusterSecretChecker(secret)])
+def build_rpc_factory(hub: PeerHub, secret: bytes, presence: Any = None) -> pb.PBServerFactory:
+    """The factory to listen with on ``--rpc``; ``presence`` tells stale kicks apart."""
+    p = portal.Portal(NodeRealm(hub, presence), [ClusterSecretChecker(secret)])
     return pb.PBServerFactory(p, unsafeTracebacks=False)
