@@ -20,6 +20,7 @@ __all__ = [
     "ack_frame",
     "push_frame",
     "push_frame_from_base",
+    "push_seq",
     "message_base",
     "sync_frame",
     "error_frame",
@@ -90,3 +91,9 @@ def push_frame_from_base(base: bytes, seq: int) -> bytes:
 def push_frame(msg: pb.Message) -> bytes:
     """The push frame for one message, seq included."""
     return encode_output(pb.CT_Message, codes.OK, pb.PushMsg(msg=msg).SerializeToString())
+
+
+def push_seq(frame: bytes) -> int:
+    """The seq of the message in a push frame (for frames that came from another node)."""
+    out = pb.Output.FromString(frame)
+    return pb.PushMsg.FromString(out.data).msg.seq

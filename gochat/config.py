@@ -42,6 +42,11 @@ class Config:
     sync_limit: int = 50
     max_frame: int = 64 * 1024
     token_ttl: float = 7 * 86400.0
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
+    log_format: str = "text"
+    log_file: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -75,6 +80,11 @@ _PARAMS = [
     ["sync-limit", None, "50", "messages per sync page"],
     ["max-frame", None, "65536", "largest WebSocket message in bytes"],
     ["token-ttl", None, "604800", "seconds a token from /register or /login stays valid"],
+    ["push-retry-timeout", None, "5", "seconds a push_ack device has to acknowledge a push"],
+    ["push-retries", None, "3", "resends of an unacknowledged push before the device must sync"],
+    ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
+    ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
+    ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
 ]
 
 
@@ -100,6 +110,14 @@ class Options(usage.Options):
             # One clear line rather than twistd's whole usage text.
             sys.stderr.write(f"gochat: error: {exc}\n")
             raise SystemExit(2) from None
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd resolves --logger after its subcommand's options, so the
+            # JSON observer can be chosen here (see gochat.logs).
+            from gochat import logs
+
+            logs.use_json(self.config.log_file)
+            parent["logger"] = "gochat.logs.json_observer"
 
 
 def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
@@ -107,7 +125,8 @@ def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"--{name}: {raw!r} is not a {kind.__name__} number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"--{name}: {raw!r} is not {what}") from None
     if value < minimum or value != value:  # NaN check
         raise ConfigError(f"--{name}: must be at least {minimum}, got {raw!r}")
     return value
@@ -144,7 +163,16 @@ def build_config(opts: dict) -> Config:
         sync_limit=int(_number(opts, "sync-limit", int, 1)),
         max_frame=int(_number(opts, "max-frame", int, 256)),
         token_ttl=_number(opts, "token-ttl", float, 1),
+        push_retry_timeout=_number(opts, "push-retry-timeout", float, 0.05),
+        push_retries=int(_number(opts, "push-retries", int, 0)),
+        push_window=int(_number(opts, "push-window", int, 1)),
+        log_format=opts["log-format"],
+        log_file=opts["log-file"] or None,
     )
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
+    if config.log_file is not None and config.log_format != "json":
+        raise ConfigError("--log-file: only with --log-format json (twistd --logfile for text)")
     if config.sync_limit > 1000:
         raise ConfigError("--sync-limit: at most 1000 messages per page")
     if config.max_frame > 64 * 1024 * 1024:

@@ -7,12 +7,15 @@ import sys
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from gochat import metrics
 from gochat.api import build_site
+from gochat.api.health import HealthResource
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -71,6 +74,9 @@ class GoChatService(service.MultiService):
                 login_timeout=config.login_timeout,
                 sync_limit=config.sync_limit,
                 max_frame=config.max_frame,
+                push_retry_timeout=config.push_retry_timeout,
+                push_retries=config.push_retries,
+                push_window=config.push_window,
             ),
             presence=self.presence,
             remote=self.peers,
@@ -78,6 +84,10 @@ class GoChatService(service.MultiService):
         self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
         self.site = build_site(
             self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
+        )
+        self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
+        self.site.resource.putChild(
+            b"healthz", HealthResource(self.database, self.hub.presence, reactor)
         )
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
@@ -163,10 +173,15 @@ class GoChatService(service.MultiService):
 
     def _cannot_start(self, failure: Any) -> None:
         message = str(failure.value) if failure.check(StartError) else repr(failure.value)
+        message = " ".join(message.split())  # drivers' messages span lines; keep one
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
-        sys.stderr.write(f"gochat: cannot start: {message}\n")
+        # twistd has replaced sys.stderr with the log by now; the operator's
+        # terminal (or service manager) should still see the one line.
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write(f"gochat: cannot start: {message}\n")
+        stderr.flush()
         self.log.error("cannot start: {message}", message=message)
         if IReactorCore.providedBy(self.reactor):
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -179,6 +194,7 @@ class GoChatService(service.MultiService):
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
         yield self.hub.wait_idle()
+        self.hub.pushes.stop()
         yield super().stopService()  # presence leaves the cluster, peer connections close
         self.database.close()
 
@@ -190,4 +206,9 @@ class StartError(Exception):
 def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
     config = options.config
     assert config is not None
-    return GoChatService(config)
+    try:
+        return GoChatService(config)
+    except (OSError, ValueError) as exc:
+        # An unusable data dir or secret file: one line, not a traceback.
+        sys.stderr.write(f"gochat: cannot start: {exc}\n")
+        raise SystemExit(1) from None

@@ -57,6 +57,12 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.session.frame_received(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
+        # Autobahn leaves this timer running when the peer drops the TCP
+        # connection instead of answering our close frame.
+        timer = getattr(self, "closeHandshakeTimeoutCall", None)
+        self.closeHandshakeTimeoutCall = None
+        if timer is not None:
+            timer.cancel()
         session, self.session = self.session, None
         if session is not None:
             session.connection_lost()

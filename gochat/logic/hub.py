@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.auth import TokenSigner
+from gochat.logic.pushes import PushTracker
 from gochat.logic.router import RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
 from gochat.logic.writer import MessageWriter
@@ -32,6 +33,9 @@ class HubConfig:
     login_timeout: float = 10.0
     sync_limit: int = 50
     max_frame: int = 64 * 1024
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
 
 
 @dataclass(eq=False)
@@ -71,7 +75,16 @@ class Hub:
         self.config = config or HubConfig()
         self.presence = presence or LocalPresence()
         self.router = Router(self.presence, remote)
-        self.writer = MessageWriter(store, self._committed, self._failed)
+        # Owners are (device, start time); the device orders its messages.
+        self.writer = MessageWriter(
+            store, self._committed, self._failed, key=lambda owner: id(owner[0])
+        )
+        self.pushes = PushTracker(
+            clock,
+            timeout=self.config.push_retry_timeout,
+            retries=self.config.push_retries,
+            window=self.config.push_window,
+        )
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
 
@@ -86,6 +99,7 @@ class Hub:
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         metrics.CONNECTIONS.set(len(self.sessions))
+        self.pushes.forget(session)
         device = session.device
         if device is None:
             return
@@ -191,6 +205,8 @@ class Hub:
 
     def push_acked(self, session: Session, seq: int) -> None:
         """A device acknowledged pushes up to ``seq`` (cumulative)."""
+        if session.push_ack:
+            self.pushes.acked(session, seq)
 
     # -- node-to-node --------------------------------------------------------
 

@@ -79,7 +79,11 @@ class Router:
         sent = 0
         for user_id, user_frames in frames.items():
             for session in self.online.get(user_id, ()):
-                session.send_many(user_frames)
+                if session.push_ack:
+                    for frame in user_frames:
+                        session.push(codec.push_seq(frame), frame)
+                else:
+                    session.send_many(user_frames)
                 sent += len(user_frames)
         return sent
 

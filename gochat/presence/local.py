@@ -25,6 +25,10 @@ class Presence(Protocol):
     def device_holder(self, user_id: int, device_id: str) -> defer.Deferred:
         """Fires with the node id of the newest login of (user, device), or ``None``."""
 
+    # Optional: ``ping() -> Deferred`` that fails when the shared presence
+    # store (Redis) does not answer. ``/healthz`` calls it when it exists;
+    # in-process presence has no such method because it cannot be down.
+
 
 class LocalPresence:
     """Everything is on this node, so no other node ever holds anyone."""

@@ -279,6 +279,10 @@ class RedisPresence(service.Service):
 
         d.addCallbacks(answer, failed)
 
+    def ping(self) -> defer.Deferred:
+        """Fails when Redis does not answer in time (``/healthz`` asks)."""
+        return self._call(self._redis.ping())
+
     def claim_device(self, user_id: int, device_id: str) -> defer.Deferred:
         """Record that the newest login of (user, device) is here. Never fails."""
         d = self._call(

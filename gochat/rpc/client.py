@@ -151,7 +151,14 @@ class PeerPool(service.Service):
 
     def call(self, node_id: str, method: str, *args: Any) -> defer.Deferred:
         """Call ``method`` on a peer; fires with its result, or fails (bounded by timeouts)."""
-        return self._peer(node_id).addCallback(lambda peer: peer.call(method, *args))
+        metrics.RPC_CALLS.labels(method).inc()
+        d = self._peer(node_id).addCallback(lambda peer: peer.call(method, *args))
+
+        def failed(failure: Any) -> Any:
+            metrics.RPC_FAILURES.labels(method).inc()
+            return failure
+
+        return d.addErrback(failed)
 
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
         """Hand pushes to one node. Never fails; fires once the call is done.
@@ -181,20 +188,15 @@ class PeerPool(service.Service):
             else:
                 batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
                 d = self.call(node_id, "DeliverMessageAll", batch)
-            d.addCallbacks(self._ok, self._failed, errbackArgs=(node_id, "deliver", len(frames)))
+            d.addErrback(self._failed, node_id, "deliver", len(frames))
             d.addCallback(_fire, waiters.pop(node_id, []))
 
     def kick(self, node_id: str, user_id: int, device_id: str) -> defer.Deferred:
         """Ask a node to close its connection of this device. Never fails."""
         d = self.call(node_id, "KickDevice", user_id, device_id)
-        return d.addCallbacks(self._ok, self._failed, errbackArgs=(node_id, "kick", 1))
-
-    def _ok(self, result: Any) -> Any:
-        metrics.RPC_CALLS.labels("out", "ok").inc()
-        return result
+        return d.addErrback(self._failed, node_id, "kick", 1)
 
     def _failed(self, failure: Any, node_id: str, what: str, n: int) -> None:
-        metrics.RPC_CALLS.labels("out", "failed").inc()
         self.log.warn(
             "rpc: {what} to node {node} ({n} users) failed: {error}; recipients will sync",
             what=what,

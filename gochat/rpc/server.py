@@ -72,7 +72,7 @@ class ClusterSecretChecker:
 
         def checked(ok: bool) -> str:
             if not ok:
-                metrics.RPC_CALLS.labels("in", "refused").inc()
+                metrics.RPC_REFUSED.inc()
                 raise error.UnauthorizedLogin("wrong cluster secret")
             return username
 
@@ -93,7 +93,7 @@ class PeerPerspective(pb.Avatar):
         """Push one ``Output`` frame to every device of ``receiver_id`` here."""
         uid = _user_id(receiver_id)
         frames = _frames(data)
-        metrics.RPC_CALLS.labels("in", "ok").inc()
+        metrics.RPC_SERVED.labels("DeliverMessage").inc()
         return self.hub.deliver_from_peer({uid: frames})
 
     def perspective_DeliverMessageAll(self, messages: Any) -> int:  # noqa: N802
@@ -101,7 +101,7 @@ class PeerPerspective(pb.Avatar):
         if not isinstance(messages, dict) or len(messages) > MAX_USERS_PER_CALL:
             raise pb.Error("DeliverMessageAll takes a dict of receiver_id to frames")
         batch = {_user_id(uid): _frames(data) for uid, data in messages.items()}
-        metrics.RPC_CALLS.labels("in", "ok").inc()
+        metrics.RPC_SERVED.labels("DeliverMessageAll").inc()
         return self.hub.deliver_from_peer(batch)
 
     def perspective_KickDevice(self, user_id: Any, device_id: Any) -> bool:  # noqa: N802
@@ -111,7 +111,7 @@ class PeerPerspective(pb.Avatar):
             device_id = device_id.decode("utf-8", "replace")
         if not isinstance(device_id, str) or not 0 < len(device_id) <= MAX_DEVICE_ID:
             raise pb.Error("device_id must be a non-empty string")
-        metrics.RPC_CALLS.labels("in", "ok").inc()
+        metrics.RPC_SERVED.labels("KickDevice").inc()
         reason = f"the same device logged in on node {self.peer_id}"
         if self.presence is None:
             return self.hub.kick_device(uid, device_id, reason)

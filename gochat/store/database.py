@@ -25,6 +25,10 @@ T = TypeVar("T")
 SLOW_INTERACTION = 1.0  # seconds; slower interactions are logged by name
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be used at all (pool closed, file gone)."""
+
+
 class Cursor:
     """A DB-API cursor that takes ``?`` placeholders whatever the dialect."""
 
@@ -128,13 +132,30 @@ class Database:
                     continue
                 raise
 
+    def ping(self) -> defer.Deferred:
+        """Fires when the database answers a query; fails with the reason it does not."""
+        if not self.read_pool.running:
+            return defer.fail(DatabaseUnavailable("connection pool is closed"))
+        engine = self.engine
+        if isinstance(engine, SQLiteEngine) and engine.path != ":memory:":
+            # An open connection keeps reading a deleted file: check the path too.
+            if not os.path.exists(engine.path):
+                return defer.fail(DatabaseUnavailable(f"{engine.path} is missing"))
+
+        def probe(cur: Cursor) -> None:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+
+        return self.run_interaction("ping", probe, write=False)
+
     def migrate(self) -> defer.Deferred:
         return self.run_interaction("apply_schema", apply_schema, self.engine)
 
     def close(self) -> None:
-        self.write_pool.close()
-        if self.read_pool is not self.write_pool:
-            self.read_pool.close()
+        """Close the pools (once: a second call, e.g. at shutdown, does nothing)."""
+        for pool in {id(p): p for p in (self.write_pool, self.read_pool)}.values():
+            if pool.running:
+                pool.close()
 
 
 def schema_deltas() -> list[tuple[int, str, str]]:
