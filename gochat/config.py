@@ -31,6 +31,8 @@ class Config:
     advertise: str | None = None
     db: str | None = None
     redis: str | None = None
+    redis_prefix: str = "gochat:"
+    presence_lease: float = 15.0
     data_dir: str = "./gochat-data"
     secret_file: str | None = None
     cluster_secret_file: str | None = None
@@ -61,6 +63,11 @@ class Config:
         return self.db or "sqlite:" + os.path.join(self.data_dir, "gochat.db")
 
     @property
+    def cluster(self) -> bool:
+        """Cluster mode: presence in Redis, PB between nodes, a shared server database."""
+        return self.redis is not None
+
+    @property
     def secret_path(self) -> str:
         return self.secret_file or os.path.join(self.data_dir, "secret.key")
 
@@ -72,6 +79,8 @@ _PARAMS = [
     ["advertise", None, None, "host:port other nodes use to reach --rpc"],
     ["db", None, None, "sqlite:PATH, postgresql://… or mysql://… [sqlite:DATA-DIR/gochat.db]"],
     ["redis", None, None, "redis://host:port/db; turns on cluster mode"],
+    ["redis-prefix", None, Config.redis_prefix, "prefix of every Redis key of this cluster"],
+    ["presence-lease", None, "15", "seconds a node's presence outlives its last renewal"],
     ["data-dir", None, Config.data_dir, "directory for the SQLite file and generated secrets"],
     ["secret-file", None, None, "token signing key [generated in DATA-DIR/secret.key]"],
     ["cluster-secret-file", None, None, "credential nodes use to log in to each other"],
@@ -168,6 +177,8 @@ def build_config(opts: dict) -> Config:
         advertise=opts["advertise"] or None,
         db=opts["db"] or None,
         redis=opts["redis"] or None,
+        redis_prefix=opts["redis-prefix"],
+        presence_lease=_number(opts, "presence-lease", float, 0.5),
         data_dir=opts["data-dir"],
         secret_file=opts["secret-file"] or None,
         cluster_secret_file=opts["cluster-secret-file"] or None,
@@ -206,8 +217,8 @@ def build_config(opts: dict) -> Config:
     except DatabaseURLError as exc:
         raise ConfigError(f"--db: {exc}") from None
     _check_cluster_tls(config)
-    if config.redis is not None and not config.redis.startswith("redis://"):
-        raise ConfigError(f"--redis: {config.redis!r} is not a redis://host:port/db URL")
+    if config.redis is not None:
+        _check_cluster(config)
     if config.advertise is not None:
         host, _, port = config.advertise.rpartition(":")
         if not host or not port.isdigit():
@@ -232,3 +243,42 @@ def _check_cluster_tls(config: Config) -> None:
         load_cluster_tls(config.cluster_ca, config.cluster_cert, config.cluster_key)
     except ClusterTLSError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_cluster(config: Config) -> None:
+    from gochat.presence.redis import parse_redis_url
+    from gochat.rpc.server import SecretError, load_cluster_secret
+
+    try:
+        parse_redis_url(config.redis or "")
+    except ValueError as exc:
+        raise ConfigError(f"--redis: {exc}") from None
+    if engine_from_url(config.db_url, config.data_dir).single_writer:
+        raise ConfigError(
+            "--db: cluster mode (--redis) needs postgresql://… or mysql://…; SQLite serves"
+            " seqs from one process's memory and cannot be shared by nodes"
+        )
+    if config.cluster_secret_file is None:
+        raise ConfigError("--cluster-secret-file is required in cluster mode (--redis)")
+    try:
+        load_cluster_secret(config.cluster_secret_file)
+    except SecretError as exc:
+        raise ConfigError(f"--cluster-secret-file: {exc}") from None
+    if not 0.5 <= config.presence_lease <= 20:
+        # A dead node's entries go within lease * 4/3: at most 30 s with 20.
+        raise ConfigError("--presence-lease: must be between 0.5 and 20 seconds")
+    if not config.redis_prefix:
+        raise ConfigError("--redis-prefix: must not be empty")
+    if config.advertise is None and rpc_host(config.rpc) is None:
+        raise ConfigError(
+            f"--advertise: needed because --rpc {config.rpc!r} names no single interface"
+        )
+
+
+def rpc_host(description: str) -> str | None:
+    """The host peers can reach an ``--rpc`` endpoint on, if its description names one."""
+    for part in description.split(":")[1:]:
+        if part.startswith("interface="):
+            host = part[len("interface=") :].replace("\\:", ":")
+            return None if host in ("", "0.0.0.0", "::") else host
+    return None

@@ -70,3 +70,17 @@ RPC_FAILURES = Counter(
     ["method"],
     registry=REGISTRY,
 )
+RPC_SERVED = Counter(
+    "gochat_rpc_served_total",
+    "Node-to-node calls this node answered, by method",
+    ["method"],
+    registry=REGISTRY,
+)
+RPC_REFUSED = Counter(
+    "gochat_rpc_refused_logins_total",
+    "Peers refused at the PB login (wrong or missing cluster secret)",
+    registry=REGISTRY,
+)
+PRESENCE_ERRORS = Counter(
+    "gochat_presence_errors_total", "Redis presence operations that failed", registry=REGISTRY
+)

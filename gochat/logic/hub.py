@@ -151,6 +151,8 @@ class Hub:
         session.push_ack = push_ack
         if self.router.add(session):
             yield self.presence.user_online(user_id)
+        if device_id is not None:
+            self.router.kick_elsewhere(user_id, device_id)
         return (device.accepted, seq)
 
     def _maybe_forget(self, device: DeviceState) -> None:
@@ -221,6 +223,14 @@ class Hub:
     def deliver_from_peer(self, frames: dict[int, list[bytes]]) -> int:
         """Pushes another node routed here."""
         return self.router.deliver_local(frames)
+
+    def kick_device(self, user_id: int, device_id: str, reason: str) -> bool:
+        """Close this node's connection of (user, device): it logged in elsewhere."""
+        device = self.devices.get((user_id, device_id))
+        if device is None or device.session is None:
+            return False
+        device.session.close(reason)
+        return True
 
     def wait_idle(self) -> defer.Deferred:
         return self.writer.wait_idle()

@@ -24,6 +24,9 @@ class RemoteDeliverer(Protocol):
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
         """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
 
+    def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
+        """Ask one node to close its connection of (user, device); failures are logged."""
+
 
 class Router:
     log = Logger()
@@ -83,6 +86,22 @@ class Router:
                     session.send_many(user_frames)
                 sent += len(user_frames)
         return sent
+
+    def kick_elsewhere(self, user_id: int, device_id: str) -> None:
+        """A device logged in here: close its older connection on any other node."""
+        if self.remote is None:
+            return
+
+        def kick(nodes: dict[str, list[int]]) -> None:
+            assert self.remote is not None
+            for node_id in nodes:
+                self.remote.kick(node_id, user_id, device_id)
+
+        # Claim first: a kick that arrives late on a node holding a newer login is ignored.
+        d = self.presence.claim_device(user_id, device_id)
+        d.addCallback(lambda _: self.presence.nodes_for([user_id]))
+        d.addCallback(kick)
+        d.addErrback(lambda f: self.log.failure("presence lookup for a device kick failed", f))
 
     def _deliver_remote(self, base: bytes, rows: list[tuple[int, int]]) -> None:
         seqs = dict(rows)

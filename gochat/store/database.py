@@ -39,10 +39,13 @@ class Cursor:
     def execute(self, sql: str, args: tuple | list = ()) -> Any:
         return self.txn.execute(self.engine.convert_sql(sql), tuple(args))
 
-    def executemany(self, sql: str, rows: list) -> Any:
+    def executemany(self, sql: str, rows: list) -> None:
         if rows:
-            return self.txn.executemany(self.engine.convert_sql(sql), rows)
-        return None
+            self.engine.executemany(self.txn, self.engine.convert_sql(sql), rows)
+
+    def insert_id(self, sql: str, args: tuple | list = ()) -> int:
+        """Run an ``INSERT`` into a table with an ``id`` key; returns the new id."""
+        return self.engine.insert_id(self.txn, self.engine.convert_sql(sql), tuple(args))
 
     def fetchone(self) -> Any:
         return self.txn.fetchone()
@@ -66,6 +69,8 @@ class Database:
 
     def __init__(self, engine: BaseEngine, max_connections: int = 8) -> None:
         self.engine = engine
+        #: transactions the database aborted and :meth:`run_with_retry` ran again
+        self.retries = 0
         common = {
             "cp_openfun": engine.on_connect,
             "cp_noisy": False,
@@ -122,6 +127,7 @@ class Database:
                 return result
             except Exception as exc:
                 if attempt + 1 < attempts and self.engine.is_retryable(exc):
+                    self.retries += 1
                     self.log.info("retrying {name} after {exc}", name=name, exc=exc)
                     continue
                 raise
@@ -164,19 +170,23 @@ def schema_deltas() -> list[tuple[int, str, str]]:
 
 def apply_schema(cur: Cursor, engine: BaseEngine) -> int:
     """Bring the schema up to date; returns the version reached."""
-    cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    cur.execute("SELECT MAX(version) FROM schema_version")
-    row = cur.fetchone()
-    current = row[0] if row and row[0] is not None else 0
-    for version, _name, sql in schema_deltas():
-        if version <= current:
-            continue
-        sql = sql.format(**engine.types)
-        for statement in _split_statements(sql):
-            cur.execute(statement)
-        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        current = version
-    return current
+    engine.lock_schema(cur.txn)
+    try:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        cur.execute("SELECT MAX(version) FROM schema_version")
+        row = cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        for version, _name, sql in schema_deltas():
+            if version <= current:
+                continue
+            sql = sql.format(**engine.types)
+            for statement in _split_statements(sql):
+                cur.execute(statement)
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            current = version
+        return current
+    finally:
+        engine.unlock_schema(cur.txn)
 
 
 def _split_statements(sql: str) -> list[str]:
