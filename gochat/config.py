@@ -42,6 +42,16 @@ class Config:
     sync_limit: int = 50
     max_frame: int = 64 * 1024
     token_ttl: float = 7 * 86400.0
+    max_connections: int = 20000
+    max_unauthenticated: int = 1000
+    max_send_buffer: int = 4 * 1024 * 1024
+    msg_rate: float = 1000.0
+    msg_burst: int = 5000
+    auth_rate: float = 20.0
+    auth_burst: int = 10
+    cluster_ca: str | None = None
+    cluster_cert: str | None = None
+    cluster_key: str | None = None
     push_retry_timeout: float = 5.0
     push_retries: int = 3
     push_window: int = 512
@@ -80,6 +90,21 @@ _PARAMS = [
     ["sync-limit", None, "50", "messages per sync page"],
     ["max-frame", None, "65536", "largest WebSocket message in bytes"],
     ["token-ttl", None, "604800", "seconds a token from /register or /login stays valid"],
+    ["max-connections", None, "20000", "WebSocket connections per node; more are refused (503)"],
+    ["max-unauthenticated", None, "1000", "WebSocket connections not yet logged in (503 past it)"],
+    [
+        "max-send-buffer",
+        None,
+        "4194304",
+        "bytes queued to a non-reading client before it is dropped",
+    ],
+    ["msg-rate", None, "1000", "frames per second a connection may send (1013 past it)"],
+    ["msg-burst", None, "5000", "frames a connection may send at once above --msg-rate"],
+    ["auth-rate", None, "20", "/login and /register calls per minute per client address (429)"],
+    ["auth-burst", None, "10", "/login and /register calls an address may make at once"],
+    ["cluster-ca", None, None, "CA certificate (PEM): PB between nodes over TLS, peers verified"],
+    ["cluster-cert", None, None, "this node's certificate (PEM) signed by --cluster-ca"],
+    ["cluster-key", None, None, "private key (PEM) of --cluster-cert [in the same file]"],
     ["push-retry-timeout", None, "5", "seconds a push_ack device has to acknowledge a push"],
     ["push-retries", None, "3", "resends of an unacknowledged push before the device must sync"],
     ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
@@ -163,6 +188,16 @@ def build_config(opts: dict) -> Config:
         sync_limit=int(_number(opts, "sync-limit", int, 1)),
         max_frame=int(_number(opts, "max-frame", int, 256)),
         token_ttl=_number(opts, "token-ttl", float, 1),
+        max_connections=int(_number(opts, "max-connections", int, 1)),
+        max_unauthenticated=int(_number(opts, "max-unauthenticated", int, 1)),
+        max_send_buffer=int(_number(opts, "max-send-buffer", int, 64 * 1024)),
+        msg_rate=_number(opts, "msg-rate", float, 0.1),
+        msg_burst=int(_number(opts, "msg-burst", int, 1)),
+        auth_rate=_number(opts, "auth-rate", float, 0.1),
+        auth_burst=int(_number(opts, "auth-burst", int, 1)),
+        cluster_ca=opts["cluster-ca"] or None,
+        cluster_cert=opts["cluster-cert"] or None,
+        cluster_key=opts["cluster-key"] or None,
         push_retry_timeout=_number(opts, "push-retry-timeout", float, 0.05),
         push_retries=int(_number(opts, "push-retries", int, 0)),
         push_window=int(_number(opts, "push-window", int, 1)),
@@ -181,6 +216,7 @@ def build_config(opts: dict) -> Config:
         engine_from_url(config.db_url, config.data_dir)
     except DatabaseURLError as exc:
         raise ConfigError(f"--db: {exc}") from None
+    _check_cluster_tls(config)
     if config.redis is not None:
         _check_cluster(config)
     if config.advertise is not None:
@@ -188,6 +224,25 @@ def build_config(opts: dict) -> Config:
         if not host or not port.isdigit():
             raise ConfigError(f"--advertise: {config.advertise!r} is not host:port")
     return config
+
+
+def _check_cluster_tls(config: Config) -> None:
+    """``--cluster-ca`` and ``--cluster-cert`` go together and must load."""
+    if config.cluster_ca is None and config.cluster_cert is None:
+        if config.cluster_key is not None:
+            raise ConfigError("--cluster-key: needs --cluster-ca and --cluster-cert")
+        return
+    if config.cluster_ca is None or config.cluster_cert is None:
+        raise ConfigError("--cluster-ca and --cluster-cert: give both for PB over TLS")
+    if not config.rpc.startswith("tcp"):
+        # The cluster CA's mutual TLS is layered on a plain listening endpoint.
+        raise ConfigError(f"--rpc {config.rpc!r}: with --cluster-ca give a tcp: description")
+    from gochat.tls import ClusterTLSError, load_cluster_tls
+
+    try:
+        load_cluster_tls(config.cluster_ca, config.cluster_cert, config.cluster_key)
+    except ClusterTLSError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_cluster(config: Config) -> None:

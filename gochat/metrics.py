@@ -35,6 +35,12 @@ PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], 
 HEARTBEAT_CLOSES = Counter(
     "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY
 )
+REFUSED = Counter(
+    "gochat_refused_total",
+    "Frames, requests and connections refused to protect the node, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
 PUSH_RETRANSMITS = Counter(
     "gochat_push_retransmits_total",
     "Pushes sent again to push_ack devices that had not acknowledged them",

@@ -21,6 +21,7 @@ from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
 from gochat.logic import Hub, HubConfig
 from gochat.presence import LocalPresence
+from gochat.ratelimit import RateLimiter
 from gochat.store import Database, Store, engine_from_url
 
 REDIS_START_TIMEOUT = 10.0  # seconds a cluster node waits for Redis at start
@@ -74,6 +75,8 @@ class GoChatService(service.MultiService):
                 login_timeout=config.login_timeout,
                 sync_limit=config.sync_limit,
                 max_frame=config.max_frame,
+                msg_rate=config.msg_rate,
+                msg_burst=config.msg_burst,
                 push_retry_timeout=config.push_retry_timeout,
                 push_retries=config.push_retries,
                 push_window=config.push_window,
@@ -81,9 +84,20 @@ class GoChatService(service.MultiService):
             presence=self.presence,
             remote=self.peers,
         )
-        self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
+        self.ws_factory = GatewayFactory(
+            self.hub,
+            max_frame=config.max_frame,
+            max_connections=config.max_connections,
+            max_unauthenticated=config.max_unauthenticated,
+            max_send_buffer=config.max_send_buffer,
+        )
+        self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.site = build_site(
-            self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
+            self.store,
+            self.signer,
+            self.passwords,
+            WebSocketResource(self.ws_factory),
+            auth_limiter=self.auth_limiter,
         )
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
@@ -101,12 +115,23 @@ class GoChatService(service.MultiService):
         config = self.config
         assert config.redis is not None and config.cluster_secret_file is not None
         self.cluster_secret = load_cluster_secret(config.cluster_secret_file)
+        self.cluster_tls = None
+        if config.cluster_ca is not None and config.cluster_cert is not None:
+            from gochat.tls import load_cluster_tls
+
+            self.cluster_tls = load_cluster_tls(
+                config.cluster_ca, config.cluster_cert, config.cluster_key
+            )
         presence = RedisPresence(
             config.redis, self.reactor, prefix=config.redis_prefix, lease=config.presence_lease
         )
         self.presence = presence
         self.peers = PeerPool(
-            presence.node_id, self.cluster_secret, presence.address_of, self.reactor
+            presence.node_id,
+            self.cluster_secret,
+            presence.address_of,
+            self.reactor,
+            wrap_endpoint=self.cluster_tls.wrap_client_endpoint if self.cluster_tls else None,
         )
         # A membership change here is published; one published anywhere drops our copy.
         self.store.on_group_changed = presence.publish_group_changed
@@ -122,6 +147,8 @@ class GoChatService(service.MultiService):
         try:
             endpoint = endpoints.serverFromString(self.reactor, config.rpc)
             factory = build_rpc_factory(self.hub, self.cluster_secret, self.presence)
+            if self.cluster_tls is not None:
+                factory = self.cluster_tls.wrap_server_factory(factory)
             port = yield endpoint.listen(factory)
         except Exception as exc:
             raise StartError(f"--rpc {config.rpc}: {exc}") from exc
@@ -189,11 +216,29 @@ class GoChatService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
+        """Drain, in an order that never ACKs a message it then loses.
+
+        Stop accepting; stop reading frames (what is not read is not ACKed, so
+        clients resend it elsewhere); let the transaction in flight commit and
+        its ACKs go out; close every WebSocket with 1001 going away, which also
+        takes the users out of presence; only then stop the children (presence,
+        heartbeat) and close the database.
+        """
+        self.hub.draining = True
         for port in self.ports.values():
             yield port.stopListening()
+        yield self.hub.wait_idle()
+        closed = [
+            session.conn.is_closed
+            for session in self.hub.sessions
+            if isinstance(getattr(session.conn, "is_closed", None), defer.Deferred)
+        ]
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
-        yield self.hub.wait_idle()
+        if closed:
+            # Autobahn drops a peer that does not answer the close within its
+            # closeHandshakeTimeout, so this wait is bounded.
+            yield defer.DeferredList(closed, consumeErrors=True)
         self.hub.pushes.stop()
         yield super().stopService()  # presence leaves the cluster, peer connections close
         self.database.close()

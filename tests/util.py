@@ -45,12 +45,15 @@ class Node:
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        config = Config(
-            http="tcp:0:interface=127.0.0.1",
-            ws="tcp:0:interface=127.0.0.1",
-            data_dir=self.data_dir,
-            **self.overrides,
-        )
+        settings: dict[str, Any] = {
+            "http": "tcp:0:interface=127.0.0.1",
+            "ws": "tcp:0:interface=127.0.0.1",
+            "data_dir": self.data_dir,
+            # Tests register many users from 127.0.0.1; the limit has tests of its own.
+            "auth_burst": 1_000_000,
+        }
+        settings.update(self.overrides)
+        config = Config(**settings)
         self.service = GoChatService(config, reactor, cheap_passwords(), exit_on_failure=False)
         self.service.startService()
         yield self.service.ready
@@ -59,15 +62,17 @@ class Node:
     @property
     def http_url(self) -> str:
         assert self.service is not None
-        return f"http://127.0.0.1:{self.service.ports['http'].getHost().port}"
+        scheme = "https" if self.service.config.http.startswith("ssl:") else "http"
+        return f"{scheme}://127.0.0.1:{self.service.ports['http'].getHost().port}"
 
     @property
     def ws_url(self) -> str:
         assert self.service is not None
-        return f"ws://127.0.0.1:{self.service.ports['ws'].getHost().port}/ws"
+        scheme = "wss" if self.service.config.ws.startswith("ssl:") else "ws"
+        return f"{scheme}://127.0.0.1:{self.service.ports['ws'].getHost().port}/ws"
 
-    def api(self) -> HttpApi:
-        return HttpApi(self.http_url)
+    def api(self, **kwargs: Any) -> HttpApi:
+        return HttpApi(self.http_url, **kwargs)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
@@ -75,9 +80,9 @@ class Node:
             yield self.service.stopService()
 
     @defer.inlineCallbacks
-    def user(self, name: str) -> Any:
+    def user(self, name: str, **api_kwargs: Any) -> Any:
         """Register a user; fires with ``(user_id, token)``."""
-        data = yield self.api().register(f"{name}-{id(self)}", "secret", name)
+        data = yield self.api(**api_kwargs).register(f"{name}-{id(self)}", "secret", name)
         return int(data["id"]), data["token"]
 
     def connect(self, token: str, **kwargs: Any) -> defer.Deferred:

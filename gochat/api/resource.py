@@ -6,7 +6,9 @@ is ``{"code", "msg", "data"}`` with an HTTP status that fits.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +17,9 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from gochat import web
+from gochat import metrics, web
 from gochat.auth import BadToken, Passwords, TokenSigner
+from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
 from gochat.store.store import MAX_ID
 
@@ -25,13 +28,82 @@ MAX_PHONE = 32
 MAX_PASSWORD = 256
 MAX_NAME = 64
 MAX_GROUP_MEMBERS = 10000
+#: A body this many times over MAX_BODY is not read to its end: the connection is dropped.
+DISCARD_FACTOR = 16
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, msg: str) -> None:
+    def __init__(self, status: int, msg: str, retry_after: float | None = None) -> None:
         super().__init__(msg)
         self.status = status
         self.msg = msg
+        self.retry_after = retry_after
+
+
+def _json_body(status: int, msg: str) -> bytes:
+    return json.dumps({"code": status, "msg": msg, "data": {}}).encode()
+
+
+class BoundedRequest(server.Request):
+    """A request whose body is never buffered past ``max_body`` bytes.
+
+    twisted.web reads the whole body before ``render``, with or without a
+    Content-Length, so the limit is enforced here as the bytes arrive: an
+    oversized body is discarded as it comes and answered 413 once complete; a
+    declared length or a chunked stream far over the limit gets its 413 at
+    once and the connection is closed.
+    """
+
+    max_body = MAX_BODY
+    _body_seen = 0
+    _too_large = False
+    _hung_up = False
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web's API
+        if length is not None and length > self.max_body:
+            self._too_large = True
+            super().gotLength(0)
+            if length > self.max_body * DISCARD_FACTOR:
+                self._hang_up()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self._hung_up:
+            return
+        self._body_seen += len(data)
+        if self._body_seen > self.max_body:
+            if not self._too_large:
+                self._too_large = True
+                self.content = io.BytesIO()  # drop what was kept so far
+            if self._body_seen > self.max_body * DISCARD_FACTOR:
+                self._hang_up()
+            return
+        if not self._too_large:
+            super().handleContentChunk(data)
+
+    def _hang_up(self) -> None:
+        self._hung_up = True
+        metrics.REFUSED.labels("body_too_large").inc()
+        body = _json_body(413, f"request body over {self.max_body} bytes")
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"content-type: application/json; charset=utf-8\r\n"
+            b"connection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.channel.loseConnection()
+
+    def process(self) -> None:
+        if self._hung_up:
+            return
+        if self._too_large:
+            metrics.REFUSED.labels("body_too_large").inc()
+            self.site = self.channel.site
+            self.setHeader(b"connection", b"close")
+            write_json(self, 413, f"request body over {self.max_body} bytes")
+            return
+        super().process()
 
 
 def write_json(request: Request, status: int, msg: str, data: Any = None) -> None:
@@ -167,6 +239,8 @@ class Endpoint(resource.Resource):
             return
         exc = failure.value
         if isinstance(exc, ApiError):
+            if exc.retry_after is not None:
+                request.setHeader(b"retry-after", str(math.ceil(exc.retry_after)).encode())
             write_json(request, exc.status, exc.msg)
         elif isinstance(exc, defer.CancelledError):
             return
@@ -180,13 +254,32 @@ class Endpoint(resource.Resource):
 class Api:
     """The handlers of the Go server's calls."""
 
-    def __init__(self, store: Store, signer: TokenSigner, passwords: Passwords) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signer: TokenSigner,
+        passwords: Passwords,
+        auth_limiter: RateLimiter | None = None,
+    ) -> None:
         self.store = store
         self.signer = signer
         self.passwords = passwords
+        self.auth_limiter = auth_limiter
+
+    def _throttle(self, request: Request) -> None:
+        """Password guessing gets 429 per client address (the peer, not a header it sets)."""
+        if self.auth_limiter is None:
+            return
+        address = getattr(request.getClientAddress(), "host", None) or "unknown"
+        if not self.auth_limiter.allow(address):
+            metrics.REFUSED.labels("auth_rate").inc()
+            raise ApiError(
+                429, "too many attempts, slow down", self.auth_limiter.retry_after(address)
+            )
 
     @defer.inlineCallbacks
     def register(self, request: Request, params: Params, _: int) -> Any:
+        self._throttle(request)
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD)
         nickname = params.text("nickname", MAX_NAME)
@@ -199,6 +292,7 @@ class Api:
 
     @defer.inlineCallbacks
     def login(self, request: Request, params: Params, _: int) -> Any:
+        self._throttle(request)
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD)
         row = yield self.store.get_user_by_phone(phone)
@@ -266,8 +360,13 @@ class NotFoundResource(resource.Resource):
         return json.dumps({"code": 404, "msg": "not found", "data": {}}).encode()
 
 
-def build_root(store: Store, signer: TokenSigner, passwords: Passwords) -> Root:
-    api = Api(store, signer, passwords)
+def build_root(
+    store: Store,
+    signer: TokenSigner,
+    passwords: Passwords,
+    auth_limiter: RateLimiter | None = None,
+) -> Root:
+    api = Api(store, signer, passwords, auth_limiter)
     root = Root()
     root.putChild(b"register", Endpoint(b"POST", api.register))
     root.putChild(b"login", Endpoint(b"POST", api.login))
@@ -288,11 +387,12 @@ def build_site(
     signer: TokenSigner,
     passwords: Passwords,
     ws_resource: resource.Resource | None = None,
+    auth_limiter: RateLimiter | None = None,
 ) -> server.Site:
-    root = build_root(store, signer, passwords)
+    root = build_root(store, signer, passwords, auth_limiter)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
     web.mount(root, NotFoundResource())
-    site = server.Site(root)
+    site = server.Site(root, requestFactory=BoundedRequest)
     site.displayTracebacks = False
     return site

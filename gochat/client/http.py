@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import defer
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 from twisted.web.http_headers import Headers
 
 
@@ -38,15 +38,25 @@ class _Body:
 
 
 class HttpApi:
-    """``HttpApi("http://127.0.0.1:9090")``: each call fires with the ``data`` object."""
+    """``HttpApi("http://127.0.0.1:9090")``: each call fires with the ``data`` object.
 
-    def __init__(self, base_url: str, reactor: Any = None, agent: Any = None) -> None:
+    ``https://`` URLs verify the node's certificate and host name, against the
+    system's trusted CAs or against ``trust_root`` (an
+    ``IOpenSSLTrustRoot`` such as ``ssl.Certificate`` or
+    ``ssl.trustRootFromCertificates([...])``) when given.
+    """
+
+    def __init__(
+        self, base_url: str, reactor: Any = None, agent: Any = None, trust_root: Any = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.base_url = base_url.rstrip("/")
-        self.agent = agent or Agent(reactor)
+        if agent is None:
+            agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust_root))
+        self.agent = agent
 
     @defer.inlineCallbacks
     def call(

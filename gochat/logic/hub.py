@@ -33,6 +33,8 @@ class HubConfig:
     login_timeout: float = 10.0
     sync_limit: int = 50
     max_frame: int = 64 * 1024
+    msg_rate: float = 1000.0  # frames per second per connection
+    msg_burst: int = 5000  # frames a connection may send at once
     push_retry_timeout: float = 5.0
     push_retries: int = 3
     push_window: int = 512
@@ -87,17 +89,22 @@ class Hub:
         )
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
+        self.unauthenticated = 0  # open sessions that have not logged in yet
+        self.draining = False  # shutting down: frames are no longer read
 
     # -- sessions ------------------------------------------------------------
 
     def open_session(self, conn: Connection) -> Session:
         session = Session(self, conn)
         self.sessions.add(session)
+        self.unauthenticated += 1
         metrics.CONNECTIONS.set(len(self.sessions))
         return session
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        if not session.authenticated:
+            self.unauthenticated -= 1
         metrics.CONNECTIONS.set(len(self.sessions))
         self.pushes.forget(session)
         device = session.device
@@ -138,6 +145,9 @@ class Hub:
             old.close("the same device logged in again")
         session.user_id = user_id
         session.device = device
+        if not session.authenticated:
+            session.authenticated = True
+            self.unauthenticated -= 1
         session.push_ack = push_ack
         if self.router.add(session):
             yield self.presence.user_online(user_id)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from gochat.logic.hub import DeviceState, Hub
 
 MAX_DEVICE_ID = 128
+#: Frames refused for the rate limit in a row before the connection is closed.
+RATE_STRIKES = 100
 
 
 class Connection(Protocol):
@@ -62,8 +64,12 @@ class Session:
         self.device: DeviceState | None = None
         self.push_ack = False
         self.closed = False
+        self.authenticated = False  # has logged in once (the hub counts the others)
         self._logging_in = False
         self.last_active = self.clock.seconds()
+        self._allowance = float(hub.config.msg_burst)
+        self._rate_time = self.last_active
+        self._refused = 0
         self._login_timer: Any = self.clock.callLater(hub.config.login_timeout, self._login_timeout)
         self._handlers = {
             pb.CT_Login: self._on_login,
@@ -81,9 +87,20 @@ class Session:
 
     def frame_received(self, payload: bytes, is_binary: bool = True) -> None:
         """Handle one whole WebSocket message."""
-        if self.closed:
+        if self.closed or self.hub.draining:
+            return  # a frame not read at shutdown is not ACKed: the client resends it
+        now = self.last_active = self.clock.seconds()
+        config = self.hub.config
+        allowance = self._allowance + (now - self._rate_time) * config.msg_rate
+        if allowance > config.msg_burst:
+            allowance = config.msg_burst
+        self._rate_time = now
+        if allowance < 1:
+            self._allowance = allowance
+            self._rate_limited(payload, is_binary)
             return
-        self.last_active = self.clock.seconds()
+        self._allowance = allowance - 1
+        self._refused = 0
         if not is_binary:
             self.send(codec.error_frame(codes.PARAM_ILLEGAL))
             return
@@ -102,6 +119,35 @@ class Session:
             self.send(_refusal(frame.type, codes.TOO_LARGE))
             return
         handler(frame.data, too_large)
+
+    def _rate_limited(self, payload: bytes, is_binary: bool) -> None:
+        """Answer 1013 in the shape of the frame's reply; close if it goes on."""
+        metrics.REFUSED.labels("msg_rate").inc()
+        self._refused += 1
+        if self._refused > RATE_STRIKES:
+            if self._refused == RATE_STRIKES + 1:
+                self.close("message rate limit exceeded")
+            return
+        code = codes.RATE_LIMITED
+        try:
+            frame = codec.decode_input(payload) if is_binary else None
+        except DecodeError:
+            frame = None
+        if frame is None:
+            self.send(codec.error_frame(code))
+        elif frame.type == pb.CT_Message:
+            try:
+                cid = pb.UpMsg.FromString(frame.data).clientId
+            except DecodeError:
+                cid = 0
+            # Not consumed: the client retries it after backing off.
+            self.send(codec.ack_frame(pb.AT_Up, code, cid))
+        elif frame.type == pb.CT_Login:
+            self.send(codec.ack_frame(pb.AT_Login, code))
+        elif frame.type == pb.CT_Sync:
+            self.send(codec.sync_frame([], False, code))
+        elif frame.type != pb.CT_Heartbeat:
+            self.send(codec.error_frame(code, frame.type if frame.type in self._handlers else 0))
 
     def send(self, frame: bytes) -> None:
         if self.closed:

@@ -38,6 +38,7 @@ class _Peer:
         self.address = address
         self.ref: Any = None
         self.factory: pb.PBClientFactory | None = None
+        self.broker: Any = None  # the connection, known before PB's handshake completes
         self._waiting: list[defer.Deferred] | None = None
 
     def reference(self) -> defer.Deferred:
@@ -51,11 +52,17 @@ class _Peer:
         pool = self.pool
         factory = self.factory = pb.PBClientFactory()
         endpoint = endpoints.clientFromString(pool.reactor, pool.client_endpoint(self.address))
+        if pool.wrap_endpoint is not None:
+            endpoint = pool.wrap_endpoint(endpoint)
         d = endpoint.connect(factory)
+        d.addCallback(self._opened)
         d.addCallback(lambda _: factory.login(UsernamePassword(pool.node_id.encode(), pool.secret)))
         d.addTimeout(CALL_TIMEOUT, pool.reactor)
         d.addCallbacks(self._connected, self._failed)
         return waiter
+
+    def _opened(self, broker: Any) -> None:
+        self.broker = broker
 
     def _connected(self, ref: Any) -> None:
         self.ref = ref
@@ -94,6 +101,12 @@ class _Peer:
         if self.factory is not None:
             self.factory.disconnect()
             self.factory = None
+        broker, self.broker = self.broker, None
+        if broker is not None and broker.transport is not None:
+            # PBClientFactory.disconnect only knows a connection whose PB
+            # handshake completed; one stuck before it (a TLS port reached
+            # without TLS, a silent peer) must be closed here.
+            broker.transport.loseConnection()
         if self.pool.peers.get(self.node_id) is self:
             del self.pool.peers[self.node_id]
 
@@ -118,6 +131,7 @@ class PeerPool(service.Service):
         address_of: Callable[[str], defer.Deferred],
         reactor: Any = None,
         client_endpoint: Callable[[str], str] = tcp_client_endpoint,
+        wrap_endpoint: Callable[[Any], Any] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -128,6 +142,8 @@ class PeerPool(service.Service):
         self.address_of = address_of
         self.reactor = reactor
         self.client_endpoint = client_endpoint
+        # With --cluster-ca: layers mutual TLS on each connection (gochat.tls).
+        self.wrap_endpoint = wrap_endpoint
         self.peers: dict[str, _Peer] = {}
         # Pushes for each node gathered during one reactor turn, sent as one call.
         self._outbox: dict[str, dict[int, list[bytes]]] = {}
