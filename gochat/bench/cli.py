@@ -23,7 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="the node's process id (CPU and RSS from /proc)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': stdout)")
     p.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds without progress that end the run"
+        "--timeout", type=float, default=60.0, help="seconds without progress that end the run"
     )
     p.add_argument("--password", default="bench-password", help="password of the bench users")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -30,7 +30,7 @@ class Target:
     ws: str = "ws://127.0.0.1:9091/ws"
     pid: int | None = None  # the node's process id, when it runs on this machine
     processes: int = 1
-    timeout: float = 10.0  # seconds without progress before the run is called over
+    timeout: float = 60.0  # seconds without progress before the run is called over
     password: str = "bench-password"
     progress: bool = True
 

@@ -353,7 +353,7 @@ class Worker:
         complete = self.received >= self.expected and self.acked >= self.to_send
         idle = now - self._last_change
         if (complete and idle >= self.config.get("settle", 0.3)) or idle >= self.config.get(
-            "timeout", 10.0
+            "timeout", 60.0
         ):
             self._finish()
 
