@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols.basic import LineReceiver
@@ -32,10 +33,13 @@ CONNECT_PARALLEL = 256  # handshakes in flight per worker
 TICK = 0.1  # seconds between progress checks
 _CONTENT = struct.Struct("<dI")  # client send time, round / message number
 
+#: ``Output{type: CT_Message, code: 200, data: ...}``: a push, read by hand below.
+_PUSH_OK = bytes((0x08, pb.CT_Message, 0x10, 0xC8, 0x01, 0x22))
+
 _Output = pb.Output.FromString
 _Push = pb.PushMsg.FromString
-_Ack = pb.ACKMsg.FromString
 _CT_MESSAGE = pb.CT_Message
+_Ack = pb.ACKMsg.FromString
 _CT_ACK = pb.CT_ACK
 _AT_LOGIN = pb.AT_Login
 _log = math.log
@@ -62,6 +66,37 @@ def raise_nofile(needed: int) -> int:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _view_class() -> Any:
+    """``Output`` seen as ``{type, code, data: {msg: {content, seq}}}``: one parse, no copies.
+
+    Protobuf lets the same bytes be read with a narrower message type; upb
+    skips the fields it does not know, which makes a push several µs cheaper
+    to read than two parses of the full ``Output`` and ``PushMsg``.
+    """
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="gochat_bench_view.proto", package="gochat_bench_view", syntax="proto3"
+    )
+    field = descriptor_pb2.FieldDescriptorProto
+
+    def add(name: str, fields: list[tuple[str, int, int, str]]) -> None:
+        message = fdp.message_type.add(name=name)
+        for fname, number, kind, type_name in fields:
+            f = message.field.add(name=fname, number=number, type=kind, label=field.LABEL_OPTIONAL)
+            if type_name:
+                f.type_name = type_name
+
+    add("MessageView", [("content", 5, field.TYPE_BYTES, ""), ("seq", 6, field.TYPE_UINT64, "")])
+    add("PushView", [("msg", 1, field.TYPE_MESSAGE, ".gochat_bench_view.MessageView")])
+    add("OutputView", [("data", 4, field.TYPE_MESSAGE, ".gochat_bench_view.PushView")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    view = pool.FindMessageTypeByName("gochat_bench_view.OutputView")
+    return message_factory.GetMessageClass(view)
+
+
+_PushView = _view_class().FromString
 
 
 class Conn:
@@ -95,26 +130,12 @@ class Conn:
         self.rounds_left = 0
 
     def frame(self, payload: bytes) -> None:
+        if payload.startswith(_PUSH_OK):
+            self.pushed(_PushView(payload).data.msg)
+            return
         out = _Output(payload)
         if out.type == _CT_MESSAGE:
-            w = self.worker
-            msg = _Push(out.data).msg
-            i = msg.seq - self.base
-            seen = self.seen
-            if i >= len(seen):
-                seen.extend(bytes(i + 1))
-            now = _now()
-            w.last_delivery = now
-            if i <= 0 or seen[i]:
-                w.duplicated += 1
-                return
-            seen[i] = 1
-            w.received += 1
-            content = msg.content
-            if len(content) >= 12:
-                us = (now - _unpack(content)[0]) * 1e6
-                b = int(_log(us + 1.0) * RESOLUTION) if us > 0 else 0
-                w.push_hist[b if b < BUCKETS else BUCKETS - 1] += 1
+            self.pushed(_Push(out.data).msg)
         elif out.type == _CT_ACK:
             ack = _Ack(out.data)
             if ack.type == _AT_LOGIN:
@@ -124,6 +145,25 @@ class Conn:
                     d.callback(out.code)
                 return
             self.worker.acked_one(self, ack.clientId, out.code)
+
+    def pushed(self, msg: Any) -> None:
+        w = self.worker
+        i = msg.seq - self.base
+        seen = self.seen
+        if i >= len(seen):
+            seen.extend(bytes(i + 1))
+        now = _now()
+        w.last_delivery = now
+        if i <= 0 or seen[i]:
+            w.duplicated += 1
+            return
+        seen[i] = 1
+        w.received += 1
+        content = msg.content
+        if len(content) >= 12:
+            us = (now - _unpack(content)[0]) * 1e6
+            b = int(_log(us + 1.0) * RESOLUTION) if us > 0 else 0
+            w.push_hist[b if b < BUCKETS else BUCKETS - 1] += 1
 
     def send_message(self, receiver: int, group: bool, number: int) -> None:
         cid = self.next_cid
