@@ -21,6 +21,8 @@ from gochat.store import Database, Store, engine_from_url
 
 __all__ = ["Options", "makeService", "GoChatService"]
 
+SWITCH_INTERVAL = 0.0005  # seconds; see GoChatService.__init__
+
 
 class GoChatService(service.MultiService):
     """Opens the store, then listens; stops in the reverse order.
@@ -50,6 +52,10 @@ class GoChatService(service.MultiService):
         self.ports: dict[str, Any] = {}
         self.ready: defer.Deferred = defer.Deferred()
 
+        # The database threads give the GIL up for each statement and wait up
+        # to a switch interval to get it back from a busy reactor; 5 ms (the
+        # default) turns a commit behind a burst of pushes into seconds.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
         self.store = Store(self.database)
@@ -66,7 +72,7 @@ class GoChatService(service.MultiService):
                 max_frame=config.max_frame,
             ),
         )
-        self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame)
+        self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame, reactor=reactor)
         self.site = build_site(
             self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
         )

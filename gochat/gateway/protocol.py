@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.logger import Logger
 
 from gochat import codec, codes
 from gochat.logic import Hub, Session
@@ -17,6 +17,7 @@ from gochat.logic import Hub, Session
 OVERSIZE_FACTOR = 4
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
+_OPEN = WebSocketProtocol.STATE_OPEN
 
 
 def frame_header(length: int) -> bytes:
@@ -29,8 +30,11 @@ def frame_header(length: int) -> bytes:
 
 
 class GatewayProtocol(WebSocketServerProtocol):
-    log = Logger()
+    # Autobahn's own ``log`` (txaio, level "info") stays: a twisted Logger in
+    # its place would format and write a debug line for every frame read.
     session: Session | None = None
+    #: frames written this reactor iteration, flushed by the factory in one write
+    _out: list[bytes] | None = None
 
     @property
     def peer_address(self) -> str:
@@ -48,6 +52,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         total = self.message_data_total_length + length
         if total > self.factory.max_frame * OVERSIZE_FACTOR and not self.failedByMe:
             self.send(codec.error_frame(codes.TOO_LARGE))
+            self.flush()
             self._fail_connection(CLOSE_TOO_BIG, "message too big")
             return
         super().onMessageFrameBegin(length)
@@ -57,6 +62,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.session.frame_received(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
+        self._out = None
         session, self.session = self.session, None
         if session is not None:
             session.connection_lost()
@@ -69,21 +75,34 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def send(self, frame: bytes) -> None:
         # Straight to the transport: a server frame needs no masking, and
-        # Autobahn's sendMessage costs several times the frame itself.
-        if self.state == WebSocketProtocol.STATE_OPEN and not self.send_queue:
-            self.transport.write(frame_header(len(frame)) + frame)
+        # Autobahn's sendMessage costs several times the frame itself. Frames
+        # of one reactor iteration (a group fan-out puts hundreds on one
+        # connection) go out in one transport write.
+        if self.state == _OPEN and not self.send_queue:
+            n = len(frame)
+            head = bytes((0x82, n)) if n < 126 else frame_header(n)
+            out = self._out
+            if out is None:
+                self._out = [head, frame]
+                self.factory.schedule_flush(self)
+            else:
+                out.append(head)
+                out.append(frame)
 
     def send_many(self, frames: list[bytes]) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN and not self.send_queue:
-            parts = []
-            for frame in frames:
-                parts.append(frame_header(len(frame)))
-                parts.append(frame)
-            self.transport.write(b"".join(parts))
+        for frame in frames:
+            self.send(frame)
+
+    def flush(self) -> None:
+        """Write what :meth:`send` collected."""
+        out, self._out = self._out, None
+        if out and self.state == _OPEN and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def close(self, reason: str, going_away: bool = False) -> None:
         if self.state in (WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED):
             return
+        self.flush()  # frames already sent go before the close frame
         if going_away:
             self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=reason[:120].encode())
         else:
@@ -98,10 +117,23 @@ class GatewayProtocol(WebSocketServerProtocol):
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
-    def __init__(self, hub: Hub, url: str = "ws://localhost/ws", max_frame: int = 65536) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        url: str = "ws://localhost/ws",
+        max_frame: int = 65536,
+        reactor: Any = None,
+    ) -> None:
         super().__init__(url)
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
         self.hub = hub
         self.max_frame = max_frame
+        self._dirty: list[GatewayProtocol] = []
+        self._flush_call: Any = None
         self.setProtocolOptions(
             # Our own check in onMessageFrameBegin enforces the limits.
             maxFramePayloadSize=0,
@@ -112,3 +144,15 @@ class GatewayFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             failByDrop=False,
         )
+
+    def schedule_flush(self, proto: GatewayProtocol) -> None:
+        """Flush ``proto`` at the end of this reactor iteration."""
+        self._dirty.append(proto)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_call = None
+        protos, self._dirty = self._dirty, []
+        for proto in protos:
+            proto.flush()

@@ -106,7 +106,10 @@ class Session:
 
     def push(self, seq: int, frame: bytes) -> None:
         """A push of the message with this user's ``seq``."""
-        self.send(frame)
+        # The hot path of a group fan-out: Session.send inlined.
+        if not self.closed:
+            self.last_active = self.clock.seconds()
+            self.conn.send(frame)
 
     def connection_lost(self) -> None:
         if self.closed:

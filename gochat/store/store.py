@@ -340,19 +340,21 @@ class Store:
                 )
                 device_last[(item.user_id, item.device_id)] = item.client_id
             results.append(result)
-        cur.executemany(
+        cur.insert_many(
             "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
-            " message_type, content, send_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " message_type, content, send_time) VALUES",
             rows,
         )
         changed = {u: current[u] for u in users}
-        cur.executemany(
-            "UPDATE user_seq SET seq = ? WHERE user_id = ?",
-            [(seq, uid) for uid, seq in changed.items()],
+        # Every user here has a user_seq row: the upsert only ever updates,
+        # in one statement instead of one per user.
+        cur.insert_many(
+            "INSERT INTO user_seq (user_id, seq) VALUES",
+            list(changed.items()),
+            self.engine.upsert_suffix("user_id", ["seq"]),
         )
-        cur.executemany(
-            "INSERT INTO device_acks (user_id, device_id, client_id, code, seq)"
-            " VALUES (?, ?, ?, ?, ?)",
+        cur.insert_many(
+            "INSERT INTO device_acks (user_id, device_id, client_id, code, seq) VALUES",
             device_acks,
         )
         cur.executemany(
