@@ -98,7 +98,8 @@ def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"--{name}: {raw!r} is not a {kind.__name__} number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"--{name}: {raw!r} is not {what}") from None
     if value < minimum or value != value:  # NaN check
         raise ConfigError(f"--{name}: must be at least {minimum}, got {raw!r}")
     return value

@@ -110,10 +110,15 @@ class GoChatService(service.MultiService):
 
     def _cannot_start(self, failure: Any) -> None:
         message = str(failure.value) if failure.check(StartError) else repr(failure.value)
+        message = " ".join(message.split())  # drivers' messages span lines; keep one
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
-        sys.stderr.write(f"gochat: cannot start: {message}\n")
+        # twistd has replaced sys.stderr with the log by now; the operator's
+        # terminal (or service manager) should still see the one line.
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write(f"gochat: cannot start: {message}\n")
+        stderr.flush()
         self.log.error("cannot start: {message}", message=message)
         if IReactorCore.providedBy(self.reactor):
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -137,4 +142,9 @@ class StartError(Exception):
 def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
     config = options.config
     assert config is not None
-    return GoChatService(config)
+    try:
+        return GoChatService(config)
+    except (OSError, ValueError) as exc:
+        # An unusable data dir or secret file: one line, not a traceback.
+        sys.stderr.write(f"gochat: cannot start: {exc}\n")
+        raise SystemExit(1) from None

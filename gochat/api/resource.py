@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from gochat import web
 from gochat.auth import BadToken, Passwords, TokenSigner
 from gochat.store import Conflict, NotFound, Store
 from gochat.store.store import MAX_ID
@@ -126,6 +127,9 @@ class Endpoint(resource.Resource):
         self.signer = signer  # set: the call needs a token
 
     def render(self, request: Request) -> Any:
+        if any(request.postpath):  # /register/anything is not /register
+            write_json(request, 404, "not found")
+            return server.NOT_DONE_YET
         if request.method != self.method:
             request.setHeader(b"allow", self.method)
             write_json(request, 405, f"use {self.method.decode()}")
@@ -248,6 +252,10 @@ class Root(resource.Resource):
     def getChild(self, path: bytes, request: Request) -> resource.Resource:  # noqa: N802
         return NotFoundResource()
 
+    def render(self, request: Request) -> bytes:
+        """A folder such as ``/friend`` is no call either."""
+        return NotFoundResource().render(request)
+
 
 class NotFoundResource(resource.Resource):
     isLeaf = True
@@ -284,6 +292,7 @@ def build_site(
     root = build_root(store, signer, passwords)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
+    web.mount(root, NotFoundResource())
     site = server.Site(root)
     site.displayTracebacks = False
     return site

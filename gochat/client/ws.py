@@ -40,6 +40,7 @@ class _Pending:
     message: pb.Message
     deferred: defer.Deferred
     timer: Any = None
+    transmitted: bool = False  # sent at least once, so the server may hold it
 
 
 class GoChatClient:
@@ -145,6 +146,7 @@ class GoChatClient:
         )
 
     def _transmit(self, pending: _Pending) -> None:
+        pending.transmitted = True
         up = pb.UpMsg(msg=pending.message, clientId=pending.client_id)
         self._send(pb.CT_Message, up.SerializeToString())
         if pending.timer is not None and pending.timer.active():
@@ -222,7 +224,7 @@ class GoChatClient:
         self.logged_in = True
         self.server_seq = ack.seq
         if self.device_id:
-            self.last_client_id = max(self.last_client_id, ack.clientId)
+            self._renumber_untransmitted(ack.clientId)
         elif self._unacked:
             # The window belonged to the old connection: number what is left anew.
             renumbered = {}
@@ -240,6 +242,24 @@ class GoChatClient:
         if d is not None:
             sync.addCallback(lambda _: self)
             sync.chainDeferred(d)
+
+    def _renumber_untransmitted(self, server_last: int) -> None:
+        """Number never-sent messages after the device's last clientId on the server.
+
+        A message this client never sent cannot be on the server, so it must
+        not reuse a clientId the device already spent (in an earlier run, say):
+        the server would answer with the old message's ACK and this one would
+        be lost. Messages sent before keep their number: they may be stored.
+        """
+        sent = [cid for cid, p in self._unacked.items() if p.transmitted]
+        base = max([server_last, *sent])
+        fresh = sorted(cid for cid, p in self._unacked.items() if not p.transmitted)
+        if fresh and fresh[0] <= base:
+            moved = {cid: self._unacked.pop(cid) for cid in fresh}
+            for i, cid in enumerate(fresh, start=base + 1):
+                moved[cid].client_id = i
+                self._unacked[i] = moved[cid]
+        self.last_client_id = max([base, *self._unacked])
 
     def sync(self) -> defer.Deferred:
         """Pull everything after the held seq; fires when ``has_more`` is false."""

@@ -63,6 +63,12 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
         self._out = None
+        # Autobahn leaves this timer running when the peer drops the TCP
+        # connection instead of answering our close frame.
+        timer = getattr(self, "closeHandshakeTimeoutCall", None)
+        self.closeHandshakeTimeoutCall = None
+        if timer is not None:
+            timer.cancel()
         session, self.session = self.session, None
         if session is not None:
             session.connection_lost()

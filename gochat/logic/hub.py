@@ -71,7 +71,10 @@ class Hub:
         self.config = config or HubConfig()
         self.presence = presence or LocalPresence()
         self.router = Router(self.presence, remote)
-        self.writer = MessageWriter(store, self._committed, self._failed)
+        # Owners are (device, start time); the device orders its messages.
+        self.writer = MessageWriter(
+            store, self._committed, self._failed, key=lambda owner: id(owner[0])
+        )
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
 

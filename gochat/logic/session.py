@@ -40,6 +40,17 @@ class Connection(Protocol):
         """Close the connection (politely); ``connection_lost`` follows."""
 
 
+def _refusal(cmd: int, code: int) -> bytes:
+    """A reply with ``code`` in the shape of ``cmd``'s success reply (DESIGN.md section 4)."""
+    if cmd == pb.CT_Login:
+        return codec.ack_frame(pb.AT_Login, code)
+    if cmd == pb.CT_Sync:
+        return codec.sync_frame([], False, code)
+    if cmd == pb.CT_ACK:
+        return codec.ack_frame(pb.AT_Push, code)
+    return codec.error_frame(code)
+
+
 class Session:
     log = Logger()
 
@@ -88,7 +99,7 @@ class Session:
             return
         if too_large and frame.type != pb.CT_Message:
             # An upstream message still gets its ACK (and consumes its clientId).
-            self.send(codec.error_frame(codes.TOO_LARGE))
+            self.send(_refusal(frame.type, codes.TOO_LARGE))
             return
         handler(frame.data, too_large)
 

@@ -28,17 +28,24 @@ class MessageWriter:
         on_result: Callable[[UpItem, Any, UpResult], None],
         on_failure: Callable[[UpItem, Any], None],
         max_batch: int = 1000,
+        key: Callable[[Any], Any] = id,
     ) -> None:
         self.store = store
         self.on_result = on_result
         self.on_failure = on_failure
         self.max_batch = max_batch
+        #: Which queued items come from the same device as a failed one.
+        self.key = key
         self._queue: list[tuple[UpItem, Any]] = []
         self._busy = False
         self._idle_waiters: list[Any] = []
 
     def submit(self, item: UpItem, owner: Any) -> None:
-        """Queue ``item``; ``owner`` (its device) is handed back with the outcome."""
+        """Queue ``item``; ``owner`` is handed back with the outcome.
+
+        ``key(owner)`` names the device: when a batch fails, queued items with
+        the key of a failed one fail too, so none is stored before it.
+        """
         self._queue.append((item, owner))
         if not self._busy:
             self._flush()
@@ -77,10 +84,11 @@ class MessageWriter:
             n=len(batch),
             error=failure.getErrorMessage(),
         )
-        owners = {id(owner) for _, owner in batch}
+        key = self.key
+        owners = {key(owner) for _, owner in batch}
         # Later messages of the same devices must not be stored before these.
-        later = [entry for entry in self._queue if id(entry[1]) in owners]
-        self._queue = [entry for entry in self._queue if id(entry[1]) not in owners]
+        later = [entry for entry in self._queue if key(entry[1]) in owners]
+        self._queue = [entry for entry in self._queue if key(entry[1]) not in owners]
         for item, owner in batch + later:
             try:
                 self.on_failure(item, owner)

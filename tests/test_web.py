@@ -1,0 +1,307 @@
+"""The web chat page: served beside the API, and used in a real browser.
+
+The browser tests drive Debian's ``chromium`` with Playwright from a worker
+thread (Playwright's sync API blocks), while the node under test keeps running
+on the reactor in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+from twisted.web.client import Agent, readBody
+
+from gochat import codec
+from gochat.pb import pb
+from gochat.store.store import UpItem
+from gochat.web import protobufjs_schema
+from tests.util import NodeTestCase, missing_service
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def artifacts_dir() -> str:
+    """Where screenshots go: ``GOCHAT_TEST_ARTIFACTS`` or trial's working directory."""
+    path = os.path.abspath(os.environ.get("GOCHAT_TEST_ARTIFACTS") or "web-artifacts")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class ServedPage(NodeTestCase):
+    """The page and its files share ``--http`` with the JSON API."""
+
+    @defer.inlineCallbacks
+    def get(self, path: str) -> Any:
+        response = yield Agent(reactor).request(b"GET", (self.node.http_url + path).encode())
+        body = yield readBody(response)
+        return response, body
+
+    @defer.inlineCallbacks
+    def test_root_serves_the_chat_page_with_security_headers(self):
+        response, body = yield self.get("/")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"text/html", response.headers.getRawHeaders(b"content-type")[0])
+        self.assertIn(b'<script src="/static/app.js" defer></script>', body)
+        csp = response.headers.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"script-src 'self'", csp)
+        self.assertEqual(response.headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
+
+    @defer.inlineCallbacks
+    def test_static_files_and_the_bundled_protobufjs_are_served(self):
+        for path, ctype in (
+            ("/static/app.js", b"javascript"),
+            ("/static/app.css", b"text/css"),
+            ("/static/vendor/protobuf.light.min.js", b"javascript"),
+        ):
+            response, body = yield self.get(path)
+            self.assertEqual(response.code, 200, path)
+            self.assertIn(ctype, response.headers.getRawHeaders(b"content-type")[0], path)
+            self.assertTrue(body, path)
+        response, body = yield self.get("/static/vendor/protobufjs-LICENSE.txt")
+        self.assertIn(b"Daniel Wirtz", body)
+
+    @defer.inlineCallbacks
+    def test_schema_lists_every_message_and_field_of_the_wire_contract(self):
+        response, body = yield self.get("/static/gochat-proto.json")
+        self.assertEqual(response.code, 200)
+        schema = json.loads(body)
+        self.assertEqual(schema, protobufjs_schema())
+        types = schema["nested"]["pb"]["nested"]
+        self.assertEqual(types["Message"]["fields"]["receiver_id"], {"type": "uint64", "id": 2})
+        self.assertEqual(
+            types["SyncOutputMsg"]["fields"]["messages"],
+            {"type": "pb.Message", "id": 1, "rule": "repeated"},
+        )
+        self.assertEqual(types["CmdType"]["values"]["CT_Sync"], 5)
+        wire = pb.DESCRIPTOR
+        self.assertEqual(set(types), set(wire.message_types_by_name) | set(wire.enum_types_by_name))
+
+    @defer.inlineCallbacks
+    def test_unknown_paths_stay_json_404_and_directories_are_not_listed(self):
+        for path in ("/nope", "/static/nope.js", "/static/", "/static/vendor/", "/friend/nope"):
+            response, body = yield self.get(path)
+            self.assertEqual(response.code, 404, path)
+            self.assertEqual(json.loads(body)["code"], 404, path)
+
+    @defer.inlineCallbacks
+    def test_api_still_answers_beside_the_page(self):
+        data = yield self.node.api().register("555", "pw", "carol")
+        self.assertTrue(data["token"])
+        response, body = yield self.get("/group_user/list")
+        self.assertEqual(response.code, 401)
+
+
+class BrowserChat(NodeTestCase):
+    """Two people chat through the page in headless Chromium."""
+
+    timeout = 240
+    node_options = {"sync_limit": 2}  # catching up takes several sync pages
+
+    def setUp(self) -> Any:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            missing_service("chromium is not installed (apt-get install chromium)")
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing_service("the playwright Python package is not installed")
+        self.chromium = chromium
+        return super().setUp()
+
+    def drop_connections(self) -> None:
+        """Close every WebSocket on the node, as a network blip would."""
+        for session in list(self.node.service.hub.sessions):
+            session.close("test drops the connection")
+
+    def push_again(self, user_id: int, msg: pb.Message) -> None:
+        """Send a push the device already had, as a server retransmit would."""
+        for session in list(self.node.service.hub.sessions):
+            if session.user_id == user_id:
+                session.send(codec.push_frame(msg))
+
+    def store_without_push(self, sender: int, receiver: int, text: str) -> defer.Deferred:
+        """Store a message but push it to nobody, as if every push of it were lost."""
+        message = pb.Message(
+            session_type=pb.ST_Single,
+            sender_id=sender,
+            receiver_id=receiver,
+            message_type=pb.MT_Text,
+            content=text.encode(),
+            send_time=int(time.time() * 1000),
+        )
+        item = UpItem(sender, "test-direct", 1, message)
+        return self.node.service.store.commit_messages([item])
+
+    @defer.inlineCallbacks
+    def test_two_people_chat_one_to_one_and_in_a_group_and_catch_up_after_offline(self):
+        report = yield threads.deferToThread(self.scenario, self.node.http_url)
+        # The page acknowledged pushes, cumulatively, and logged in asking to.
+        login = [f for f in report["bob_frames"] if f.type == pb.CT_Login]
+        self.assertTrue(login)
+        login_msg = pb.LoginMsg.FromString(login[0].data)
+        self.assertTrue(login_msg.push_ack)
+        self.assertTrue(login_msg.device_id.startswith("web-"))
+        acks = [pb.ACKMsg.FromString(f.data) for f in report["bob_frames"] if f.type == pb.CT_ACK]
+        self.assertTrue(acks)
+        self.assertTrue(all(a.type == pb.AT_Push for a in acks))
+        seqs = [a.seq for a in acks]
+        self.assertEqual(seqs, sorted(seqs))  # cumulative: never backwards
+        self.assertGreaterEqual(seqs[-1], report["bob_seq_of_hello"])
+        # Upstream clientIds of one device run 1, 2, 3, ... across reconnects.
+        client_ids = report["alice_client_ids"]
+        self.assertEqual(client_ids, list(range(1, len(client_ids) + 1)))
+        for path in report["screenshots"]:
+            self.assertGreater(os.path.getsize(path), 10000, path)
+
+    def scenario(self, base: str) -> dict[str, Any]:
+        from playwright.sync_api import expect, sync_playwright
+
+        expect.set_options(timeout=20000)
+        report: dict[str, Any] = {"bob_frames": [], "screenshots": []}
+
+        def record(into: list[pb.Input]) -> Any:
+            def on_socket(ws: Any) -> None:
+                ws.on("framesent", lambda payload: into.append(pb.Input.FromString(payload)))
+
+            return on_socket
+
+        def register(page: Any, phone: str, nickname: str) -> int:
+            page.goto(base + "/")
+            page.fill("#phone", phone)
+            page.fill("#password", "correct horse")
+            page.fill("#nickname", nickname)
+            page.click("#register")
+            expect(page.locator("#status")).to_have_attribute("data-online", "yes")
+            return int(page.locator("#me").get_attribute("data-user-id"))
+
+        def say(page: Any, text: str) -> None:
+            page.fill("#text", text)
+            page.press("#text", "Enter")
+            # Sent means ACKed: the "sending…" mark goes once the node stored it.
+            expect(page.locator("#messages li.mine", has_text=text)).to_have_count(1)
+            expect(page.locator("#messages li.pending")).to_have_count(0)
+
+        def sees(page: Any, conversation: str, text: str) -> None:
+            page.click(f'[data-conversation="{conversation}"]')
+            expect(page.locator("#messages li.theirs", has_text=text)).to_have_count(1)
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=self.chromium, args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                alice_ctx = browser.new_context(viewport={"width": 1000, "height": 640})
+                bob_ctx = browser.new_context(viewport={"width": 1000, "height": 640})
+                a = alice_ctx.new_page()
+                b = bob_ctx.new_page()
+                alice_frames: list[pb.Input] = []
+                a.on("websocket", record(alice_frames))
+                b.on("websocket", record(report["bob_frames"]))
+                alice = register(a, "100", "alice")
+                bob = register(b, "200", "bob")
+
+                # One to one, both ways.
+                a.fill("#open-id", str(bob))
+                a.click("#open")
+                say(a, "hello bob")
+                sees(b, f"u{alice}", "hello bob")
+                report["bob_seq_of_hello"] = int(
+                    b.locator("#messages li.theirs", has_text="hello bob").get_attribute("data-seq")
+                )
+                say(b, "hi alice")
+                expect(a.locator("#messages li.theirs", has_text="hi alice")).to_have_count(1)
+
+                # A push it already holds is dropped; a push past a gap (the
+                # one before it was lost) makes the page sync first, so both
+                # show, once each, in order — on both sides.
+                hello = pb.Message(
+                    session_type=pb.ST_Single,
+                    sender_id=alice,
+                    receiver_id=bob,
+                    message_type=pb.MT_Text,
+                    content=b"hello bob",
+                    seq=report["bob_seq_of_hello"],
+                )
+                threads.blockingCallFromThread(reactor, self.push_again, bob, hello)
+                threads.blockingCallFromThread(
+                    reactor, self.store_without_push, alice, bob, "lost push"
+                )
+                say(a, "after the gap")
+                expect(b.locator("#messages li.theirs .text")).to_have_text(
+                    ["hello bob", "lost push", "after the gap"]
+                )
+                expect(a.locator("#messages li.mine .text")).to_have_text(
+                    ["hello bob", "lost push", "after the gap"]
+                )
+
+                # A group: alice creates it with bob, both write in it.
+                a.fill("#group-name", "team")
+                a.fill("#group-members", str(bob))
+                a.click("#create-group")
+                expect(a.locator("#conv-title")).to_have_text(re.compile(r"Group \d+"))
+                group = a.locator("#conv-title").inner_text().split()[-1]
+                say(a, "welcome to the team")
+                sees(b, f"g{group}", "welcome to the team")
+                say(b, "glad to be here")
+                sees(a, f"g{group}", "glad to be here")
+
+                # The connection drops: the page reconnects by itself and goes on.
+                with a.expect_websocket():
+                    threads.blockingCallFromThread(reactor, self.drop_connections)
+                expect(a.locator("#status")).to_have_attribute("data-online", "yes")
+                expect(b.locator("#status")).to_have_attribute("data-online", "yes")
+                a.click(f'[data-conversation="u{bob}"]')
+                say(a, "still there?")
+                sees(b, f"u{alice}", "still there?")
+
+                # Bob closes his page; alice writes; bob comes back and catches up.
+                b.close()
+                a.click(f'[data-conversation="u{bob}"]')
+                say(a, "while you were away")
+                say(a, "and one more")
+                a.click(f'[data-conversation="g{group}"]')
+                say(a, "group news")
+                b = bob_ctx.new_page()
+                b.on("websocket", record(report["bob_frames"]))
+                b.goto(base + "/")
+                expect(b.locator("#status")).to_have_attribute("data-online", "yes")
+                expect(b.locator(f'[data-conversation="u{alice}"] .badge')).to_have_text("2")
+                expect(b.locator(f'[data-conversation="g{group}"] .badge')).to_have_text("1")
+                sees(b, f"u{alice}", "while you were away")
+                # Nothing twice: history came from the page's store, the rest by sync.
+                expect(b.locator("#messages li", has_text="hello bob")).to_have_count(1)
+                expect(b.locator("#messages li")).to_have_count(7)
+                expect(b.locator("#messages li.theirs .text").last).to_have_text("and one more")
+                sees(b, f"g{group}", "group news")
+                expect(b.locator("#messages li")).to_have_count(3)
+
+                a.click(f'[data-conversation="u{bob}"]')
+                out = artifacts_dir()
+                for name, page in (("alice", a), ("bob", b)):
+                    path = os.path.join(out, f"web-chat-{name}.png")
+                    page.screenshot(path=path)
+                    report["screenshots"].append(path)
+                report["alice_client_ids"] = sorted(
+                    {
+                        pb.UpMsg.FromString(f.data).clientId
+                        for f in alice_frames
+                        if f.type == pb.CT_Message
+                    }
+                )
+            finally:
+                browser.close()
+        return report
