@@ -29,6 +29,15 @@ def frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR a client frame's payload with its 4-byte mask, as one big integer."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
 class GatewayProtocol(WebSocketServerProtocol):
     # Autobahn's own ``log`` (txaio, level "info") stays: a twisted Logger in
     # its place would format and write a debug line for every frame read.
@@ -56,6 +65,52 @@ class GatewayProtocol(WebSocketServerProtocol):
             self._fail_connection(CLOSE_TOO_BIG, "message too big")
             return
         super().onMessageFrameBegin(length)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        # Once open, whole masked binary frames within --max-frame are read
+        # here: Autobahn's reader costs several times the frame itself (a
+        # masker object, a buffer copy and callbacks per frame). Anything
+        # else (control frames, fragments, text, oversized or partial frames)
+        # goes to Autobahn, which takes over until its buffer is empty again.
+        if (
+            self.state != _OPEN
+            or self.data
+            or self.current_frame is not None
+            or self.inside_message
+        ):
+            super().dataReceived(data)
+            return
+        limit = self.factory.max_frame
+        pos = 0
+        size = len(data)
+        while size - pos >= 6:
+            if data[pos] != 0x82:  # FIN + binary, no RSV bits
+                break
+            n = data[pos + 1]
+            if n < 0x80:  # a client frame must be masked
+                break
+            n &= 0x7F
+            start = pos + 2
+            if n == 126:
+                if size - pos < 8:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                if n < 126:
+                    break  # not the minimal length encoding: Autobahn fails it
+                start += 2
+            elif n == 127:
+                break
+            end = start + 4 + n
+            if n > limit or end > size:
+                break
+            pos = end
+            session = self.session
+            if session is not None:
+                session.frame_received(unmask(data[start + 4 : end], data[start : start + 4]))
+            if self.state != _OPEN:
+                return  # the session closed the connection
+        if pos < size:
+            super().dataReceived(data[pos:] if pos else data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
         if self.session is not None:
