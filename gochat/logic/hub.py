@@ -24,6 +24,10 @@ from gochat.pb import pb
 from gochat.presence import LocalPresence, Presence
 from gochat.store import Store, UpItem, UpResult
 
+#: labelled children of UPSTREAM by code: ``labels()`` takes a lock and
+#: builds a key on every call, a cost per message on the hot path
+_UPSTREAM: dict[int, Any] = {}
+
 ACK_MEMORY = 4096  # recent ACKs a device keeps in memory for retransmits
 
 
@@ -149,7 +153,10 @@ class Hub:
         device, started = owner
         device.accepted = item.client_id
         device.remember(item.client_id, result.code, result.sender_seq)
-        metrics.UPSTREAM.labels(str(result.code)).inc()
+        counter = _UPSTREAM.get(result.code)
+        if counter is None:
+            counter = _UPSTREAM[result.code] = metrics.UPSTREAM.labels(str(result.code))
+        counter.inc()
         session = device.session
         if session is not None:
             session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from gochat.presence import Presence
 
 
+_LOCAL_PUSHES = metrics.PUSHES.labels("local")  # labels() once, not per message
+
+
 class RemoteDeliverer(Protocol):
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
         """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
@@ -65,7 +68,7 @@ class Router:
                         session.push(seq, frame)
                         local += 1
         if local:
-            metrics.PUSHES.labels("local").inc(local)
+            _LOCAL_PUSHES.inc(local)
         if self.remote is not None and rows:
             self._deliver_remote(frames, rows)
 
