@@ -446,6 +446,7 @@ class ProcessWorker(ProcessProtocol):
         self.reactor = reactor
         self.config = config
         self._buf = b""
+        self._stopping = False
         self._ready: defer.Deferred = defer.Deferred()
         self.finished: defer.Deferred = defer.Deferred()
         self._ended: defer.Deferred = defer.Deferred()
@@ -477,6 +478,7 @@ class ProcessWorker(ProcessProtocol):
     def stop(self) -> defer.Deferred:
         if self._ended.called:
             return defer.succeed(None)
+        self._stopping = True
         self._write({"cmd": "stop"})
         return self._ended
 
@@ -497,10 +499,11 @@ class ProcessWorker(ProcessProtocol):
         sys.stderr.write(data.decode(errors="replace"))
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802
-        error = RuntimeError(f"benchmark worker exited: {reason.getErrorMessage()}")
-        for d in (self._ready, self.finished):
-            if not d.called:
-                d.errback(error)
+        if not self._stopping:  # it ended before the runner asked it to
+            error = RuntimeError(f"benchmark worker exited: {reason.getErrorMessage()}")
+            for d in (self._ready, self.finished):
+                if not d.called:
+                    d.errback(error)
         self._ended.callback(None)
 
 
