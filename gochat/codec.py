@@ -43,8 +43,17 @@ def encode_output(cmd: int, code: int = codes.OK, data: bytes = b"", msg: str = 
 
 def ack_frame(ack_type: int, code: int = codes.OK, client_id: int = 0, seq: int = 0) -> bytes:
     """``Output{CT_ACK, code, ACKMsg{type, clientId, seq}}``."""
-    ack = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
-    return encode_output(pb.CT_ACK, code, ack.SerializeToString())
+    if code == codes.OK and 0 <= ack_type < 128 and 0 <= client_id < 2**64 and 0 <= seq < 2**64:
+        # One per upstream message: the same bytes protobuf would write
+        # (fields in order, zeros left out), without building two messages.
+        ack = (
+            (b"\x08" + _SMALL_VARINTS[ack_type] if ack_type else b"")
+            + (b"\x10" + _varint(client_id) if client_id else b"")
+            + (b"\x18" + _varint(seq) if seq else b"")
+        )
+        return _ACK_OK_PREFIX + (b"\x22" + _varint(len(ack)) + ack if ack else b"")
+    ack_msg = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
+    return encode_output(pb.CT_ACK, code, ack_msg.SerializeToString())
 
 
 def error_frame(code: int, cmd: int = pb.CT_UnKnow) -> bytes:
@@ -82,10 +91,14 @@ def _varint(value: int) -> bytes:
 # Output{type: CT_Message (field 1 varint), code: 200 (field 2 varint)} prefix.
 _PUSH_PREFIX = b"\x08" + _varint(pb.CT_Message) + b"\x10" + _varint(codes.OK)
 _SEQ_TAG = b"\x30"  # Message.seq: field 6, varint
+# Output{type: CT_ACK, code: 200} prefix.
+_ACK_OK_PREFIX = b"\x08" + _varint(pb.CT_ACK) + b"\x10" + _varint(codes.OK)
 
 
 def message_base(msg: pb.Message) -> bytes:
     """Serialize a message without its seq, for :func:`push_frame_from_base`."""
+    if msg.seq == 0:  # upstream messages arrive with their seq cleared
+        return msg.SerializeToString()
     copy = pb.Message()
     copy.CopyFrom(msg)
     copy.seq = 0
