@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from typing import Any
 
@@ -141,6 +142,23 @@ STANDARD = [
 ]  # fmt: skip
 
 
+def connections_that_fit(wanted: int) -> int:
+    """As many of ``wanted`` as the node's open-file limit leaves room for.
+
+    The node needs one descriptor per connection plus a few dozen of its own
+    (listening ports, database files, the reactor); an unprivileged process
+    cannot go past the hard limit it inherits.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard - 100 >= wanted:
+        return wanted
+    fit = max(1, hard - 100)
+    sys.stderr.write(
+        f"the open-file hard limit is {hard}: running {fit} connections instead of {wanted}\n"
+    )
+    return fit
+
+
 @defer.inlineCallbacks
 def run_standard(reactor: Any, args: argparse.Namespace) -> Any:
     """Each scenario against a local node; the connections one gets a fresh node."""
@@ -157,6 +175,8 @@ def run_standard(reactor: Any, args: argparse.Namespace) -> Any:
                 node = start_local_node()
                 sys.stderr.write(f"node pid {node.pid}: {node.http} {node.ws} ({node.data_dir})\n")
             argv = [name, *(quick if args.quick else full)]
+            if name == "connections" and not args.quick:
+                argv[argv.index("--count") + 1] = str(connections_that_fit(20000))
             argv += ["--http", node.http, "--ws", node.ws, "--pid", str(node.pid)]
             argv += ["--processes", str(args.processes)]
             if args.json_dir:
