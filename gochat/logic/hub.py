@@ -125,6 +125,9 @@ class Hub:
             return (device.accepted, seq)
         old = device.session
         device.session = session
+        # ClientIds a previous connection left in flight: their ACKs now come
+        # here, so a retransmit of one must not be ACKed a second time.
+        session.inherited = (device.accepted, device.pending)
         if old is not None and old is not session:
             old.device = None  # its window now belongs to the new connection
             self.router.remove(old)

@@ -61,6 +61,8 @@ class Session:
         self.user_id = 0
         self.device: DeviceState | None = None
         self.push_ack = False
+        #: (accepted, pending] clientIds in flight when this connection took the device over
+        self.inherited = (0, 0)
         self.closed = False
         self._logging_in = False
         self.last_active = self.clock.seconds()
@@ -204,7 +206,9 @@ class Session:
             self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
             return
         if cid <= device.accepted:
-            self.hub.reack(self, device, cid)
+            low, high = self.inherited
+            if not low < cid <= high:  # else its ACK was already forwarded here
+                self.hub.reack(self, device, cid)
             return
         if cid <= device.pending:
             return  # in flight: its ACK is on the way
