@@ -21,6 +21,7 @@ __all__ = [
     "push_frame",
     "push_frame_from_base",
     "PushFrames",
+    "push_seq",
     "message_base",
     "sync_frame",
     "error_frame",
@@ -150,3 +151,9 @@ class PushFrames:
 def push_frame(msg: pb.Message) -> bytes:
     """The push frame for one message, seq included."""
     return encode_output(pb.CT_Message, codes.OK, pb.PushMsg(msg=msg).SerializeToString())
+
+
+def push_seq(frame: bytes) -> int:
+    """The seq of the message in a push frame (for frames that came from another node)."""
+    out = pb.Output.FromString(frame)
+    return pb.PushMsg.FromString(out.data).msg.seq

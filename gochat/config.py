@@ -31,6 +31,8 @@ class Config:
     advertise: str | None = None
     db: str | None = None
     redis: str | None = None
+    redis_prefix: str = "gochat:"
+    presence_lease: float = 15.0
     data_dir: str = "./gochat-data"
     secret_file: str | None = None
     cluster_secret_file: str | None = None
@@ -40,10 +42,20 @@ class Config:
     sync_limit: int = 50
     max_frame: int = 64 * 1024
     token_ttl: float = 7 * 86400.0
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
+    log_format: str = "text"
+    log_file: str | None = None
 
     @property
     def db_url(self) -> str:
         return self.db or "sqlite:" + os.path.join(self.data_dir, "gochat.db")
+
+    @property
+    def cluster(self) -> bool:
+        """Cluster mode: presence in Redis, PB between nodes, a shared server database."""
+        return self.redis is not None
 
     @property
     def secret_path(self) -> str:
@@ -57,6 +69,8 @@ _PARAMS = [
     ["advertise", None, None, "host:port other nodes use to reach --rpc"],
     ["db", None, None, "sqlite:PATH, postgresql://… or mysql://… [sqlite:DATA-DIR/gochat.db]"],
     ["redis", None, None, "redis://host:port/db; turns on cluster mode"],
+    ["redis-prefix", None, Config.redis_prefix, "prefix of every Redis key of this cluster"],
+    ["presence-lease", None, "15", "seconds a node's presence outlives its last renewal"],
     ["data-dir", None, Config.data_dir, "directory for the SQLite file and generated secrets"],
     ["secret-file", None, None, "token signing key [generated in DATA-DIR/secret.key]"],
     ["cluster-secret-file", None, None, "credential nodes use to log in to each other"],
@@ -66,6 +80,11 @@ _PARAMS = [
     ["sync-limit", None, "50", "messages per sync page"],
     ["max-frame", None, "65536", "largest WebSocket message in bytes"],
     ["token-ttl", None, "604800", "seconds a token from /register or /login stays valid"],
+    ["push-retry-timeout", None, "5", "seconds a push_ack device has to acknowledge a push"],
+    ["push-retries", None, "3", "resends of an unacknowledged push before the device must sync"],
+    ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
+    ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
+    ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
 ]
 
 
@@ -91,6 +110,14 @@ class Options(usage.Options):
             # One clear line rather than twistd's whole usage text.
             sys.stderr.write(f"gochat: error: {exc}\n")
             raise SystemExit(2) from None
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd resolves --logger after its subcommand's options, so the
+            # JSON observer can be chosen here (see gochat.logs).
+            from gochat import logs
+
+            logs.use_json(self.config.log_file)
+            parent["logger"] = "gochat.logs.json_observer"
 
 
 def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
@@ -125,6 +152,8 @@ def build_config(opts: dict) -> Config:
         advertise=opts["advertise"] or None,
         db=opts["db"] or None,
         redis=opts["redis"] or None,
+        redis_prefix=opts["redis-prefix"],
+        presence_lease=_number(opts, "presence-lease", float, 0.5),
         data_dir=opts["data-dir"],
         secret_file=opts["secret-file"] or None,
         cluster_secret_file=opts["cluster-secret-file"] or None,
@@ -134,7 +163,16 @@ def build_config(opts: dict) -> Config:
         sync_limit=int(_number(opts, "sync-limit", int, 1)),
         max_frame=int(_number(opts, "max-frame", int, 256)),
         token_ttl=_number(opts, "token-ttl", float, 1),
+        push_retry_timeout=_number(opts, "push-retry-timeout", float, 0.05),
+        push_retries=int(_number(opts, "push-retries", int, 0)),
+        push_window=int(_number(opts, "push-window", int, 1)),
+        log_format=opts["log-format"],
+        log_file=opts["log-file"] or None,
     )
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
+    if config.log_file is not None and config.log_format != "json":
+        raise ConfigError("--log-file: only with --log-format json (twistd --logfile for text)")
     if config.sync_limit > 1000:
         raise ConfigError("--sync-limit: at most 1000 messages per page")
     if config.max_frame > 64 * 1024 * 1024:
@@ -143,10 +181,49 @@ def build_config(opts: dict) -> Config:
         engine_from_url(config.db_url, config.data_dir)
     except DatabaseURLError as exc:
         raise ConfigError(f"--db: {exc}") from None
-    if config.redis is not None and not config.redis.startswith("redis://"):
-        raise ConfigError(f"--redis: {config.redis!r} is not a redis://host:port/db URL")
+    if config.redis is not None:
+        _check_cluster(config)
     if config.advertise is not None:
         host, _, port = config.advertise.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"--advertise: {config.advertise!r} is not host:port")
     return config
+
+
+def _check_cluster(config: Config) -> None:
+    from gochat.presence.redis import parse_redis_url
+    from gochat.rpc.server import SecretError, load_cluster_secret
+
+    try:
+        parse_redis_url(config.redis or "")
+    except ValueError as exc:
+        raise ConfigError(f"--redis: {exc}") from None
+    if engine_from_url(config.db_url, config.data_dir).single_writer:
+        raise ConfigError(
+            "--db: cluster mode (--redis) needs postgresql://… or mysql://…; SQLite serves"
+            " seqs from one process's memory and cannot be shared by nodes"
+        )
+    if config.cluster_secret_file is None:
+        raise ConfigError("--cluster-secret-file is required in cluster mode (--redis)")
+    try:
+        load_cluster_secret(config.cluster_secret_file)
+    except SecretError as exc:
+        raise ConfigError(f"--cluster-secret-file: {exc}") from None
+    if not 0.5 <= config.presence_lease <= 20:
+        # A dead node's entries go within lease * 4/3: at most 30 s with 20.
+        raise ConfigError("--presence-lease: must be between 0.5 and 20 seconds")
+    if not config.redis_prefix:
+        raise ConfigError("--redis-prefix: must not be empty")
+    if config.advertise is None and rpc_host(config.rpc) is None:
+        raise ConfigError(
+            f"--advertise: needed because --rpc {config.rpc!r} names no single interface"
+        )
+
+
+def rpc_host(description: str) -> str | None:
+    """The host peers can reach an ``--rpc`` endpoint on, if its description names one."""
+    for part in description.split(":")[1:]:
+        if part.startswith("interface="):
+            host = part[len("interface=") :].replace("\\:", ":")
+            return None if host in ("", "0.0.0.0", "::") else host
+    return None

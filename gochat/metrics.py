@@ -35,3 +35,46 @@ PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], 
 HEARTBEAT_CLOSES = Counter(
     "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY
 )
+PUSH_RETRANSMITS = Counter(
+    "gochat_push_retransmits_total",
+    "Pushes sent again to push_ack devices that had not acknowledged them",
+    registry=REGISTRY,
+)
+PUSHES_ABANDONED = Counter(
+    "gochat_pushes_abandoned_total",
+    "Unacknowledged pushes the node stopped retransmitting (the device syncs), by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+UNACKED_PUSHES = Gauge(
+    "gochat_unacked_pushes", "Pushes held for retransmission, node-wide", registry=REGISTRY
+)
+PUSH_WINDOWS = Gauge(
+    "gochat_push_windows", "Connections with unacknowledged pushes", registry=REGISTRY
+)
+RPC_CALLS = Counter(
+    "gochat_rpc_calls_total",
+    "Node-to-node calls made, by method",
+    ["method"],
+    registry=REGISTRY,
+)
+RPC_FAILURES = Counter(
+    "gochat_rpc_failures_total",
+    "Node-to-node calls that failed, by method",
+    ["method"],
+    registry=REGISTRY,
+)
+RPC_SERVED = Counter(
+    "gochat_rpc_served_total",
+    "Node-to-node calls this node answered, by method",
+    ["method"],
+    registry=REGISTRY,
+)
+RPC_REFUSED = Counter(
+    "gochat_rpc_refused_logins_total",
+    "Peers refused at the PB login (wrong or missing cluster secret)",
+    registry=REGISTRY,
+)
+PRESENCE_ERRORS = Counter(
+    "gochat_presence_errors_total", "Redis presence operations that failed", registry=REGISTRY
+)

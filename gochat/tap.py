@@ -7,17 +7,23 @@ import sys
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from gochat import metrics
 from gochat.api import build_site
+from gochat.api.health import HealthResource
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
-from gochat.config import Config, Options
+from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
 from gochat.logic import Hub, HubConfig
+from gochat.presence import LocalPresence
 from gochat.store import Database, Store, engine_from_url
+
+REDIS_START_TIMEOUT = 10.0  # seconds a cluster node waits for Redis at start
 
 __all__ = ["Options", "makeService", "GoChatService"]
 
@@ -62,6 +68,10 @@ class GoChatService(service.MultiService):
         os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords()
+        self.presence: Any = LocalPresence()
+        self.peers: Any = None
+        if config.cluster:
+            self._build_cluster()
         self.hub = Hub(
             self.store,
             self.signer,
@@ -70,15 +80,67 @@ class GoChatService(service.MultiService):
                 login_timeout=config.login_timeout,
                 sync_limit=config.sync_limit,
                 max_frame=config.max_frame,
+                push_retry_timeout=config.push_retry_timeout,
+                push_retries=config.push_retries,
+                push_window=config.push_window,
             ),
+            presence=self.presence,
+            remote=self.peers,
         )
         self.ws_factory = GatewayFactory(self.hub, max_frame=config.max_frame, reactor=reactor)
         self.site = build_site(
             self.store, self.signer, self.passwords, WebSocketResource(self.ws_factory)
         )
+        self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
+        self.site.resource.putChild(
+            b"healthz", HealthResource(self.database, self.hub.presence, reactor)
+        )
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
         ).setServiceParent(self)
+
+    def _build_cluster(self) -> None:
+        """Redis presence, the PB peer pool, and group-cache invalidation between nodes."""
+        from gochat.presence.redis import RedisPresence
+        from gochat.rpc import PeerPool, load_cluster_secret
+
+        config = self.config
+        assert config.redis is not None and config.cluster_secret_file is not None
+        self.cluster_secret = load_cluster_secret(config.cluster_secret_file)
+        presence = RedisPresence(
+            config.redis, self.reactor, prefix=config.redis_prefix, lease=config.presence_lease
+        )
+        self.presence = presence
+        self.peers = PeerPool(
+            presence.node_id, self.cluster_secret, presence.address_of, self.reactor
+        )
+        # A membership change here is published; one published anywhere drops our copy.
+        self.store.on_group_changed = presence.publish_group_changed
+        presence.on_group_changed = self.store.forget_group
+        presence.on_groups_resubscribed = self.store.forget_all_groups
+
+    @defer.inlineCallbacks
+    def _start_cluster(self) -> Any:
+        """Listen on --rpc, then join presence (the address must answer before it is published)."""
+        from gochat.rpc import build_rpc_factory
+
+        config = self.config
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, config.rpc)
+            factory = build_rpc_factory(self.hub, self.cluster_secret, self.presence)
+            port = yield endpoint.listen(factory)
+        except Exception as exc:
+            raise StartError(f"--rpc {config.rpc}: {exc}") from exc
+        self.ports["rpc"] = port
+        self.peers.setServiceParent(self)
+        self.presence.address = config.advertise or f"{rpc_host(config.rpc)}:{port.getHost().port}"
+        self.presence.setServiceParent(self)
+        try:
+            yield self.presence.registered.addTimeout(REDIS_START_TIMEOUT, self.reactor)
+        except defer.TimeoutError:
+            raise StartError(
+                f"--redis {config.redis}: no answer within {REDIS_START_TIMEOUT:.0f}s"
+            ) from None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -91,6 +153,8 @@ class GoChatService(service.MultiService):
             yield self.database.migrate()
         except Exception as exc:
             raise StartError(f"database {self.engine.describe()}: {exc}") from exc
+        if self.config.cluster:
+            yield self._start_cluster()
         for name, desc, factory in (
             ("ws", self.config.ws, self.ws_factory),
             ("http", self.config.http, self.site),
@@ -101,10 +165,15 @@ class GoChatService(service.MultiService):
             except Exception as exc:
                 raise StartError(f"--{name} {desc}: {exc}") from exc
         self.log.info(
-            "GoChat node ready: HTTP {http}, WebSocket {ws}, database {db}",
+            "GoChat node ready: HTTP {http}, WebSocket {ws}, database {db}{cluster}",
             http=self.config.http,
             ws=self.config.ws,
             db=self.engine.describe(),
+            cluster=(
+                f", cluster node {self.presence.node_id} at {self.presence.address}"
+                if self.config.cluster
+                else ""
+            ),
         )
         return self
 
@@ -131,7 +200,8 @@ class GoChatService(service.MultiService):
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)
         yield self.hub.wait_idle()
-        yield super().stopService()
+        self.hub.pushes.stop()
+        yield super().stopService()  # presence leaves the cluster, peer connections close
         self.database.close()
 
 

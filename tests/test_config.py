@@ -18,7 +18,8 @@ SAMPLES = {
     "ws": ("tcp:8081", "ws", "tcp:8081"),
     "rpc": ("tcp:8082:interface=127.0.0.1", "rpc", "tcp:8082:interface=127.0.0.1"),
     "advertise": ("node1.example:8082", "advertise", "node1.example:8082"),
-    "db": ("sqlite:/tmp/elsewhere.db", "db", "sqlite:/tmp/elsewhere.db"),
+    # --redis below turns on cluster mode, which needs a server database
+    "db": ("postgresql://gochat@db.example/chat", "db", "postgresql://gochat@db.example/chat"),
     "redis": ("redis://127.0.0.1:6379/2", "redis", "redis://127.0.0.1:6379/2"),
     "data-dir": ("/tmp/gochat-somewhere", "data_dir", "/tmp/gochat-somewhere"),
     "secret-file": ("/tmp/token.key", "secret_file", "/tmp/token.key"),
@@ -74,10 +75,16 @@ class Environment(unittest.TestCase):
         )
 
     def test_every_option_of_the_design_comes_from_its_environment_variable(self):
-        for name, (raw, _, _) in SAMPLES.items():
+        samples = dict(SAMPLES)
+        # Cluster mode (--redis) reads the cluster secret at start: it must exist.
+        secret = os.path.join(tempfile.mkdtemp(), "cluster.key")
+        with open(secret, "w") as f:
+            f.write("a-cluster-secret-of-some-length\n")
+        samples["cluster-secret-file"] = (secret, "cluster_secret_file", secret)
+        for name, (raw, _, _) in samples.items():
             os.environ[env_name(name)] = raw
         config = self.parse([])
-        for name, (_, attr, value) in SAMPLES.items():
+        for name, (_, attr, value) in samples.items():
             self.assertEqual(getattr(config, attr), value, name)
 
     def test_every_declared_option_reads_its_environment_variable(self):

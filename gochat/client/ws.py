@@ -5,11 +5,19 @@ a 1004 is retried, a 1011 rewinds to the oldest unACKed message, a permanent
 code fails the send. Downstream: the application sees every message of the
 user's list exactly once, in seq order — pushes whose seq it already holds
 are dropped, and a gap (seq > held + 1) triggers a sync first. Messages this
-client sent itself are known from their ACK and not handed back.
+client sent itself are known from their ACK and not handed back; one that
+comes back (in a sync) before its ACK, and looks like a message still waiting
+for its ACK, is held until that ACK says whose it is.
+
+Every request has a timer, so a frame lost on the way (or a server that never
+answers) costs a retransmit, not a stuck client: messages are sent again, a
+sync is asked again, and a login left unanswered closes the connection so the
+caller can reconnect.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +51,11 @@ class _Pending:
     transmitted: bool = False  # sent at least once, so the server may hold it
 
 
+def _content_key(msg: pb.Message) -> tuple:
+    """What a message this client sent looks like when it comes back from the server."""
+    return (msg.session_type, msg.receiver_id, msg.message_type, msg.content)
+
+
 class GoChatClient:
     """One user's device. Attach it to a connection with :func:`connect`."""
 
@@ -56,6 +69,7 @@ class GoChatClient:
         reactor: Any = None,
         retransmit_timeout: float = 3.0,
         seq: int = 0,
+        login_timeout: float = 10.0,
         on_message: Callable[[pb.Message], None] | None = None,
     ) -> None:
         if reactor is None:
@@ -67,6 +81,7 @@ class GoChatClient:
         self.device_id = device_id
         self.push_ack = push_ack
         self.retransmit_timeout = retransmit_timeout
+        self.login_timeout = login_timeout
         self.seq = seq  # every message up to here has been handed over, in order
         self.on_message = on_message
         self.on_output: Callable[[pb.Output], None] | None = None
@@ -78,7 +93,10 @@ class GoChatClient:
         self._unacked: dict[int, _Pending] = {}
         self._buffer: dict[int, pb.Message] = {}
         self._own: set[int] = set()
+        self._inflight: Counter[tuple] = Counter()  # content keys of transmitted, unACKed sends
         self._syncing: defer.Deferred | None = None
+        self._sync_timer: Any = None
+        self._login_timer: Any = None
         self._sync_waiters: list[defer.Deferred] = []
         self._login: defer.Deferred | None = None
         self.disconnected: defer.Deferred = defer.Deferred()
@@ -95,11 +113,19 @@ class GoChatClient:
             token=self.token.encode(), device_id=self.device_id, push_ack=self.push_ack
         )
         self._send(pb.CT_Login, login.SerializeToString())
+        self._login_timer = self.reactor.callLater(self.login_timeout, self._login_timed_out)
         return self._login
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if not self.logged_in and self.proto is not None:
+            self.log.warn("no answer to login: closing the connection")
+            self.proto.sendClose(code=1000)
 
     def connection_lost(self, code: int | None, reason: str | None) -> None:
         self.proto = None
         self.logged_in = False
+        self._cancel_timers()
         for pending in self._unacked.values():
             if pending.timer is not None and pending.timer.active():
                 pending.timer.cancel()
@@ -111,6 +137,13 @@ class GoChatClient:
         if syncing is not None:
             self._finish_sync(ConnectionError("connection lost during sync"))
         self.disconnected.callback((code, reason))
+
+    def _cancel_timers(self) -> None:
+        for name in ("_sync_timer", "_login_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
 
     def close(self) -> defer.Deferred:
         if self.proto is not None:
@@ -146,9 +179,11 @@ class GoChatClient:
         )
 
     def _transmit(self, pending: _Pending) -> None:
-        pending.transmitted = True
         up = pb.UpMsg(msg=pending.message, clientId=pending.client_id)
         self._send(pb.CT_Message, up.SerializeToString())
+        if not pending.transmitted:
+            pending.transmitted = True
+            self._inflight[_content_key(pending.message)] += 1
         if pending.timer is not None and pending.timer.active():
             pending.timer.cancel()
         pending.timer = self.reactor.callLater(
@@ -172,22 +207,30 @@ class GoChatClient:
         if pending is None:
             return  # a duplicate ACK
         if code == codes.OK:
-            del self._unacked[ack.clientId]
-            if pending.timer is not None and pending.timer.active():
-                pending.timer.cancel()
+            self._settle(pending)
             if ack.seq > self.seq:
                 self._own.add(ack.seq)
-                self._drain()
+            self._drain()
             pending.deferred.callback(ack.seq)
         elif code == codes.OUT_OF_ORDER:
             self._resend_from(min(self._unacked))
         elif code in RETRYABLE:
             pass  # the retransmit timer will send it again
         else:
-            del self._unacked[ack.clientId]
-            if pending.timer is not None and pending.timer.active():
-                pending.timer.cancel()
+            self._settle(pending)
+            self._drain()  # a message held as possibly this one is someone else's
             pending.deferred.errback(SendError(code))
+
+    def _settle(self, pending: _Pending) -> None:
+        """``pending`` has its final ACK: stop retransmitting it."""
+        del self._unacked[pending.client_id]
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        if pending.transmitted:
+            key = _content_key(pending.message)
+            self._inflight[key] -= 1
+            if self._inflight[key] <= 0:
+                del self._inflight[key]
 
     # -- downstream ----------------------------------------------------------
 
@@ -209,17 +252,33 @@ class GoChatClient:
             msg = pb.PushMsg.FromString(out.data).msg
             self._offer(msg)
             if self.push_ack:
-                self._send(pb.CT_ACK, pb.ACKMsg(type=pb.AT_Push, seq=self.seq).SerializeToString())
-            if self._buffer and self._syncing is None:
-                self.sync()
+                self._ack_pushes()
+            if self._gap() and self._syncing is None:
+                self._catch_up()
         elif out.type == pb.CT_Sync:
             self._on_sync(out.code, pb.SyncOutputMsg.FromString(out.data))
 
+    def _ack_pushes(self) -> None:
+        """Cumulative: every message up to the held seq has arrived."""
+        self._send(pb.CT_ACK, pb.ACKMsg(type=pb.AT_Push, seq=self.seq).SerializeToString())
+
+    def _gap(self) -> bool:
+        """A later message is waiting for one this client does not have."""
+        return bool(self._buffer) and self.seq + 1 not in self._buffer
+
     def _on_login_ack(self, code: int, ack: pb.ACKMsg) -> None:
+        if self.logged_in or self.proto is None:
+            return  # a second answer, e.g. to a login frame the network repeated
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
         d, self._login = self._login, None
         if code != codes.OK:
+            # Refused: this connection is of no use, whatever the server does with it.
             if d is not None:
                 d.errback(SendError(code, "login"))
+            if self.proto is not None:
+                self.proto.sendClose(code=1000)
             return
         self.logged_in = True
         self.server_seq = ack.seq
@@ -238,10 +297,12 @@ class GoChatClient:
             self.last_client_id = 0
         for cid in sorted(self._unacked):
             self._transmit(self._unacked[cid])
+        if d is None:
+            self._catch_up()
+            return
         sync = self.sync()
-        if d is not None:
-            sync.addCallback(lambda _: self)
-            sync.chainDeferred(d)
+        sync.addCallback(lambda _: self)
+        sync.chainDeferred(d)
 
     def _renumber_untransmitted(self, server_last: int) -> None:
         """Number never-sent messages after the device's last clientId on the server.
@@ -270,12 +331,27 @@ class GoChatClient:
             self._request_sync()
         return waiter
 
+    def _catch_up(self) -> None:
+        """A sync nobody waits for: a lost connection ends it, the next login syncs again."""
+        self.sync().addErrback(lambda f: f.trap(ConnectionError, SendError))
+
     def _request_sync(self) -> None:
         self._send(pb.CT_Sync, pb.SyncInputMsg(seq=self.seq).SerializeToString())
+        if self._sync_timer is not None and self._sync_timer.active():
+            self._sync_timer.cancel()
+        self._sync_timer = self.reactor.callLater(self.retransmit_timeout, self._sync_timed_out)
+
+    def _sync_timed_out(self) -> None:
+        self._sync_timer = None
+        if self._syncing is not None and self.logged_in:
+            self._request_sync()  # the request or its answer was lost
 
     def _on_sync(self, code: int, body: pb.SyncOutputMsg) -> None:
         if self._syncing is None:
             return
+        if self._sync_timer is not None and self._sync_timer.active():
+            self._sync_timer.cancel()
+        self._sync_timer = None
         if code != codes.OK:
             self._finish_sync(SendError(code, "sync"))
             return
@@ -288,14 +364,19 @@ class GoChatClient:
 
     def _finish_sync(self, error: Exception | None) -> None:
         self._syncing = None
+        if self._sync_timer is not None and self._sync_timer.active():
+            self._sync_timer.cancel()
+        self._sync_timer = None
+        if error is None and self.push_ack and self.logged_in:
+            self._ack_pushes()  # what the sync brought needs no retransmit
         waiters, self._sync_waiters = self._sync_waiters, []
         for waiter in waiters:
             if error is None:
                 waiter.callback(self.seq)
             else:
                 waiter.errback(error)
-        if error is None and self._buffer:
-            self.sync()  # a push raced past the end of the sync
+        if error is None and self._gap():
+            self._catch_up()  # a push raced past the end of the sync
 
     def _offer(self, msg: pb.Message) -> None:
         if msg.seq <= self.seq or msg.seq in self._buffer:
@@ -311,9 +392,12 @@ class GoChatClient:
                 self._buffer.pop(nxt, None)
                 self.seq = nxt
                 continue
-            msg = self._buffer.pop(nxt, None)
+            msg = self._buffer.get(nxt)
             if msg is None:
                 break
+            if self._inflight and _content_key(msg) in self._inflight:
+                break  # maybe one of ours whose ACK is on the way: it will tell
+            del self._buffer[nxt]
             self.seq = nxt
             self.received.append(msg)
             if self.on_message is not None:

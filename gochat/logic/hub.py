@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.auth import TokenSigner
+from gochat.logic.pushes import PushTracker
 from gochat.logic.router import RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
 from gochat.logic.writer import MessageWriter
@@ -36,6 +37,9 @@ class HubConfig:
     login_timeout: float = 10.0
     sync_limit: int = 50
     max_frame: int = 64 * 1024
+    push_retry_timeout: float = 5.0
+    push_retries: int = 3
+    push_window: int = 512
 
 
 @dataclass(eq=False)
@@ -79,6 +83,12 @@ class Hub:
         self.writer = MessageWriter(
             store, self._committed, self._failed, key=lambda owner: id(owner[0])
         )
+        self.pushes = PushTracker(
+            clock,
+            timeout=self.config.push_retry_timeout,
+            retries=self.config.push_retries,
+            window=self.config.push_window,
+        )
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
 
@@ -93,6 +103,7 @@ class Hub:
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         metrics.CONNECTIONS.set(len(self.sessions))
+        self.pushes.forget(session)
         device = session.device
         if device is None:
             return
@@ -137,6 +148,8 @@ class Hub:
         session.push_ack = push_ack
         if self.router.add(session):
             yield self.presence.user_online(user_id)
+        if device_id is not None:
+            self.router.kick_elsewhere(user_id, device_id)
         return (device.accepted, seq)
 
     def _maybe_forget(self, device: DeviceState) -> None:
@@ -202,12 +215,22 @@ class Hub:
 
     def push_acked(self, session: Session, seq: int) -> None:
         """A device acknowledged pushes up to ``seq`` (cumulative)."""
+        if session.push_ack:
+            self.pushes.acked(session, seq)
 
     # -- node-to-node --------------------------------------------------------
 
     def deliver_from_peer(self, frames: dict[int, list[bytes]]) -> int:
         """Pushes another node routed here."""
         return self.router.deliver_local(frames)
+
+    def kick_device(self, user_id: int, device_id: str, reason: str) -> bool:
+        """Close this node's connection of (user, device): it logged in elsewhere."""
+        device = self.devices.get((user_id, device_id))
+        if device is None or device.session is None:
+            return False
+        device.session.close(reason)
+        return True
 
     def wait_idle(self) -> defer.Deferred:
         return self.writer.wait_idle()

@@ -27,6 +27,9 @@ class RemoteDeliverer(Protocol):
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
         """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
 
+    def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
+        """Ask one node to close its connection of (user, device); failures are logged."""
+
 
 class Router:
     log = Logger()
@@ -77,9 +80,29 @@ class Router:
         sent = 0
         for user_id, user_frames in frames.items():
             for session in self.online.get(user_id, ()):
-                session.send_many(user_frames)
+                if session.push_ack:
+                    for frame in user_frames:
+                        session.push(codec.push_seq(frame), frame)
+                else:
+                    session.send_many(user_frames)
                 sent += len(user_frames)
         return sent
+
+    def kick_elsewhere(self, user_id: int, device_id: str) -> None:
+        """A device logged in here: close its older connection on any other node."""
+        if self.remote is None:
+            return
+
+        def kick(nodes: dict[str, list[int]]) -> None:
+            assert self.remote is not None
+            for node_id in nodes:
+                self.remote.kick(node_id, user_id, device_id)
+
+        # Claim first: a kick that arrives late on a node holding a newer login is ignored.
+        d = self.presence.claim_device(user_id, device_id)
+        d.addCallback(lambda _: self.presence.nodes_for([user_id]))
+        d.addCallback(kick)
+        d.addErrback(lambda f: self.log.failure("presence lookup for a device kick failed", f))
 
     def _deliver_remote(self, push: codec.PushFrames, rows: list[tuple[int, int]]) -> None:
         seqs = dict(rows)

@@ -118,11 +118,14 @@ class Session:
         self.conn.send_many(frames)
 
     def push(self, seq: int, frame: bytes) -> None:
-        """A push of the message with this user's ``seq``."""
+        """A push of the message with this user's ``seq``; tracked for ``push_ack`` devices."""
+        if self.closed:
+            return
         # The hot path of a group fan-out: Session.send inlined.
-        if not self.closed:
-            self.last_active = self.clock.seconds()
-            self.conn.send(frame)
+        self.last_active = self.clock.seconds()
+        self.conn.send(frame)
+        if self.push_ack:
+            self.hub.pushes.track(self, seq, frame)
 
     def connection_lost(self) -> None:
         if self.closed:

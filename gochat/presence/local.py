@@ -19,6 +19,16 @@ class Presence(Protocol):
     def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
         """Fires with ``{node_id: [user_id, ...]}`` for nodes other than this one."""
 
+    def claim_device(self, user_id: int, device_id: str) -> defer.Deferred:
+        """The newest login of (user, device) is on this node (never fails)."""
+
+    def device_holder(self, user_id: int, device_id: str) -> defer.Deferred:
+        """Fires with the node id of the newest login of (user, device), or ``None``."""
+
+    # Optional: ``ping() -> Deferred`` that fails when the shared presence
+    # store (Redis) does not answer. ``/healthz`` calls it when it exists;
+    # in-process presence has no such method because it cannot be down.
+
 
 class LocalPresence:
     """Everything is on this node, so no other node ever holds anyone."""
@@ -37,3 +47,9 @@ class LocalPresence:
 
     def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
         return defer.succeed({})
+
+    def claim_device(self, user_id: int, device_id: str) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def device_holder(self, user_id: int, device_id: str) -> defer.Deferred:
+        return defer.succeed(self.node_id)

@@ -25,6 +25,10 @@ T = TypeVar("T")
 SLOW_INTERACTION = 1.0  # seconds; slower interactions are logged by name
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be used at all (pool closed, file gone)."""
+
+
 class Cursor:
     """A DB-API cursor that takes ``?`` placeholders whatever the dialect."""
 
@@ -35,10 +39,13 @@ class Cursor:
     def execute(self, sql: str, args: tuple | list = ()) -> Any:
         return self.txn.execute(self.engine.convert_sql(sql), tuple(args))
 
-    def executemany(self, sql: str, rows: list) -> Any:
+    def executemany(self, sql: str, rows: list) -> None:
         if rows:
-            return self.txn.executemany(self.engine.convert_sql(sql), rows)
-        return None
+            self.engine.executemany(self.txn, self.engine.convert_sql(sql), rows)
+
+    def insert_id(self, sql: str, args: tuple | list = ()) -> int:
+        """Run an ``INSERT`` into a table with an ``id`` key; returns the new id."""
+        return self.engine.insert_id(self.txn, self.engine.convert_sql(sql), tuple(args))
 
     def insert_many(self, sql: str, rows: list[tuple], suffix: str = "") -> None:
         """``INSERT INTO t (a, b) VALUES`` + many rows, as few multi-row statements.
@@ -83,6 +90,8 @@ class Database:
 
     def __init__(self, engine: BaseEngine, max_connections: int = 8) -> None:
         self.engine = engine
+        #: transactions the database aborted and :meth:`run_with_retry` ran again
+        self.retries = 0
         common = {
             "cp_openfun": engine.on_connect,
             "cp_noisy": False,
@@ -139,17 +148,35 @@ class Database:
                 return result
             except Exception as exc:
                 if attempt + 1 < attempts and self.engine.is_retryable(exc):
+                    self.retries += 1
                     self.log.info("retrying {name} after {exc}", name=name, exc=exc)
                     continue
                 raise
+
+    def ping(self) -> defer.Deferred:
+        """Fires when the database answers a query; fails with the reason it does not."""
+        if not self.read_pool.running:
+            return defer.fail(DatabaseUnavailable("connection pool is closed"))
+        engine = self.engine
+        if isinstance(engine, SQLiteEngine) and engine.path != ":memory:":
+            # An open connection keeps reading a deleted file: check the path too.
+            if not os.path.exists(engine.path):
+                return defer.fail(DatabaseUnavailable(f"{engine.path} is missing"))
+
+        def probe(cur: Cursor) -> None:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+
+        return self.run_interaction("ping", probe, write=False)
 
     def migrate(self) -> defer.Deferred:
         return self.run_interaction("apply_schema", apply_schema, self.engine)
 
     def close(self) -> None:
-        self.write_pool.close()
-        if self.read_pool is not self.write_pool:
-            self.read_pool.close()
+        """Close the pools (once: a second call, e.g. at shutdown, does nothing)."""
+        for pool in {id(p): p for p in (self.write_pool, self.read_pool)}.values():
+            if pool.running:
+                pool.close()
 
 
 def schema_deltas() -> list[tuple[int, str, str]]:
@@ -164,19 +191,23 @@ def schema_deltas() -> list[tuple[int, str, str]]:
 
 def apply_schema(cur: Cursor, engine: BaseEngine) -> int:
     """Bring the schema up to date; returns the version reached."""
-    cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    cur.execute("SELECT MAX(version) FROM schema_version")
-    row = cur.fetchone()
-    current = row[0] if row and row[0] is not None else 0
-    for version, _name, sql in schema_deltas():
-        if version <= current:
-            continue
-        sql = sql.format(**engine.types)
-        for statement in _split_statements(sql):
-            cur.execute(statement)
-        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        current = version
-    return current
+    engine.lock_schema(cur.txn)
+    try:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        cur.execute("SELECT MAX(version) FROM schema_version")
+        row = cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        for version, _name, sql in schema_deltas():
+            if version <= current:
+                continue
+            sql = sql.format(**engine.types)
+            for statement in _split_statements(sql):
+                cur.execute(statement)
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            current = version
+        return current
+    finally:
+        engine.unlock_schema(cur.txn)
 
 
 def _split_statements(sql: str) -> list[str]:

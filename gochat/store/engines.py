@@ -59,6 +59,21 @@ class BaseEngine:
     def pool_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def executemany(self, cursor: Any, sql: str, rows: list) -> None:
+        """Run ``sql`` once per row (drivers batch differently; see subclasses)."""
+        cursor.executemany(sql, rows)
+
+    def insert_id(self, cursor: Any, sql: str, args: tuple) -> int:
+        """Run an ``INSERT`` (already converted) and return the new row's ``id``."""
+        cursor.execute(sql, args)
+        return int(cursor.lastrowid)
+
+    def lock_schema(self, cursor: Any) -> None:  # noqa: B027 - optional hook
+        """Serialize migrations when several nodes start against one database."""
+
+    def unlock_schema(self, cursor: Any) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`lock_schema` took (if it outlives the transaction)."""
+
     def describe(self) -> str:
         return self.name
 
@@ -130,6 +145,21 @@ class PostgresEngine(BaseEngine):
     def on_connect(self, conn: Any) -> None:
         conn.set_session(isolation_level="READ COMMITTED", autocommit=False)
 
+    def executemany(self, cursor: Any, sql: str, rows: list) -> None:
+        # psycopg2's executemany is one round trip per row; a 500-member group
+        # message would pay 500 of them. execute_batch sends pages of statements.
+        from psycopg2.extras import execute_batch
+
+        execute_batch(getattr(cursor, "_cursor", cursor), sql, rows, page_size=500)
+
+    def insert_id(self, cursor: Any, sql: str, args: tuple) -> int:
+        cursor.execute(sql + " RETURNING id", args)  # psycopg2 has no lastrowid
+        return int(cursor.fetchone()[0])
+
+    def lock_schema(self, cursor: Any) -> None:
+        # Released at commit; a second node waits here, then sees the new version.
+        cursor.execute("SELECT pg_advisory_xact_lock(7411010)")
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "pgcode", None) == "23505"
 
@@ -172,6 +202,18 @@ class MySQLEngine(BaseEngine):
         cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cur.close()
 
+    def lock_schema(self, cursor: Any) -> None:
+        # DDL commits implicitly in MySQL, so the lock is a session lock, released below.
+        cursor.execute("SELECT GET_LOCK('gochat_schema', 60)")
+        cursor.fetchall()
+
+    def unlock_schema(self, cursor: Any) -> None:
+        # Commit first: the next node must see our schema_version rows once it has
+        # the lock. (MySQL's DDL is not transactional, so there is nothing to undo.)
+        cursor.execute("COMMIT")
+        cursor.execute("SELECT RELEASE_LOCK('gochat_schema')")
+        cursor.fetchall()
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return bool(getattr(exc, "args", None)) and exc.args[0] == 1062
 
@@ -204,6 +246,7 @@ def engine_from_url(url: str, data_dir: str) -> BaseEngine:
             "host": parsed.hostname or "127.0.0.1",
             "port": parsed.port or 5432,
             "dbname": unquote(parsed.path.lstrip("/")) or "gochat",
+            "connect_timeout": 10,
         }
         if parsed.username:
             kwargs["user"] = unquote(parsed.username)
@@ -219,6 +262,7 @@ def engine_from_url(url: str, data_dir: str) -> BaseEngine:
             "database": unquote(parsed.path.lstrip("/")) or "gochat",
             "user": unquote(parsed.username) if parsed.username else "root",
             "password": unquote(parsed.password) if parsed.password else "",
+            "connect_timeout": 10,
         }
         return MySQLEngine(kwargs)
     raise DatabaseURLError(

@@ -8,6 +8,7 @@ so all rows of a message (and of every message in the batch) commit together.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,12 @@ class Store:
         self._seq_cache: dict[int, int] = {}
         self._known_users: set[int] = set()
         self._group_cache: dict[int, tuple[int, ...]] = {}
+        # Bumped on every invalidation: a transaction that read members before
+        # an invalidation must not put its (maybe stale) copy back in the cache.
+        self._group_generation = 0
+        #: Called with a group id after this node changed its membership; a
+        #: cluster publishes it so every other node drops its cached copy.
+        self.on_group_changed: Callable[[int], Any] | None = None
 
     # -- users ---------------------------------------------------------------
 
@@ -142,14 +149,10 @@ class Store:
             missing = set(members) - _existing_users(cur, set(members))
             if missing:
                 raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
-            cur.execute(
+            group_id = cur.insert_id(
                 "INSERT INTO chat_groups (name, owner_id, created_at) VALUES (?, ?, ?)",
                 (name, owner_id, _now_ms()),
             )
-            group_id = cur.lastrowid
-            if not group_id:  # PostgreSQL cursors have no lastrowid
-                cur.execute("SELECT MAX(id) FROM chat_groups WHERE owner_id = ?", (owner_id,))
-                group_id = cur.fetchone()[0]
             cur.executemany(
                 "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
                 [(group_id, m) for m in members],
@@ -255,12 +258,14 @@ class Store:
         nothing of it is stored.
         """
         single_writer = self.engine.single_writer
+        generation = self._group_generation
 
         def done(outcome: tuple[list[UpResult], dict[int, int], dict[int, tuple]]) -> Any:
             results, seqs, groups = outcome
             if single_writer:
                 self._seq_cache.update(seqs)
-            self._group_cache.update(groups)
+            if generation == self._group_generation:
+                self._group_cache.update(groups)
             for result in results:
                 if result.code == codes.OK:
                     self._known_users.update(u for u, _ in result.rows)
@@ -273,10 +278,21 @@ class Store:
     ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple]]:
         groups: dict[int, tuple[int, ...]] = {}
         known = set(self._known_users)
+        # 0. with several writers the same device may be served by two nodes for a
+        #    moment (it reconnected elsewhere): its window is re-read under a lock,
+        #    and a clientId already stored gets its earlier answer, not a second row.
+        stored = {} if self.engine.single_writer else _lock_devices(cur, items)
         # 1. decide recipients (validation that needs the database)
         plans: list[tuple[UpItem, int, tuple[int, ...]]] = []
+        duplicates: dict[int, UpResult] = {}
         for item in items:
             msg = item.message
+            if item.device_id is not None:
+                key = (item.user_id, item.device_id)
+                if item.client_id <= stored.get(key, 0):
+                    duplicates[id(item)] = _earlier_answer(cur, item)
+                    continue
+                stored[key] = item.client_id
             if item.reject_code != codes.OK or msg is None:
                 plans.append((item, item.reject_code, ()))
                 continue
@@ -343,6 +359,10 @@ class Store:
                 )
                 device_last[(item.user_id, item.device_id)] = item.client_id
             results.append(result)
+        if duplicates:
+            by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
+            by_item.update(duplicates)
+            results = [by_item[id(item)] for item in items]
         cur.insert_many(
             "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
             " message_type, content, send_time) VALUES",
@@ -386,9 +406,81 @@ class Store:
                 current[int(uid)] = int(seq)
         return current
 
+    def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+        """Add existing users to a group (idempotent); every node's cache is invalidated."""
+        wanted = sorted(set(user_ids))
+
+        def txn(cur: Cursor) -> None:
+            if not _group_members(cur, group_id):
+                raise NotFound(f"group {group_id} not found")
+            missing = set(wanted) - _existing_users(cur, set(wanted))
+            if missing:
+                raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
+            present = set(_group_members(cur, group_id))
+            cur.executemany(
+                "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
+                [(group_id, u) for u in wanted if u not in present],
+            )
+
+        d = self.db.run_with_retry("add_group_members", txn)
+        return d.addCallback(self._group_changed, group_id)
+
+    def remove_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+        """Remove users from a group; every node's cache is invalidated."""
+        gone = sorted(set(user_ids))
+
+        def txn(cur: Cursor) -> None:
+            cur.executemany(
+                "DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
+                [(group_id, u) for u in gone],
+            )
+
+        d = self.db.run_with_retry("remove_group_members", txn)
+        return d.addCallback(self._group_changed, group_id)
+
+    def _group_changed(self, _: Any, group_id: int) -> None:
+        self.forget_group(group_id)
+        if self.on_group_changed is not None:
+            self.on_group_changed(group_id)
+
     def forget_group(self, group_id: int) -> None:
         """Drop a cached member list (membership changed elsewhere)."""
+        self._group_generation += 1
         self._group_cache.pop(group_id, None)
+
+    def forget_all_groups(self) -> None:
+        """Drop every cached member list (invalidations may have been missed)."""
+        self._group_generation += 1
+        self._group_cache.clear()
+
+
+def _lock_devices(cur: Cursor, items: list[UpItem]) -> dict[tuple[int, str | None], int]:
+    """Lock the device rows of a batch in a fixed order; ``{(user, device): last clientId}``."""
+    keys = sorted({(i.user_id, i.device_id) for i in items if i.device_id is not None})
+    last: dict[tuple[int, str | None], int] = {}
+    for start in range(0, len(keys), 200):
+        chunk = keys[start : start + 200]
+        where = " OR ".join(["(user_id = ? AND device_id = ?)"] * len(chunk))
+        cur.execute(
+            f"SELECT user_id, device_id, last_client_id FROM devices WHERE {where}"
+            " ORDER BY user_id, device_id FOR UPDATE",
+            [v for key in chunk for v in key],
+        )
+        for uid, dev, cid in cur.fetchall():
+            last[(int(uid), dev)] = int(cid)
+    return last
+
+
+def _earlier_answer(cur: Cursor, item: UpItem) -> UpResult:
+    """The result given when this (user, device, clientId) was first stored."""
+    cur.execute(
+        "SELECT code, seq FROM device_acks WHERE user_id = ? AND device_id = ? AND client_id = ?",
+        (item.user_id, item.device_id, item.client_id),
+    )
+    row = cur.fetchone()
+    if row is None:  # older than the ACK memory: accepted, answer unknown
+        return UpResult(code=codes.OK)
+    return UpResult(code=int(row[0]), sender_seq=int(row[1]))
 
 
 def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:

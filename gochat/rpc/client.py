@@ -1,0 +1,222 @@
+"""A pool of PB connections to peer nodes: the hub's remote deliverer.
+
+One connection per peer, opened on first use and again after it drops.
+Calls to one peer go out in the order they were made (PB keeps the order of
+calls on a connection). Every connect, login and call is bounded by a
+timeout; a failure is logged and counted, never raised to the caller: the
+message is already stored, and a recipient that missed the push syncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from gochat import metrics
+
+CALL_TIMEOUT = 5.0  # seconds for a connect + login, and for each call
+
+
+def tcp_client_endpoint(address: str) -> str:
+    """``host:port`` → a client endpoint description (TLS can swap this out)."""
+    host, _, port = address.rpartition(":")
+    return f"tcp:host={host.strip('[]')}:port={port}:timeout={int(CALL_TIMEOUT)}"
+
+
+class _Peer:
+    """The connection to one node, (re)opened on demand."""
+
+    def __init__(self, pool: PeerPool, node_id: str, address: str) -> None:
+        self.pool = pool
+        self.node_id = node_id
+        self.address = address
+        self.ref: Any = None
+        self.factory: pb.PBClientFactory | None = None
+        self._waiting: list[defer.Deferred] | None = None
+
+    def reference(self) -> defer.Deferred:
+        if self.ref is not None:
+            return defer.succeed(self.ref)
+        waiter: defer.Deferred = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(waiter)
+            return waiter
+        self._waiting = [waiter]
+        pool = self.pool
+        factory = self.factory = pb.PBClientFactory()
+        endpoint = endpoints.clientFromString(pool.reactor, pool.client_endpoint(self.address))
+        d = endpoint.connect(factory)
+        d.addCallback(lambda _: factory.login(UsernamePassword(pool.node_id.encode(), pool.secret)))
+        d.addTimeout(CALL_TIMEOUT, pool.reactor)
+        d.addCallbacks(self._connected, self._failed)
+        return waiter
+
+    def _connected(self, ref: Any) -> None:
+        self.ref = ref
+        ref.notifyOnDisconnect(self._lost)
+        waiting, self._waiting = self._waiting or [], None
+        for w in waiting:
+            w.callback(ref)
+
+    def _failed(self, failure: Any) -> None:
+        self.close()
+        waiting, self._waiting = self._waiting or [], None
+        for w in waiting:
+            w.errback(failure)
+
+    def _lost(self, ref: Any) -> None:
+        if self.ref is ref:
+            self.close()
+
+    def call(self, method: str, *args: Any) -> defer.Deferred:
+        def send(ref: Any) -> defer.Deferred:
+            return ref.callRemote(method, *args)
+
+        d = self.reference().addCallback(send)
+        d.addTimeout(CALL_TIMEOUT, self.pool.reactor)
+        d.addErrback(self._call_failed)
+        return d
+
+    def _call_failed(self, failure: Any) -> Any:
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            self.close()  # a stuck connection: the next call opens a fresh one
+        return failure
+
+    def close(self) -> None:
+        """Drop the connection and forget the peer (its address is looked up again)."""
+        self.ref = None
+        if self.factory is not None:
+            self.factory.disconnect()
+            self.factory = None
+        if self.pool.peers.get(self.node_id) is self:
+            del self.pool.peers[self.node_id]
+
+
+def _fire(result: Any, waiters: list[defer.Deferred]) -> None:
+    for waiter in waiters:
+        waiter.callback(result)
+
+
+class PeerPool(service.Service):
+    """Delivers pushes to other nodes; implements the router's RemoteDeliverer.
+
+    As a service it closes every peer connection when the node stops.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        secret: bytes,
+        address_of: Callable[[str], defer.Deferred],
+        reactor: Any = None,
+        client_endpoint: Callable[[str], str] = tcp_client_endpoint,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.node_id = node_id
+        self.secret = secret
+        self.address_of = address_of
+        self.reactor = reactor
+        self.client_endpoint = client_endpoint
+        self.peers: dict[str, _Peer] = {}
+        # Pushes for each node gathered during one reactor turn, sent as one call.
+        self._outbox: dict[str, dict[int, list[bytes]]] = {}
+        self._outbox_waiters: dict[str, list[defer.Deferred]] = {}
+        self._flush_call: Any = None
+
+    def _peer(self, node_id: str) -> defer.Deferred:
+        peer = self.peers.get(node_id)
+        if peer is not None:
+            return defer.succeed(peer)
+
+        def found(address: str | None) -> _Peer:
+            if address is None:
+                raise LookupError(f"node {node_id} has no address (its lease is gone)")
+            peer = self.peers.get(node_id)
+            if peer is None:
+                peer = self.peers[node_id] = _Peer(self, node_id, address)
+            return peer
+
+        return self.address_of(node_id).addCallback(found)
+
+    def call(self, node_id: str, method: str, *args: Any) -> defer.Deferred:
+        """Call ``method`` on a peer; fires with its result, or fails (bounded by timeouts)."""
+        metrics.RPC_CALLS.labels(method).inc()
+        d = self._peer(node_id).addCallback(lambda peer: peer.call(method, *args))
+
+        def failed(failure: Any) -> Any:
+            metrics.RPC_FAILURES.labels(method).inc()
+            return failure
+
+        return d.addErrback(failed)
+
+    def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
+        """Hand pushes to one node. Never fails; fires once the call is done.
+
+        Everything for one node in the same reactor turn (a committed batch
+        pushes many messages at once) goes in one call: ``DeliverMessage`` for
+        a single frame, else one ``DeliverMessageAll``, so a group message is
+        never more than one call per node. Frames keep their order per user.
+        """
+        outbox = self._outbox.setdefault(node_id, {})
+        for uid, user_frames in frames.items():
+            outbox.setdefault(uid, []).extend(user_frames)
+        waiter: defer.Deferred = defer.Deferred()
+        self._outbox_waiters.setdefault(node_id, []).append(waiter)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return waiter
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        outbox, self._outbox = self._outbox, {}
+        waiters, self._outbox_waiters = self._outbox_waiters, {}
+        for node_id, frames in outbox.items():
+            if len(frames) == 1 and len(next(iter(frames.values()))) == 1:
+                ((uid, (frame,)),) = frames.items()
+                d = self.call(node_id, "DeliverMessage", uid, frame)
+            else:
+                batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+                d = self.call(node_id, "DeliverMessageAll", batch)
+            d.addErrback(self._failed, node_id, "deliver", len(frames))
+            d.addCallback(_fire, waiters.pop(node_id, []))
+
+    def kick(self, node_id: str, user_id: int, device_id: str) -> defer.Deferred:
+        """Ask a node to close its connection of this device. Never fails."""
+        d = self.call(node_id, "KickDevice", user_id, device_id)
+        return d.addErrback(self._failed, node_id, "kick", 1)
+
+    def _failed(self, failure: Any, node_id: str, what: str, n: int) -> None:
+        self.log.warn(
+            "rpc: {what} to node {node} ({n} users) failed: {error}; recipients will sync",
+            what=what,
+            node=node_id,
+            n=n,
+            error=failure.getErrorMessage() or failure.type.__name__,
+        )
+        return None
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        self.close()
+
+    def close(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush_call = None
+            waiters, self._outbox_waiters = self._outbox_waiters, {}
+            self._outbox = {}
+            for node_waiters in waiters.values():
+                _fire(None, node_waiters)
+        for peer in list(self.peers.values()):
+            peer.close()

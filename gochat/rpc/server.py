@@ -1,0 +1,163 @@
+"""The PB endpoint other nodes call: a twisted.cred portal in front of the hub.
+
+A peer logs in with username = its node id and password = the cluster secret
+(PB's challenge-response, so the secret itself never crosses the wire). Only
+then does it get a :class:`PeerPerspective`, whose remote methods are the
+whole surface: ``DeliverMessage``, ``DeliverMessageAll`` and ``KickDevice``.
+A peer that has not logged in can call nothing but ``login``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.cred import credentials, error, portal
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+from zope.interface import implementer
+
+from gochat import metrics
+
+MAX_USERS_PER_CALL = 100_000
+MAX_FRAMES_PER_USER = 10_000
+MAX_NODE_ID = 128
+MAX_DEVICE_ID = 128
+
+
+class SecretError(ValueError):
+    """The cluster secret file is missing, unreadable or empty."""
+
+
+def load_cluster_secret(path: str) -> bytes:
+    """Read ``--cluster-secret-file`` (surrounding whitespace ignored)."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise SecretError(f"cannot read {path}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise SecretError(f"{path}: the cluster secret must be at least 16 bytes")
+    return secret
+
+
+class PeerHub(Protocol):
+    """What the endpoint needs of the hub."""
+
+    def deliver_from_peer(self, frames: dict[int, list[bytes]]) -> int: ...
+
+    def kick_device(self, user_id: int, device_id: str, reason: str) -> bool: ...
+
+
+@implementer(ICredentialsChecker)
+class ClusterSecretChecker:
+    """Any node id, with the one cluster secret."""
+
+    credentialInterfaces = (credentials.IUsernamePassword, credentials.IUsernameHashedPassword)
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+
+    def requestAvatarId(self, creds: Any) -> defer.Deferred:  # noqa: N802 - cred's name
+        username = creds.username
+        if isinstance(username, bytes):
+            try:
+                username = username.decode("utf-8")
+            except UnicodeDecodeError:
+                return defer.fail(error.UnauthorizedLogin("bad node id"))
+        if not username or len(username) > MAX_NODE_ID:
+            return defer.fail(error.UnauthorizedLogin("bad node id"))
+        d = defer.maybeDeferred(creds.checkPassword, self.secret)
+
+        def checked(ok: bool) -> str:
+            if not ok:
+                metrics.RPC_REFUSED.inc()
+                raise error.UnauthorizedLogin("wrong cluster secret")
+            return username
+
+        return d.addCallback(checked)
+
+
+class PeerPerspective(pb.Avatar):
+    """What one logged-in peer node may do here."""
+
+    log = Logger()
+
+    def __init__(self, hub: PeerHub, peer_id: str, presence: Any = None) -> None:
+        self.hub = hub
+        self.peer_id = peer_id
+        self.presence = presence
+
+    def perspective_DeliverMessage(self, receiver_id: Any, data: Any) -> int:  # noqa: N802
+        """Push one ``Output`` frame to every device of ``receiver_id`` here."""
+        uid = _user_id(receiver_id)
+        frames = _frames(data)
+        metrics.RPC_SERVED.labels("DeliverMessage").inc()
+        return self.hub.deliver_from_peer({uid: frames})
+
+    def perspective_DeliverMessageAll(self, messages: Any) -> int:  # noqa: N802
+        """``{receiver_id: frame or [frames]}``: one call per node per group message."""
+        if not isinstance(messages, dict) or len(messages) > MAX_USERS_PER_CALL:
+            raise pb.Error("DeliverMessageAll takes a dict of receiver_id to frames")
+        batch = {_user_id(uid): _frames(data) for uid, data in messages.items()}
+        metrics.RPC_SERVED.labels("DeliverMessageAll").inc()
+        return self.hub.deliver_from_peer(batch)
+
+    def perspective_KickDevice(self, user_id: Any, device_id: Any) -> bool:  # noqa: N802
+        """The device logged in on the calling node: close its connection here."""
+        uid = _user_id(user_id)
+        if isinstance(device_id, bytes):
+            device_id = device_id.decode("utf-8", "replace")
+        if not isinstance(device_id, str) or not 0 < len(device_id) <= MAX_DEVICE_ID:
+            raise pb.Error("device_id must be a non-empty string")
+        metrics.RPC_SERVED.labels("KickDevice").inc()
+        reason = f"the same device logged in on node {self.peer_id}"
+        if self.presence is None:
+            return self.hub.kick_device(uid, device_id, reason)
+
+        def decide(holder: str | None) -> bool:
+            if holder == self.presence.node_id:
+                return False  # a newer login of the device is here: the kick is stale
+            return self.hub.kick_device(uid, device_id, reason)
+
+        return self.presence.device_holder(uid, device_id).addCallback(decide)
+
+
+def _user_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise pb.Error(f"bad receiver_id {value!r}")
+    return value
+
+
+def _frames(data: Any) -> list[bytes]:
+    if isinstance(data, bytes):
+        return [data]
+    if (
+        isinstance(data, list)
+        and 0 < len(data) <= MAX_FRAMES_PER_USER
+        and all(isinstance(f, bytes) for f in data)
+    ):
+        return data
+    raise pb.Error("data must be an Output frame (bytes) or a list of them")
+
+
+@implementer(portal.IRealm)
+class NodeRealm:
+    """Hands a logged-in peer its perspective on this node's hub."""
+
+    def __init__(self, hub: PeerHub, presence: Any = None) -> None:
+        self.hub = hub
+        self.presence = presence
+
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:  # noqa: N802
+        if pb.IPerspective not in interfaces:
+            raise NotImplementedError("only PB perspectives")
+        peer_id = avatar_id.decode() if isinstance(avatar_id, bytes) else str(avatar_id)
+        return pb.IPerspective, PeerPerspective(self.hub, peer_id, self.presence), lambda: None
+
+
+def build_rpc_factory(hub: PeerHub, secret: bytes, presence: Any = None) -> pb.PBServerFactory:
+    """The factory to listen with on ``--rpc``; ``presence`` tells stale kicks apart."""
+    p = portal.Portal(NodeRealm(hub, presence), [ClusterSecretChecker(secret)])
+    return pb.PBServerFactory(p, unsafeTracebacks=False)
