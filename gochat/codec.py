@@ -20,6 +20,7 @@ __all__ = [
     "ack_frame",
     "push_frame",
     "push_frame_from_base",
+    "PushFrames",
     "push_seq",
     "message_base",
     "sync_frame",
@@ -43,8 +44,17 @@ def encode_output(cmd: int, code: int = codes.OK, data: bytes = b"", msg: str = 
 
 def ack_frame(ack_type: int, code: int = codes.OK, client_id: int = 0, seq: int = 0) -> bytes:
     """``Output{CT_ACK, code, ACKMsg{type, clientId, seq}}``."""
-    ack = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
-    return encode_output(pb.CT_ACK, code, ack.SerializeToString())
+    if code == codes.OK and 0 <= ack_type < 128 and 0 <= client_id < 2**64 and 0 <= seq < 2**64:
+        # One per upstream message: the same bytes protobuf would write
+        # (fields in order, zeros left out), without building two messages.
+        ack = (
+            (b"\x08" + _SMALL_VARINTS[ack_type] if ack_type else b"")
+            + (b"\x10" + _varint(client_id) if client_id else b"")
+            + (b"\x18" + _varint(seq) if seq else b"")
+        )
+        return _ACK_OK_PREFIX + (b"\x22" + _varint(len(ack)) + ack if ack else b"")
+    ack_msg = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
+    return encode_output(pb.CT_ACK, code, ack_msg.SerializeToString())
 
 
 def error_frame(code: int, cmd: int = pb.CT_UnKnow) -> bytes:
@@ -56,7 +66,7 @@ def sync_frame(messages: list[pb.Message], has_more: bool, code: int = codes.OK)
     return encode_output(pb.CT_Sync, code, body.SerializeToString())
 
 
-def _varint(value: int) -> bytes:
+def _varint_slow(value: int) -> bytes:
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -68,13 +78,28 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+#: Every varint below 2**14 prebuilt: seqs, lengths and ids of a push are
+#: mostly that small, and a lookup is several times cheaper than the loop.
+_SMALL_VARINTS = [_varint_slow(i) for i in range(1 << 14)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 16384:
+        return _SMALL_VARINTS[value]
+    return _varint_slow(value)
+
+
 # Output{type: CT_Message (field 1 varint), code: 200 (field 2 varint)} prefix.
 _PUSH_PREFIX = b"\x08" + _varint(pb.CT_Message) + b"\x10" + _varint(codes.OK)
 _SEQ_TAG = b"\x30"  # Message.seq: field 6, varint
+# Output{type: CT_ACK, code: 200} prefix.
+_ACK_OK_PREFIX = b"\x08" + _varint(pb.CT_ACK) + b"\x10" + _varint(codes.OK)
 
 
 def message_base(msg: pb.Message) -> bytes:
     """Serialize a message without its seq, for :func:`push_frame_from_base`."""
+    if msg.seq == 0:  # upstream messages arrive with their seq cleared
+        return msg.SerializeToString()
     copy = pb.Message()
     copy.CopyFrom(msg)
     copy.seq = 0
@@ -83,9 +108,44 @@ def message_base(msg: pb.Message) -> bytes:
 
 def push_frame_from_base(base: bytes, seq: int) -> bytes:
     """``Output{CT_Message, 200, PushMsg{Message(base) with seq}}`` without re-serializing."""
-    message = base + _SEQ_TAG + _varint(seq)
-    push = b"\x0a" + _varint(len(message)) + message  # PushMsg.msg: field 1, bytes
-    return _PUSH_PREFIX + b"\x22" + _varint(len(push)) + push  # Output.data: field 4
+    return PushFrames(base).frame(seq)
+
+
+class PushFrames:
+    """The push frames of one message for many recipients: one serialization.
+
+    Every length in the frame depends only on how many bytes the seq's varint
+    takes, so the bytes before the seq are built once per varint size and a
+    recipient's frame is that prefix plus its seq.
+    """
+
+    __slots__ = ("base", "_heads")
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base
+        self._heads: dict[int, bytes] = {}
+
+    def _head(self, size: int) -> bytes:
+        message_len = len(self.base) + 1 + size
+        push_len = 1 + len(_varint(message_len)) + message_len
+        head = (
+            _PUSH_PREFIX
+            + b"\x22"  # Output.data: field 4, bytes
+            + _varint(push_len)
+            + b"\x0a"  # PushMsg.msg: field 1, bytes
+            + _varint(message_len)
+            + self.base
+            + _SEQ_TAG
+        )
+        self._heads[size] = head
+        return head
+
+    def frame(self, seq: int) -> bytes:
+        tail = _SMALL_VARINTS[seq] if seq < 16384 else _varint_slow(seq)
+        head = self._heads.get(len(tail))
+        if head is None:
+            head = self._head(len(tail))
+        return head + tail
 
 
 def push_frame(msg: pb.Message) -> bytes:

@@ -28,6 +28,8 @@ REDIS_START_TIMEOUT = 10.0  # seconds a cluster node waits for Redis at start
 
 __all__ = ["Options", "makeService", "GoChatService"]
 
+SWITCH_INTERVAL = 0.0005  # seconds; see GoChatService.__init__
+
 
 class GoChatService(service.MultiService):
     """Opens the store, then listens; stops in the reverse order.
@@ -57,6 +59,10 @@ class GoChatService(service.MultiService):
         self.ports: dict[str, Any] = {}
         self.ready: defer.Deferred = defer.Deferred()
 
+        # The database threads give the GIL up for each statement and wait up
+        # to a switch interval to get it back from a busy reactor; 5 ms (the
+        # default) turns a commit behind a burst of pushes into seconds.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
         self.store = Store(self.database)
@@ -90,6 +96,7 @@ class GoChatService(service.MultiService):
             max_connections=config.max_connections,
             max_unauthenticated=config.max_unauthenticated,
             max_send_buffer=config.max_send_buffer,
+            reactor=reactor,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.site = build_site(

@@ -18,6 +18,8 @@ from gochat.logic import Hub, Session
 OVERSIZE_FACTOR = 4
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
+_OPEN = WebSocketProtocol.STATE_OPEN
+_log = Logger()
 
 
 def frame_header(length: int) -> bytes:
@@ -34,6 +36,15 @@ def valid_close_code(code: int) -> bool:
     return code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED or 3000 <= code <= 4999
 
 
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR a client frame's payload with its 4-byte mask, as one big integer."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
 class GatewayProtocol(WebSocketServerProtocol):
     """A client connection; also the streaming producer of its transport.
 
@@ -43,11 +54,14 @@ class GatewayProtocol(WebSocketServerProtocol):
     grow the node's memory. The fast path costs one attribute check.
     """
 
-    log = Logger()
+    # Autobahn's own ``log`` (txaio, level "info") stays: a twisted Logger in
+    # its place would format and write a debug line for every frame read.
     session: Session | None = None
     _paused = False
     _backlog = 0  # bytes written since the transport paused us
     backlog_peak = 0  # the most ever queued while paused (for tests and logs)
+    #: frames written this reactor iteration, flushed by the factory in one write
+    _out: list[bytes] | None = None
 
     @property
     def peer_address(self) -> str:
@@ -99,7 +113,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.backlog_peak = self._backlog
         if self._backlog > self.factory.max_send_buffer and self.state != self.STATE_CLOSED:
             metrics.REFUSED.labels("slow_reader").inc()
-            self.log.info(
+            _log.info(
                 "dropping {peer}: it stopped reading, {n} bytes queued",
                 peer=self.peer,
                 n=self._backlog,
@@ -112,6 +126,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         total = self.message_data_total_length + length
         if total > self.factory.max_frame * OVERSIZE_FACTOR and not self.failedByMe:
             self.send(codec.error_frame(codes.TOO_LARGE))
+            self.flush()
             self._fail_connection(CLOSE_TOO_BIG, "message too big")
             return
         super().onMessageFrameBegin(length)
@@ -152,11 +167,58 @@ class GatewayProtocol(WebSocketServerProtocol):
             return False
         return super().processControlFrame()
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        # Once open, whole masked binary frames within --max-frame are read
+        # here: Autobahn's reader costs several times the frame itself (a
+        # masker object, a buffer copy and callbacks per frame). Anything
+        # else (control frames, fragments, text, oversized or partial frames)
+        # goes to Autobahn, which takes over until its buffer is empty again.
+        if (
+            self.state != _OPEN
+            or self.data
+            or self.current_frame is not None
+            or self.inside_message
+        ):
+            super().dataReceived(data)
+            return
+        limit = self.factory.max_frame
+        pos = 0
+        size = len(data)
+        while size - pos >= 6:
+            if data[pos] != 0x82:  # FIN + binary, no RSV bits
+                break
+            n = data[pos + 1]
+            if n < 0x80:  # a client frame must be masked
+                break
+            n &= 0x7F
+            start = pos + 2
+            if n == 126:
+                if size - pos < 8:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                if n < 126:
+                    break  # not the minimal length encoding: Autobahn fails it
+                start += 2
+            elif n == 127:
+                break
+            end = start + 4 + n
+            if n > limit or end > size:
+                break
+            pos = end
+            session = self.session
+            if session is not None:
+                session.frame_received(unmask(data[start + 4 : end], data[start : start + 4]))
+            if self.state != _OPEN:
+                return  # the session closed the connection
+        if pos < size:
+            super().dataReceived(data[pos:] if pos else data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
         if self.session is not None:
             self.session.frame_received(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
+        self._out = None
         # Autobahn can leave its close-handshake timer behind once the socket is gone.
         for name in ("closeHandshakeTimeoutCall", "openHandshakeTimeoutCall"):
             timer = getattr(self, name, None)
@@ -175,28 +237,41 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def send(self, frame: bytes) -> None:
         # Straight to the transport: a server frame needs no masking, and
-        # Autobahn's sendMessage costs several times the frame itself.
-        if self.state == WebSocketProtocol.STATE_OPEN and not self.send_queue:
-            paused = self._paused  # the write that fills the buffer is not held against it
-            self.transport.write(frame_header(len(frame)) + frame)
-            if paused:
-                self._stalled(len(frame))
+        # Autobahn's sendMessage costs several times the frame itself. Frames
+        # of one reactor iteration (a group fan-out puts hundreds on one
+        # connection) go out in one transport write.
+        if self.state == _OPEN and not self.send_queue:
+            n = len(frame)
+            head = bytes((0x82, n)) if n < 126 else frame_header(n)
+            if self._paused:
+                # The client is not reading: what waits here counts against it.
+                self._stalled(n + len(head))
+                if self.state != _OPEN:
+                    return
+            out = self._out
+            if out is None:
+                self._out = [head, frame]
+                self.factory.schedule_flush(self)
+            else:
+                out.append(head)
+                out.append(frame)
 
     def send_many(self, frames: list[bytes]) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN and not self.send_queue:
-            parts = []
-            for frame in frames:
-                parts.append(frame_header(len(frame)))
-                parts.append(frame)
-            data = b"".join(parts)
-            paused = self._paused
-            self.transport.write(data)
-            if paused:
-                self._stalled(len(data))
+        for frame in frames:
+            self.send(frame)
+
+    def flush(self) -> None:
+        """Write what :meth:`send` collected."""
+        out, self._out = self._out, None
+        if out and self.state == _OPEN and self.transport is not None:
+            # Bytes queued while paused were counted by send(); the write that
+            # fills the transport's buffer is not held against the client.
+            self.transport.write(b"".join(out))
 
     def close(self, reason: str, going_away: bool = False) -> None:
         if self.state in (WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED):
             return
+        self.flush()  # frames already sent go before the close frame
         if going_away:
             self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=reason[:120].encode())
         else:
@@ -219,8 +294,14 @@ class GatewayFactory(WebSocketServerFactory):
         max_connections: int = 20000,
         max_unauthenticated: int = 1000,
         max_send_buffer: int = 4 * 1024 * 1024,
+        reactor: Any = None,
     ) -> None:
         super().__init__(url)
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
         # Autobahn's handshake/close timers on the hub's clock, cancelled for
         # real when they are cancelled (its batched timer leaves them behind).
         self._batched_timer = _ClockTimers(hub.clock)
@@ -229,6 +310,8 @@ class GatewayFactory(WebSocketServerFactory):
         self.max_connections = max_connections
         self.max_unauthenticated = max_unauthenticated
         self.max_send_buffer = max_send_buffer
+        self._dirty: list[GatewayProtocol] = []
+        self._flush_call: Any = None
         self.setProtocolOptions(
             # Our own check in onMessageFrameBegin enforces the limits.
             maxFramePayloadSize=0,
@@ -241,6 +324,18 @@ class GatewayFactory(WebSocketServerFactory):
             # A valid close is answered with the peer's own code, as RFC 6455 expects.
             echoCloseCodeReason=True,
         )
+
+    def schedule_flush(self, proto: GatewayProtocol) -> None:
+        """Flush ``proto`` at the end of this reactor iteration."""
+        self._dirty.append(proto)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_call = None
+        protos, self._dirty = self._dirty, []
+        for proto in protos:
+            proto.flush()
 
 
 class _ClockTimers:

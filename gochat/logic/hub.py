@@ -25,6 +25,10 @@ from gochat.pb import pb
 from gochat.presence import LocalPresence, Presence
 from gochat.store import Store, UpItem, UpResult
 
+#: labelled children of UPSTREAM by code: ``labels()`` takes a lock and
+#: builds a key on every call, a cost per message on the hot path
+_UPSTREAM: dict[int, Any] = {}
+
 ACK_MEMORY = 4096  # recent ACKs a device keeps in memory for retransmits
 
 
@@ -139,6 +143,9 @@ class Hub:
             return (device.accepted, seq)
         old = device.session
         device.session = session
+        # ClientIds a previous connection left in flight: their ACKs now come
+        # here, so a retransmit of one must not be ACKed a second time.
+        session.inherited = (device.accepted, device.pending)
         if old is not None and old is not session:
             old.device = None  # its window now belongs to the new connection
             self.router.remove(old)
@@ -172,7 +179,10 @@ class Hub:
         device, started = owner
         device.accepted = item.client_id
         device.remember(item.client_id, result.code, result.sender_seq)
-        metrics.UPSTREAM.labels(str(result.code)).inc()
+        counter = _UPSTREAM.get(result.code)
+        if counter is None:
+            counter = _UPSTREAM[result.code] = metrics.UPSTREAM.labels(str(result.code))
+        counter.inc()
         session = device.session
         if session is not None:
             session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from gochat.presence import Presence
 
 
+_LOCAL_PUSHES = metrics.PUSHES.labels("local")  # labels() once, not per message
+
+
 class RemoteDeliverer(Protocol):
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
         """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
@@ -55,24 +58,22 @@ class Router:
 
     def deliver(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> None:
         """Push ``message`` to each recipient row, skipping devices of ``origin``."""
-        base = codec.message_base(message)
-        online = self.online
-        remote_rows = []
+        frames = codec.PushFrames(codec.message_base(message))
+        frame_for = frames.frame
+        get = self.online.get
         local = 0
         for user_id, seq in rows:
-            sessions = online.get(user_id)
+            sessions = get(user_id)
             if sessions:
-                frame = codec.push_frame_from_base(base, seq)
+                frame = frame_for(seq)
                 for session in sessions:
                     if session.device is not origin:
                         session.push(seq, frame)
                         local += 1
-            if self.remote is not None:
-                remote_rows.append((user_id, seq))
         if local:
-            metrics.PUSHES.labels("local").inc(local)
-        if remote_rows:
-            self._deliver_remote(base, remote_rows)
+            _LOCAL_PUSHES.inc(local)
+        if self.remote is not None and rows:
+            self._deliver_remote(frames, rows)
 
     def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
         """Push frames that another node sent here; returns how many went out."""
@@ -103,13 +104,13 @@ class Router:
         d.addCallback(kick)
         d.addErrback(lambda f: self.log.failure("presence lookup for a device kick failed", f))
 
-    def _deliver_remote(self, base: bytes, rows: list[tuple[int, int]]) -> None:
+    def _deliver_remote(self, push: codec.PushFrames, rows: list[tuple[int, int]]) -> None:
         seqs = dict(rows)
 
         def route(nodes: dict[str, list[int]]) -> None:
             assert self.remote is not None
             for node_id, user_ids in nodes.items():
-                frames = {u: [codec.push_frame_from_base(base, seqs[u])] for u in user_ids}
+                frames = {u: [push.frame(seqs[u])] for u in user_ids}
                 metrics.PUSHES.labels("remote").inc(len(frames))
                 self.remote.deliver(node_id, frames)
 

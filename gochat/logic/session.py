@@ -63,6 +63,8 @@ class Session:
         self.user_id = 0
         self.device: DeviceState | None = None
         self.push_ack = False
+        #: (accepted, pending] clientIds in flight when this connection took the device over
+        self.inherited = (0, 0)
         self.closed = False
         self.authenticated = False  # has logged in once (the hub counts the others)
         self._logging_in = False
@@ -165,7 +167,9 @@ class Session:
         """A push of the message with this user's ``seq``; tracked for ``push_ack`` devices."""
         if self.closed:
             return
-        self.send(frame)
+        # The hot path of a group fan-out: Session.send inlined.
+        self.last_active = self.clock.seconds()
+        self.conn.send(frame)
         if self.push_ack:
             self.hub.pushes.track(self, seq, frame)
 
@@ -251,7 +255,9 @@ class Session:
             self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
             return
         if cid <= device.accepted:
-            self.hub.reack(self, device, cid)
+            low, high = self.inherited
+            if not low < cid <= high:  # else its ACK was already forwarded here
+                self.hub.reack(self, device, cid)
             return
         if cid <= device.pending:
             return  # in flight: its ACK is on the way

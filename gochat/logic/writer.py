@@ -60,14 +60,23 @@ class MessageWriter:
         self._busy = True
         d = self.store.commit_messages([item for item, _ in batch])
         d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
-        d.addBoth(self._next)
 
     def _committed(self, results: list[UpResult], batch: list[tuple[UpItem, Any]]) -> None:
-        for (item, owner), result in zip(batch, results, strict=True):
-            try:
-                self.on_result(item, owner, result)
-            except Exception:
-                self.log.failure("delivering the outcome of clientId {cid}", cid=item.client_id)
+        # The next transaction starts before this batch's ACKs and pushes go
+        # out, so the database thread commits while the reactor pushes. It
+        # holds only later messages, so every device's order is kept.
+        started_next = bool(self._queue)
+        if started_next:
+            self._next(None)
+        try:
+            for (item, owner), result in zip(batch, results, strict=True):
+                try:
+                    self.on_result(item, owner, result)
+                except Exception:
+                    self.log.failure("delivering the outcome of clientId {cid}", cid=item.client_id)
+        finally:
+            if not started_next:
+                self._next(None)  # idle waiters fire only after the outcomes went out
 
     def _failed(self, failure: Failure, batch: list[tuple[UpItem, Any]]) -> None:
         self.log.error(
@@ -85,6 +94,7 @@ class MessageWriter:
                 self.on_failure(item, owner)
             except Exception:
                 self.log.failure("reporting failure of clientId {cid}", cid=item.client_id)
+        self._next(None)
 
     def _next(self, _: Any) -> None:
         self._busy = False

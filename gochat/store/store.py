@@ -321,8 +321,10 @@ class Store:
         # 2. current seqs of every recipient, locked in a fixed order
         users = sorted({u for _, code, rcpts in plans if code == codes.OK for u in rcpts})
         current = self._current_seqs(cur, users)
-        # 3. rows
-        rows = []
+        # 3. rows, gathered per user: inserted in (user_id, seq) order they
+        # fill the primary key's pages one after the other, about a third
+        # cheaper than one message's recipients at a time.
+        per_user: dict[int, list[tuple]] = {}
         results = []
         device_acks = []
         device_last: dict[tuple[int, str], int] = {}
@@ -331,22 +333,23 @@ class Store:
             if code == codes.OK:
                 msg = item.message
                 assert msg is not None
+                body = (
+                    msg.sender_id,
+                    msg.session_type,
+                    msg.receiver_id,
+                    msg.message_type,
+                    msg.content,
+                    msg.send_time,
+                )
+                pushed = result.rows
                 for uid in recipients:
                     seq = current[uid] + 1
                     current[uid] = seq
-                    rows.append(
-                        (
-                            uid,
-                            seq,
-                            msg.sender_id,
-                            msg.session_type,
-                            msg.receiver_id,
-                            msg.message_type,
-                            msg.content,
-                            msg.send_time,
-                        )
-                    )
-                    result.rows.append((uid, seq))
+                    user_rows = per_user.get(uid)
+                    if user_rows is None:
+                        user_rows = per_user[uid] = []
+                    user_rows.append((uid, seq, *body))
+                    pushed.append((uid, seq))
                     if uid == item.user_id:
                         result.sender_seq = seq
                 result.message = msg
@@ -360,19 +363,21 @@ class Store:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
-        cur.executemany(
+        cur.insert_many(
             "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
-            " message_type, content, send_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            " message_type, content, send_time) VALUES",
+            [row for uid in sorted(per_user) for row in per_user[uid]],
         )
         changed = {u: current[u] for u in users}
-        cur.executemany(
-            "UPDATE user_seq SET seq = ? WHERE user_id = ?",
-            [(seq, uid) for uid, seq in changed.items()],
+        # Every user here has a user_seq row: the upsert only ever updates,
+        # in one statement instead of one per user.
+        cur.insert_many(
+            "INSERT INTO user_seq (user_id, seq) VALUES",
+            list(changed.items()),
+            self.engine.upsert_suffix("user_id", ["seq"]),
         )
-        cur.executemany(
-            "INSERT INTO device_acks (user_id, device_id, client_id, code, seq)"
-            " VALUES (?, ?, ?, ?, ?)",
+        cur.insert_many(
+            "INSERT INTO device_acks (user_id, device_id, client_id, code, seq) VALUES",
             device_acks,
         )
         cur.executemany(

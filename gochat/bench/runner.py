@@ -1,0 +1,402 @@
+"""The scenarios: set up users over HTTP, drive the workers, build the report.
+
+Setup uses only the Go server's HTTP calls, form-encoded with the ``token``
+header (``POST /register``, ``POST /group/create``), so the same run can be
+pointed at the Go original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from twisted.internet import defer, task
+
+from gochat.bench.stats import Histogram, format_table
+from gochat.bench.worker import ProcessWorker, Worker, cpu_seconds
+from gochat.client.http import HttpApi
+
+REGISTER_PARALLEL = 16
+
+
+@dataclass
+class Target:
+    http: str = "http://127.0.0.1:9090"
+    ws: str = "ws://127.0.0.1:9091/ws"
+    pid: int | None = None  # the node's process id, when it runs on this machine
+    processes: int = 1
+    timeout: float = 60.0  # seconds without progress before the run is called over
+    password: str = "bench-password"
+    progress: bool = True
+
+
+# -- the node's /proc ---------------------------------------------------------
+
+
+def node_cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def node_rss_kb(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return ""
+
+
+# -- setup over HTTP -----------------------------------------------------------
+
+
+@defer.inlineCallbacks
+def register_users(api: HttpApi, count: int, password: str, out: TextIO | None = None) -> Any:
+    """Register ``count`` fresh users; fires with ``[(user_id, token), ...]``."""
+    prefix = f"b{int(time.time()):x}{random.getrandbits(16):04x}"
+    sem = defer.DeferredSemaphore(REGISTER_PARALLEL)
+    done = [0]
+
+    @defer.inlineCallbacks
+    def one(i: int) -> Any:
+        data = yield api.register(f"{prefix}{i:06d}", password, f"bench{i}")
+        done[0] += 1
+        if out is not None and out.isatty() and (done[0] % 50 == 0 or done[0] == count):
+            out.write(f"\rregistering users {done[0]:,}/{count:,}")
+            out.flush()
+        return int(data.get("id") or data.get("user_id")), data["token"]
+
+    users = yield defer.gatherResults([sem.run(one, i) for i in range(count)], consumeErrors=True)
+    if out is not None:
+        out.write(f"{chr(10) if out.isatty() else ''}registered {count:,} users\n")
+    return users
+
+
+# -- driving workers -------------------------------------------------------------
+
+
+def make_workers(reactor: Any, configs: list[dict[str, Any]], processes: int) -> list[Any]:
+    if processes <= 1:
+        return [Worker(reactor, configs[0])]
+    return [ProcessWorker(reactor, config) for config in configs]
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    """Round-robin, so senders and receivers spread evenly over the processes."""
+    return [items[i::parts] for i in range(parts)]
+
+
+class ProgressBar:
+    def __init__(self, out: TextIO, workers: list[Any], what: str) -> None:
+        self.out = out
+        self.workers = workers
+        self.what = what
+        self.started = time.time()
+        # On a terminal the bar redraws in place; in a log, one line at the end.
+        self.live = out.isatty()
+
+    def tick(self) -> None:
+        if self.live:
+            self.draw()
+
+    def draw(self) -> None:
+        states = [w.progress() for w in self.workers]
+        got = sum(s["received"] for s in states)
+        want = sum(s["expected"] for s in states) or 1
+        acked = sum(s["acked"] for s in states)
+        to_send = sum(s["to_send"] for s in states)
+        width = 30
+        filled = min(width, int(width * got / want))
+        rate = got / max(1e-9, time.time() - self.started)
+        self.out.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {got:,}/{want:,} {self.what}"
+            f"  {acked:,}/{to_send:,} ACKed  {rate:,.0f}/s "
+        )
+        self.out.flush()
+
+    def end(self) -> None:
+        self.draw()
+        self.out.write("\n")
+        self.out.flush()
+
+
+@defer.inlineCallbacks
+def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
+    """Connect every worker, run the scenario, fire with the merged figures."""
+    workers = make_workers(reactor, configs, target.processes)
+    try:
+        infos = yield defer.gatherResults([w.connect() for w in workers], consumeErrors=True)
+        failed = sum(i["failed"] for i in infos)
+        if failed:
+            errors = [e for i in infos for e in i["errors"]]
+            raise RuntimeError(f"{failed} clients could not connect and log in: {errors[:3]}")
+        load = load_average()
+        node_cpu0 = node_cpu_seconds(target.pid)
+        own_cpu0 = cpu_seconds()
+        wall0 = time.time()
+        t0 = wall0 + 0.2
+        for w in workers:
+            w.start(t0)
+        bar = None
+        if target.progress:
+            bar = ProgressBar(sys.stderr, workers, "deliveries")
+            ticker = task.LoopingCall(bar.tick)
+            ticker.clock = reactor
+            ticker.start(0.25, now=False)
+        try:
+            results = yield defer.gatherResults([w.finished for w in workers], consumeErrors=True)
+        finally:
+            if bar is not None:
+                ticker.stop()
+                bar.end()
+        wall = time.time() - wall0
+        node_cpu1 = node_cpu_seconds(target.pid)
+        client_cpu = sum(r["cpu_s"] for r in results)
+        if target.processes > 1:
+            client_cpu += cpu_seconds() - own_cpu0  # the runner's own share
+        report = merge(results)
+        report.update(
+            processes=max(1, target.processes),
+            client_cpu_s=client_cpu,
+            client_cpu_pct=100.0 * client_cpu / wall,
+            node_cpu_s=None if node_cpu0 is None else node_cpu1 - node_cpu0,
+            node_cpu_pct=None if node_cpu0 is None else 100.0 * (node_cpu1 - node_cpu0) / wall,
+            load=load,
+        )
+        return report
+    finally:
+        yield defer.DeferredList([w.stop() for w in workers])
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up the workers' counts and histograms."""
+    total = {
+        k: sum(r[k] for r in results)
+        for k in (
+            "expected",
+            "received",
+            "duplicated",
+            "sent",
+            "acked",
+            "ack_errors",
+            "disconnected",
+        )
+    }
+    firsts = [r["first_send"] for r in results if r["first_send"]]
+    first = min(firsts) if firsts else 0.0
+    last_delivery = max(r["last_delivery"] for r in results)
+    last_ack = max(r["last_ack"] for r in results)
+    elapsed = max(last_delivery, last_ack) - first if first else 0.0
+    ack_hist, push_hist = Histogram(), Histogram()
+    for r in results:
+        ack_hist.merge(r["ack_hist"])
+        push_hist.merge(r["push_hist"])
+    ack_span = last_ack - first if first and last_ack else 0.0
+    return {
+        **total,
+        "lost": max(0, total["expected"] - total["received"]),
+        "elapsed_ms": elapsed * 1000.0,
+        "deliveries_per_s": total["received"] / elapsed if elapsed > 0 else 0.0,
+        "messages_per_s": total["acked"] / ack_span if ack_span > 0 else 0.0,
+        "ack_p50_ms": ack_hist.percentile(50),
+        "ack_p99_ms": ack_hist.percentile(99),
+        "push_p50_ms": push_hist.percentile(50),
+        "push_p99_ms": push_hist.percentile(99),
+    }
+
+
+# -- scenarios -------------------------------------------------------------------
+
+
+@defer.inlineCallbacks
+def run_group(
+    reactor: Any,
+    target: Target,
+    members: int = 500,
+    online: int = 500,
+    senders: int = 500,
+    rounds: int = 10,
+    interval: float = 1.0,
+) -> Any:
+    """G members, O online, S of them send one message per round, R rounds."""
+    if not 2 <= members:
+        raise ValueError("--members must be at least 2")
+    if not 1 <= senders <= online <= members:
+        raise ValueError("need 1 <= --senders <= --online <= --members")
+    if rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    api = HttpApi(target.http, reactor)
+    out = sys.stderr if target.progress else None
+    users = yield register_users(api, members, target.password, out)
+    owner_token = users[0][1]
+    group = yield api.create_group(owner_token, "bench", [uid for uid, _ in users[1:]])
+    group_id = int(group["id"])
+    plan = [(uid, token, i < senders) for i, (uid, token) in enumerate(users[:online])]
+    parts = split(plan, max(1, target.processes))
+    configs = [
+        {
+            "scenario": "group",
+            "ws": target.ws,
+            "members": part,
+            "group_id": group_id,
+            "rounds": rounds,
+            "interval": interval,
+            "senders_total": senders,
+            "timeout": target.timeout,
+        }
+        for part in parts
+    ]
+    report = yield drive(reactor, target, configs)
+    report = {
+        "scenario": f"group {members}/{online}/{senders} x {rounds} rounds, interval {interval} s",
+        "params": {
+            "members": members,
+            "online": online,
+            "senders": senders,
+            "rounds": rounds,
+            "interval": interval,
+            "processes": target.processes,
+        },
+        **report,
+    }
+    return report
+
+
+@defer.inlineCallbacks
+def run_single(
+    reactor: Any,
+    target: Target,
+    pairs: int = 100,
+    messages: int = 100,
+    window: int = 0,
+    rate: float = 0.0,
+) -> Any:
+    """P pairs; in each, one user sends M messages to the other, pipelined."""
+    if pairs < 1 or messages < 1:
+        raise ValueError("--pairs and --messages must be at least 1")
+    api = HttpApi(target.http, reactor)
+    out = sys.stderr if target.progress else None
+    users = yield register_users(api, 2 * pairs, target.password, out)
+    plan = []
+    for i in range(pairs):
+        (a, a_token), (b, b_token) = users[2 * i], users[2 * i + 1]
+        plan.append((a, a_token, b))  # sends to b
+        plan.append((b, b_token, 0))  # receives
+    processes = max(1, target.processes)
+    pair_parts = split([plan[i : i + 2] for i in range(0, len(plan), 2)], processes)
+    configs = [
+        {
+            "scenario": "single",
+            "ws": target.ws,
+            "members": [m for pair in part for m in pair],
+            "messages": messages,
+            "window": window,
+            "rate": rate / processes,
+            "timeout": target.timeout,
+        }
+        for part in pair_parts
+    ]
+    report = yield drive(reactor, target, configs)
+    paced = f"{rate:g} msg/s" if rate else "as fast as possible"
+    win = f"window {window}" if window else "all at once"
+    return {
+        "scenario": f"single {pairs} pairs x {messages} messages, {win}, {paced}",
+        "params": {
+            "pairs": pairs,
+            "messages": messages,
+            "window": window,
+            "rate": rate,
+            "processes": target.processes,
+        },
+        **report,
+    }
+
+
+@defer.inlineCallbacks
+def run_connections(
+    reactor: Any, target: Target, count: int = 20000, users: int = 100, hold: float = 2.0
+) -> Any:
+    """Open and log in ``count`` idle clients; the node's RSS per connection."""
+    if count < 1 or users < 1:
+        raise ValueError("--count and --users must be at least 1")
+    api = HttpApi(target.http, reactor)
+    out = sys.stderr if target.progress else None
+    registered = yield register_users(api, min(users, count), target.password, out)
+    processes = max(1, target.processes)
+    shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+    configs = [
+        {"scenario": "connections", "ws": target.ws, "members": registered, "count": share}
+        for share in shares
+    ]
+    workers = make_workers(reactor, configs, processes)
+    load = load_average()
+    rss0 = node_rss_kb(target.pid)
+    cpu0, node0 = cpu_seconds(), node_cpu_seconds(target.pid)
+    wall0 = time.time()
+    try:
+        if out is not None:
+            out.write(f"opening {count:,} connections over {processes} process(es)\n")
+        infos = yield defer.gatherResults([w.connect() for w in workers], consumeErrors=True)
+        elapsed = time.time() - wall0
+        yield task.deferLater(reactor, hold, lambda: None)  # let the node settle
+        rss1 = node_rss_kb(target.pid)
+        node1 = node_cpu_seconds(target.pid)
+        wall = time.time() - wall0
+    finally:
+        yield defer.DeferredList([w.stop() for w in workers])
+    connected = sum(i["connected"] for i in infos)
+    client_cpu = cpu_seconds() - cpu0
+    if processes > 1:
+        client_cpu += sum(i["cpu_s"] for i in infos)
+    report: dict[str, Any] = {
+        "scenario": f"connections {count:,} idle clients ({min(users, count)} users)",
+        "params": {"count": count, "users": users, "hold": hold, "processes": processes},
+        "connections": connected,
+        "failed": sum(i["failed"] for i in infos),
+        "errors": [e for i in infos for e in i["errors"]][:5],
+        "elapsed_ms": elapsed * 1000.0,
+        "node_rss_before_kb": rss0,
+        "node_rss_after_kb": rss1,
+        "rss_per_connection_kb": (rss1 - rss0) / connected if rss0 and rss1 and connected else None,
+        "processes": processes,
+        "client_cpu_s": client_cpu,
+        "client_cpu_pct": 100.0 * client_cpu / wall,
+        "node_cpu_s": None if node0 is None else node1 - node0,
+        "node_cpu_pct": None if node0 is None else 100.0 * (node1 - node0) / wall,
+        "load": load,
+    }
+    return report
+
+
+def write_report(report: dict[str, Any], json_path: str | None, out: TextIO) -> None:
+    out.write(format_table(report) + "\n")
+    if json_path:
+        text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+        if json_path == "-":
+            out.write(text)
+        else:
+            with open(json_path, "w") as f:
+                f.write(text)

@@ -1,0 +1,234 @@
+"""gochat-bench: the capacity arithmetic, the delivery accounting, and small
+real runs of each scenario against a real node (in this process; the
+multi-process run spawns real worker processes)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from gochat import codec
+from gochat.bench import cli, runner
+from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
+from gochat.bench.wire import BenchSocket, mask_frame
+from gochat.bench.worker import Conn, Worker
+from gochat.pb import pb
+from tests.util import NodeTestCase
+
+REPORT_FIELDS = {
+    "scenario",
+    "params",
+    "expected",
+    "received",
+    "lost",
+    "duplicated",
+    "sent",
+    "acked",
+    "ack_errors",
+    "elapsed_ms",
+    "deliveries_per_s",
+    "messages_per_s",
+    "ack_p50_ms",
+    "ack_p99_ms",
+    "push_p50_ms",
+    "push_p99_ms",
+    "client_cpu_s",
+    "client_cpu_pct",
+    "processes",
+}
+
+
+class CapacityFormula(unittest.TestCase):
+    def test_seed_example_30_million_pv_is_about_1389_qps(self):
+        self.assertAlmostEqual(peak_qps(30_000_000), 1388.89, places=2)
+
+    def test_seed_example_needs_20_nodes_at_70_qps(self):
+        result = capacity(30_000_000, 70)
+        self.assertEqual(result["nodes"], 20)
+        self.assertIn("30,000,000 x 0.8 / 17280 = 1,388.9", result["working"][0])
+        self.assertIn("1,388.9 / 70.0 = 19.84 -> 20", result["working"][1])
+
+    def test_exact_multiple_does_not_round_up(self):
+        self.assertEqual(capacity(17280 * 100 / 0.8, 50)["nodes"], 2)
+
+    def test_non_positive_inputs_are_refused(self):
+        self.assertRaises(ValueError, capacity, 0, 70)
+        self.assertRaises(ValueError, capacity, 1000, 0)
+
+    def test_node_qps_comes_from_a_json_result(self):
+        self.assertEqual(node_qps_from_result({"deliveries_per_s": 1234.5}), 1234.5)
+        self.assertRaises(ValueError, node_qps_from_result, {"scenario": "x"})
+
+    def test_cli_capacity_from_a_result_file(self):
+        path = os.path.join(tempfile.mkdtemp(), "group.json")
+        with open(path, "w") as f:
+            json.dump({"deliveries_per_s": 70.0}, f)
+        out = io.StringIO()
+        args = cli.build_parser().parse_args(["capacity", "--pv", "30000000", "--from", path])
+        result = cli.run_capacity(args, out)
+        self.assertEqual(result["nodes"], 20)
+        self.assertIn("-> 20", out.getvalue())
+
+
+class Percentiles(unittest.TestCase):
+    def test_percentiles_are_within_the_bucket_resolution(self):
+        h = Histogram()
+        for ms in range(1, 101):  # 1..100 ms
+            h.record(ms / 1000.0)
+        p50, p99 = h.percentile(50), h.percentile(99)
+        self.assertTrue(48.0 <= p50 <= 52.0, p50)
+        self.assertTrue(96.0 <= p99 <= 101.5, p99)
+
+    def test_merged_histograms_count_both(self):
+        a, b = Histogram(), Histogram()
+        a.record(0.001)
+        b.record(0.1)
+        a.merge(b.counts)
+        self.assertEqual(a.total, 2)
+
+    def test_empty_histogram_has_no_percentile(self):
+        self.assertIsNone(Histogram().percentile(50))
+
+
+def _push(seq: int) -> bytes:
+    msg = pb.Message(session_type=pb.ST_Group, receiver_id=7, sender_id=3, content=b"x" * 12)
+    return codec.push_frame_from_base(codec.message_base(msg), seq)
+
+
+class DeliveryAccounting(unittest.TestCase):
+    """A receiver counts each seq once: a repeat is a duplicate, a gap is a loss."""
+
+    def setUp(self):
+        config = {"scenario": "group", "members": [], "rounds": 1, "senders_total": 0}
+        self.worker = Worker(reactor, config)
+        self.conn = Conn(self.worker, 5, "token")
+        self.conn.frame(codec.ack_frame(pb.AT_Login, seq=10))
+
+    def test_login_ack_sets_the_base_seq(self):
+        self.assertEqual(self.conn.base, 10)
+
+    def test_a_repeated_seq_is_a_duplicate(self):
+        for seq in (11, 12, 12, 13):
+            self.conn.frame(_push(seq))
+        self.assertEqual((self.worker.received, self.worker.duplicated), (3, 1))
+
+    def test_a_seq_at_or_below_the_base_is_a_duplicate(self):
+        self.conn.frame(_push(10))
+        self.assertEqual((self.worker.received, self.worker.duplicated), (0, 1))
+
+    def test_far_seqs_grow_the_bitmap(self):
+        self.conn.frame(_push(10 + 5000))
+        self.conn.frame(_push(10 + 5000))
+        self.assertEqual((self.worker.received, self.worker.duplicated), (1, 1))
+
+    def test_losses_are_expected_minus_received(self):
+        self.conn.frame(_push(11))
+        merged = runner.merge([dict(self.worker.result(), expected=3)])
+        self.assertEqual((merged["received"], merged["lost"]), (1, 2))
+
+
+class WebSocketFraming(unittest.TestCase):
+    def test_client_frames_are_masked_and_unmask_to_the_payload(self):
+        payload = bytes(range(200))
+        frame = mask_frame(0x2, payload)
+        self.assertEqual(frame[0], 0x82)
+        self.assertEqual(frame[1], 0x80 | 126)
+        key = frame[4:8]
+        body = frame[8:]
+        self.assertEqual(bytes(b ^ key[i % 4] for i, b in enumerate(body)), payload)
+
+    def test_server_frames_split_across_reads_are_reassembled(self):
+        got = []
+        sock = BenchSocket("h", "/ws")
+        sock.on_frame = got.append
+        sock._open = True
+        big = b"y" * 300
+        stream = b"\x82\x03abc" + b"\x82\x7e" + len(big).to_bytes(2, "big") + big + b"\x82\x01z"
+        for i in range(0, len(stream), 7):
+            sock.dataReceived(stream[i : i + 7])
+        self.assertEqual(got, [b"abc", big, b"z"])
+
+
+class Scenarios(NodeTestCase):
+    """Small real runs; the assertions are about counts, never about speed."""
+
+    timeout = 120
+
+    def target(self, processes: int = 1) -> runner.Target:
+        return runner.Target(
+            http=self.node.http_url, ws=self.node.ws_url, processes=processes, progress=False
+        )
+
+    def assert_clean(self, report: dict) -> None:
+        self.assertEqual(set(report) & REPORT_FIELDS, REPORT_FIELDS)
+        self.assertEqual(report["lost"], 0)
+        self.assertEqual(report["duplicated"], 0)
+        self.assertEqual(report["ack_errors"], 0)
+        self.assertEqual(report["received"], report["expected"])
+        self.assertEqual(report["acked"], report["sent"])
+        self.assertIsNotNone(report["ack_p99_ms"])
+        self.assertIsNotNone(report["push_p99_ms"])
+        json.loads(json.dumps(report))  # the --json output is plain JSON
+
+    @defer.inlineCallbacks
+    def test_group_every_online_member_gets_every_message(self):
+        report = yield runner.run_group(
+            reactor, self.target(), members=7, online=5, senders=3, rounds=3, interval=0
+        )
+        self.assert_clean(report)
+        # 3 senders x 3 rounds, each to the 4 other online members
+        self.assertEqual(report["expected"], 36)
+        self.assertEqual(report["sent"], 9)
+
+    @defer.inlineCallbacks
+    def test_group_paced_rounds(self):
+        report = yield runner.run_group(
+            reactor, self.target(), members=4, online=4, senders=4, rounds=2, interval=0.05
+        )
+        self.assert_clean(report)
+        self.assertEqual(report["expected"], 4 * 3 * 2)
+
+    @defer.inlineCallbacks
+    def test_group_over_two_client_processes(self):
+        report = yield runner.run_group(
+            reactor, self.target(processes=2), members=6, online=6, senders=6, rounds=2, interval=0
+        )
+        self.assert_clean(report)
+        self.assertEqual(report["expected"], 6 * 5 * 2)
+        self.assertEqual(report["processes"], 2)
+
+    @defer.inlineCallbacks
+    def test_single_pipelined(self):
+        report = yield runner.run_single(reactor, self.target(), pairs=3, messages=20, window=5)
+        self.assert_clean(report)
+        self.assertEqual((report["expected"], report["sent"]), (60, 60))
+
+    @defer.inlineCallbacks
+    def test_single_paced(self):
+        report = yield runner.run_single(reactor, self.target(), pairs=2, messages=5, rate=200)
+        self.assert_clean(report)
+        self.assertEqual(report["expected"], 10)
+
+    @defer.inlineCallbacks
+    def test_connections_reads_the_node_rss(self):
+        target = self.target()
+        target.pid = os.getpid()  # the node runs in this process
+        report = yield runner.run_connections(reactor, target, count=12, users=3, hold=0)
+        self.assertEqual((report["connections"], report["failed"]), (12, 0))
+        self.assertIsNotNone(report["node_rss_after_kb"])
+        self.assertIsNotNone(report["node_cpu_s"])
+
+    @defer.inlineCallbacks
+    def test_report_is_written_as_a_table_and_json(self):
+        report = yield runner.run_single(reactor, self.target(), pairs=1, messages=3)
+        path = os.path.join(tempfile.mkdtemp(), "single.json")
+        out = io.StringIO()
+        runner.write_report(report, path, out)
+        self.assertIn("deliveries/s", out.getvalue())
+        with open(path) as f:
+            self.assertEqual(json.load(f)["received"], 3)
