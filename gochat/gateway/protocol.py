@@ -22,6 +22,9 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _log = Logger()
 
 
+_SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # a lookup, not a bytes() per push
+
+
 def frame_header(length: int) -> bytes:
     """Header of an unmasked, final, binary server frame of ``length`` bytes."""
     if length < 126:
@@ -242,7 +245,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         # connection) go out in one transport write.
         if self.state == _OPEN and not self.send_queue:
             n = len(frame)
-            head = bytes((0x82, n)) if n < 126 else frame_header(n)
+            head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
                 # The client is not reading: what waits here counts against it.
                 self._stalled(n + len(head))
