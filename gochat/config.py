@@ -49,6 +49,8 @@ class Config:
     msg_burst: int = 5000
     auth_rate: float = 20.0
     auth_burst: int = 10
+    register_rate: float = 600.0
+    register_burst: int = 1000
     cluster_ca: str | None = None
     cluster_cert: str | None = None
     cluster_key: str | None = None
@@ -100,8 +102,10 @@ _PARAMS = [
     ],
     ["msg-rate", None, "1000", "frames per second a connection may send (1013 past it)"],
     ["msg-burst", None, "5000", "frames a connection may send at once above --msg-rate"],
-    ["auth-rate", None, "20", "/login and /register calls per minute per client address (429)"],
-    ["auth-burst", None, "10", "/login and /register calls an address may make at once"],
+    ["auth-rate", None, "20", "failed /login attempts per minute per client address (429)"],
+    ["auth-burst", None, "10", "failed /login attempts an address may make at once"],
+    ["register-rate", None, "600", "/register calls per minute per client address (429)"],
+    ["register-burst", None, "1000", "/register calls an address may make at once"],
     ["cluster-ca", None, None, "CA certificate (PEM): PB between nodes over TLS, peers verified"],
     ["cluster-cert", None, None, "this node's certificate (PEM) signed by --cluster-ca"],
     ["cluster-key", None, None, "private key (PEM) of --cluster-cert [in the same file]"],
@@ -195,6 +199,8 @@ def build_config(opts: dict) -> Config:
         msg_burst=int(_number(opts, "msg-burst", int, 1)),
         auth_rate=_number(opts, "auth-rate", float, 0.1),
         auth_burst=int(_number(opts, "auth-burst", int, 1)),
+        register_rate=_number(opts, "register-rate", float, 0.1),
+        register_burst=int(_number(opts, "register-burst", int, 1)),
         cluster_ca=opts["cluster-ca"] or None,
         cluster_cert=opts["cluster-cert"] or None,
         cluster_key=opts["cluster-key"] or None,

@@ -1,11 +1,11 @@
 """Token buckets keyed by client address, with bounded memory.
 
-Used by the HTTP API to slow down password guessing on ``/login`` and
-``/register``. Time comes from an injected clock so tests drive refills with
-``twisted.internet.task.Clock``. At most ``max_keys`` addresses are tracked;
-past that the least recently seen one is forgotten (it starts again with a
-full bucket), so a flood of spoofed or distinct addresses costs a fixed amount
-of memory.
+Used by the HTTP API to slow down password guessing on ``/login`` (failed
+attempts) and mass sign-ups on ``/register``. Time comes from an injected
+clock so tests drive refills with ``twisted.internet.task.Clock``. At most
+``max_keys`` addresses are tracked; past that the least recently seen one is
+forgotten (it starts again with a full bucket), so a flood of spoofed or
+distinct addresses costs a fixed amount of memory.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ class RateLimiter:
             tokens -= 1
         self._buckets[key] = (tokens, now)
         return allowed
+
+    def exhausted(self, key: str) -> bool:
+        """True when ``key`` has no token now (nothing is taken)."""
+        return self.retry_after(key) > 0
 
     def retry_after(self, key: str) -> float:
         """Seconds until ``key`` has a token again (0 when it has one now)."""

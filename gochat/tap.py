@@ -99,12 +99,16 @@ class GoChatService(service.MultiService):
             reactor=reactor,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
+        self.register_limiter = RateLimiter(
+            config.register_rate / 60.0, config.register_burst, reactor
+        )
         self.site = build_site(
             self.store,
             self.signer,
             self.passwords,
             WebSocketResource(self.ws_factory),
             auth_limiter=self.auth_limiter,
+            register_limiter=self.register_limiter,
         )
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(

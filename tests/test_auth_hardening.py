@@ -91,16 +91,16 @@ class ForgedTokens(NodeTestCase):
 class AuthRateLimit(NodeTestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.node = Node(auth_rate=1.0, auth_burst=3)
+        self.node = Node(auth_rate=1.0, auth_burst=3, register_rate=1.0, register_burst=2)
         yield self.node.start()
         self.addCleanup(self.node.stop)
         self._clients = []
 
     @defer.inlineCallbacks
-    def test_login_and_register_share_a_per_address_budget_then_get_429(self):
+    def test_failed_logins_use_up_the_address_budget_then_even_the_right_password_gets_429(self):
         api = self.node.api()
         yield api.register("5551234", "right-password", "target")
-        for _ in range(2):
+        for _ in range(3):
             with self.assertRaises(ApiError) as caught:
                 yield api.login("5551234", "guess")
             self.assertEqual(caught.exception.status, 401)
@@ -113,8 +113,25 @@ class AuthRateLimit(NodeTestCase):
         self.assertEqual((status, reply["code"]), (429, 429))
         head = raw.partition(b"\r\n\r\n")[0].lower()
         self.assertIn(b"retry-after: ", head)
+
+    @defer.inlineCallbacks
+    def test_successful_logins_cost_nothing(self):
+        api = self.node.api()
+        yield api.register("5551235", "right-password", "member")
+        for _ in range(10):  # well past --auth-burst 3
+            data = yield api.login("5551235", "right-password")
+            self.assertTrue(data["token"])
+
+    @defer.inlineCallbacks
+    def test_registrations_have_a_budget_of_their_own(self):
+        api = self.node.api()
+        for _ in range(3):  # failed logins do not touch the sign-up budget
+            with self.assertRaises(ApiError):
+                yield api.login("5550000", "guess")
+        yield api.register("5552001", "pw", "one")
+        yield api.register("5552002", "pw", "two")
         with self.assertRaises(ApiError) as caught:
-            yield api.register("5559999", "pw", "late")
+            yield api.register("5552003", "pw", "three")
         self.assertEqual(caught.exception.status, 429)
 
 

@@ -35,9 +35,11 @@ class SecurityOptions(unittest.TestCase):
                 config.msg_burst,
                 config.auth_rate,
                 config.auth_burst,
+                config.register_rate,
+                config.register_burst,
                 config.cluster_ca,
             ),
-            (20000, 1000, 4 * 1024 * 1024, 1000.0, 5000, 20.0, 10, None),
+            (20000, 1000, 4 * 1024 * 1024, 1000.0, 5000, 20.0, 10, 600.0, 1000, None),
         )
 
     def test_values_are_parsed(self):
@@ -50,6 +52,8 @@ class SecurityOptions(unittest.TestCase):
                 msg_burst="7",
                 auth_rate="3",
                 auth_burst="4",
+                register_rate="5",
+                register_burst="6",
             )
         )
         self.assertEqual(
@@ -61,8 +65,10 @@ class SecurityOptions(unittest.TestCase):
                 config.msg_burst,
                 config.auth_rate,
                 config.auth_burst,
+                config.register_rate,
+                config.register_burst,
             ),
-            (5, 2, 65536, 2.5, 7, 3.0, 4),
+            (5, 2, 65536, 2.5, 7, 3.0, 4, 5.0, 6),
         )
 
     def test_nonsense_numbers_are_refused(self):
@@ -74,6 +80,8 @@ class SecurityOptions(unittest.TestCase):
             ("msg_burst", "lots"),
             ("auth_rate", "nan"),
             ("auth_burst", "0"),
+            ("register_rate", "-1"),
+            ("register_burst", "none"),
         ):
             with self.assertRaises(ConfigError, msg=name) as caught:
                 build_config(options(**{name: value}))

@@ -51,6 +51,7 @@ class Node:
             "data_dir": self.data_dir,
             # Tests register many users from 127.0.0.1; the limit has tests of its own.
             "auth_burst": 1_000_000,
+            "register_burst": 1_000_000,
         }
         settings.update(self.overrides)
         config = Config(**settings)

@@ -260,26 +260,34 @@ class Api:
         signer: TokenSigner,
         passwords: Passwords,
         auth_limiter: RateLimiter | None = None,
+        register_limiter: RateLimiter | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.passwords = passwords
-        self.auth_limiter = auth_limiter
+        self.auth_limiter = auth_limiter  # failed logins: password guessing
+        self.register_limiter = register_limiter  # sign-ups
 
-    def _throttle(self, request: Request) -> None:
-        """Password guessing gets 429 per client address (the peer, not a header it sets)."""
-        if self.auth_limiter is None:
-            return
-        address = getattr(request.getClientAddress(), "host", None) or "unknown"
-        if not self.auth_limiter.allow(address):
-            metrics.REFUSED.labels("auth_rate").inc()
-            raise ApiError(
-                429, "too many attempts, slow down", self.auth_limiter.retry_after(address)
-            )
+    @staticmethod
+    def _address(request: Request) -> str:
+        # The TCP peer, not a header the client sets.
+        return getattr(request.getClientAddress(), "host", None) or "unknown"
+
+    @staticmethod
+    def _refuse(limiter: RateLimiter, address: str, reason: str) -> ApiError:
+        metrics.REFUSED.labels(reason).inc()
+        return ApiError(429, "too many attempts, slow down", limiter.retry_after(address))
+
+    def _failed_login(self, request: Request) -> None:
+        """Charge a failed login to the caller's address."""
+        if self.auth_limiter is not None:
+            self.auth_limiter.allow(self._address(request))
 
     @defer.inlineCallbacks
     def register(self, request: Request, params: Params, _: int) -> Any:
-        self._throttle(request)
+        limiter = self.register_limiter
+        if limiter is not None and not limiter.allow(address := self._address(request)):
+            raise self._refuse(limiter, address, "register_rate")
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD)
         nickname = params.text("nickname", MAX_NAME)
@@ -292,17 +300,23 @@ class Api:
 
     @defer.inlineCallbacks
     def login(self, request: Request, params: Params, _: int) -> Any:
-        self._throttle(request)
+        # Only failed attempts use up the budget, so a guesser is stopped while
+        # a load test logging in thousands of users from one address is not.
+        limiter = self.auth_limiter
+        if limiter is not None and limiter.exhausted(address := self._address(request)):
+            raise self._refuse(limiter, address, "auth_rate")
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD)
         row = yield self.store.get_user_by_phone(phone)
         if row is None:
             # Hash anyway so an unknown number takes as long as a wrong password.
             yield self.passwords.hash(password)
+            self._failed_login(request)
             raise ApiError(401, "wrong phone number or password")
         user_id, stored = row
         ok = yield self.passwords.verify(stored, password)
         if not ok:
+            self._failed_login(request)
             raise ApiError(401, "wrong phone number or password")
         return {"token": self.signer.issue(user_id), "user_id": str(user_id)}
 
@@ -365,8 +379,9 @@ def build_root(
     signer: TokenSigner,
     passwords: Passwords,
     auth_limiter: RateLimiter | None = None,
+    register_limiter: RateLimiter | None = None,
 ) -> Root:
-    api = Api(store, signer, passwords, auth_limiter)
+    api = Api(store, signer, passwords, auth_limiter, register_limiter)
     root = Root()
     root.putChild(b"register", Endpoint(b"POST", api.register))
     root.putChild(b"login", Endpoint(b"POST", api.login))
@@ -388,8 +403,9 @@ def build_site(
     passwords: Passwords,
     ws_resource: resource.Resource | None = None,
     auth_limiter: RateLimiter | None = None,
+    register_limiter: RateLimiter | None = None,
 ) -> server.Site:
-    root = build_root(store, signer, passwords, auth_limiter)
+    root = build_root(store, signer, passwords, auth_limiter, register_limiter)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
     web.mount(root, NotFoundResource())
