@@ -246,6 +246,6 @@ class LocalNodeForStandardRun(unittest.TestCase):
 
         node = start_local_node()  # a real twistd process on free ports
         self.addCleanup(node.stop)
-        # The default limit answers 429 after 10 registrations from one address.
+        # More than the 10 at once that a shared login/sign-up limit once allowed.
         users = yield runner.register_users(HttpApi(node.http, reactor), 15, "bench-pass")
         self.assertEqual(len({user_id for user_id, _ in users}), 15)

@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from gochat.bench.worker import raise_nofile
 
 NODE_NOFILE = 65536
-#: A benchmark registers and logs in thousands of users from one address: the
-#: per-address limit on /login and /register (20 a minute, 10 at once by
-#: default) would refuse all but the first few.
-BENCH_AUTH_LIMITS = ["--auth-rate=1000000", "--auth-burst=1000000"]
 
 
 def free_port() -> int:
@@ -64,7 +60,6 @@ def start_local_node(data_dir: str | None = None, extra: list[str] | None = None
         f"--http=tcp:{http_port}:interface=127.0.0.1",
         f"--ws=tcp:{ws_port}:interface=127.0.0.1",
         f"--data-dir={data_dir}",
-        *BENCH_AUTH_LIMITS,
         *(extra or []),
     ]
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
