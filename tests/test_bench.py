@@ -232,3 +232,20 @@ class Scenarios(NodeTestCase):
         self.assertIn("deliveries/s", out.getvalue())
         with open(path) as f:
             self.assertEqual(json.load(f)["received"], 3)
+
+
+class LocalNodeForStandardRun(unittest.TestCase):
+    """``gochat-bench standard`` (``tox -e bench``) runs against a node it starts itself."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_the_started_node_lets_a_benchmark_register_past_the_auth_burst(self):
+        from gochat.bench.node import start_local_node
+        from gochat.client import HttpApi
+
+        node = start_local_node()  # a real twistd process on free ports
+        self.addCleanup(node.stop)
+        # More than the 10 at once that a shared login/sign-up limit once allowed.
+        users = yield runner.register_users(HttpApi(node.http, reactor), 15, "bench-pass")
+        self.assertEqual(len({user_id for user_id, _ in users}), 15)

@@ -310,3 +310,47 @@ class PostgresStore(ConcurrentWriterTests, unittest.TestCase):
 class MySQLStore(ConcurrentWriterTests, unittest.TestCase):
     def url(self) -> str:
         return services.mysql_database(self)
+
+
+class SQLiteFileSettings(unittest.TestCase):
+    """Page size and checkpoint interval of the connections the engine opens."""
+
+    def connect(self, path: str) -> Any:
+        import sqlite3
+
+        from gochat.store.engines import SQLiteEngine
+
+        conn = sqlite3.connect(path)
+        self.addCleanup(conn.close)
+        SQLiteEngine(path).on_connect(conn)
+        return conn
+
+    def pragma(self, conn: Any, name: str) -> int:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def test_a_new_file_gets_16k_pages_and_a_64mib_checkpoint(self):
+        conn = self.connect(tempfile.mkdtemp(prefix="gochat-pages-") + "/new.db")
+        conn.execute("CREATE TABLE t (a INTEGER)")
+        conn.commit()
+        self.assertEqual(self.pragma(conn, "page_size"), 16384)
+        self.assertEqual(self.pragma(conn, "wal_autocheckpoint") * 16384, 64 * 1024 * 1024)
+        self.assertEqual(self.pragma(conn, "journal_size_limit"), 64 * 1024 * 1024)
+
+    def test_an_existing_file_keeps_its_page_size_and_its_rows(self):
+        import sqlite3
+
+        path = tempfile.mkdtemp(prefix="gochat-pages-") + "/old.db"
+        old = sqlite3.connect(path)
+        old.execute("PRAGMA page_size=4096")  # as an older release created it
+        old.execute("PRAGMA journal_mode=WAL")
+        old.execute("CREATE TABLE t (a INTEGER)")
+        old.execute("INSERT INTO t VALUES (1)")
+        old.commit()
+        old.close()
+        conn = self.connect(path)
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.commit()
+        self.assertEqual(self.pragma(conn, "page_size"), 4096)
+        # the checkpoint still comes every 64 MiB, in that file's pages
+        self.assertEqual(self.pragma(conn, "wal_autocheckpoint") * 4096, 64 * 1024 * 1024)
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0], 2)

@@ -55,18 +55,21 @@ class Cursor:
         each take-back waits for a switch interval. A few statements of
         thousands of rows each are faster on every engine.
         """
-        if not rows:
+        if rows:
+            self.insert_flat(sql, len(rows[0]), [v for row in rows for v in row], suffix)
+
+    def insert_flat(self, sql: str, width: int, values: list, suffix: str = "") -> None:
+        """:meth:`insert_many` with the rows already laid end to end in ``values``
+        (``width`` values each): a caller building many rows skips a tuple per row."""
+        if not values:
             return
-        width = len(rows[0])
         per_statement = max(1, self.engine.max_params // width)
         group = "(" + ",".join("?" * width) + ")"
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            values = ",".join([group] * len(chunk))
-            self.txn.execute(
-                self.engine.convert_sql(f"{sql} {values}{suffix}"),
-                [v for row in chunk for v in row],
-            )
+        step = per_statement * width
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            marks = ",".join([group] * (len(chunk) // width))
+            self.txn.execute(self.engine.convert_sql(f"{sql} {marks}{suffix}"), chunk)
 
     def fetchone(self) -> Any:
         return self.txn.fetchone()

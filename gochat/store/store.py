@@ -266,9 +266,9 @@ class Store:
                 self._seq_cache.update(seqs)
             if generation == self._group_generation:
                 self._group_cache.update(groups)
-            for result in results:
-                if result.code == codes.OK:
-                    self._known_users.update(u for u, _ in result.rows)
+            # Every recipient of a stored message got a seq: one C-level update
+            # instead of a Python loop over every row of a group fan-out.
+            self._known_users.update(seqs)
             return results
 
         return self.db.run_with_retry("commit_messages", self._commit_txn, items).addCallback(done)
@@ -324,7 +324,7 @@ class Store:
         # 3. rows, gathered per user: inserted in (user_id, seq) order they
         # fill the primary key's pages one after the other, about a third
         # cheaper than one message's recipients at a time.
-        per_user: dict[int, list[tuple]] = {}
+        per_user: dict[int, list] = {}  # user -> that user's rows, laid end to end
         results = []
         device_acks = []
         device_last: dict[tuple[int, str], int] = {}
@@ -348,7 +348,8 @@ class Store:
                     user_rows = per_user.get(uid)
                     if user_rows is None:
                         user_rows = per_user[uid] = []
-                    user_rows.append((uid, seq, *body))
+                    user_rows += (uid, seq)
+                    user_rows += body
                     pushed.append((uid, seq))
                     if uid == item.user_id:
                         result.sender_seq = seq
@@ -363,10 +364,14 @@ class Store:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
-        cur.insert_many(
+        message_values: list = []
+        for uid in sorted(per_user):
+            message_values += per_user[uid]
+        cur.insert_flat(
             "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
             " message_type, content, send_time) VALUES",
-            [row for uid in sorted(per_user) for row in per_user[uid]],
+            8,
+            message_values,
         )
         changed = {u: current[u] for u in users}
         # Every user here has a user_seq row: the upsert only ever updates,
