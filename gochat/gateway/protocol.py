@@ -84,10 +84,6 @@ class GatewayProtocol(WebSocketServerProtocol):
     #: frames written this reactor iteration, flushed by the factory in one write
     _out: list[bytes] | None = None
 
-    @property
-    def peer_address(self) -> str:
-        return str(self.peer)
-
     def onConnect(self, request):  # noqa: N802 - Autobahn's API
         if request.path not in ("/ws", "/ws/"):
             raise ConnectionDeny(404, "WebSocket endpoint is /ws")
@@ -252,10 +248,6 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     # -- Connection interface used by the session -----------------------------
 
-    @property
-    def peer_name(self) -> str:
-        return str(self.peer)
-
     def send(self, frame: bytes) -> None:
         # Straight to the transport: a server frame needs no masking, and
         # Autobahn's sendMessage costs several times the frame itself. Frames
@@ -299,9 +291,6 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendClose(code=1000, reason=reason[:120])
         # A peer that never answers the close handshake is dropped by Autobahn's
         # closeHandshakeTimeout.
-
-
-# The session calls ``conn.peer``; Autobahn already keeps ``self.peer`` as a string.
 
 
 class GatewayFactory(WebSocketServerFactory):
