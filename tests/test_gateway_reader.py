@@ -76,6 +76,36 @@ class SplitStream(NodeTestCase):
             self.feed(proto, stream, piece)
             self.assertEqual(got, [(p, True) for p in payloads], f"piece {piece}")
 
+    def test_a_frame_cut_by_a_read_is_held_by_the_fast_reader(self):
+        # A pipelining client's reads rarely end on a frame boundary; handing
+        # the cut-off frame to Autobahn would put its slow reader in charge.
+        payloads = [os.urandom(40), os.urandom(300), os.urandom(41)]
+        frames = [client_frame(p) for p in payloads]
+        stream = b"".join(frames)
+        second = len(frames[0])  # where the second frame (a 126-length one) starts
+        proto, _, got = self.open()
+        consumed = []
+        original = proto.consumeData
+        proto.consumeData = lambda: (consumed.append(1), original())[1]
+        # in the first header, its mask, its body; the second's length, mask, body
+        for cut, frame_start in (
+            (1, 0),
+            (4, 0),
+            (30, 0),
+            (second + 3, second),
+            (second + 6, second),
+            (second + 200, second),
+        ):
+            got.clear()
+            proto.dataReceived(stream[:cut])
+            self.assertEqual(proto._held, stream[frame_start:cut], f"cut {cut}")
+            self.assertEqual(len(got), 1 if frame_start else 0)
+            proto.dataReceived(stream[cut:])
+            self.assertEqual(got, [(p, True) for p in payloads], f"cut {cut}")
+            self.assertEqual(proto._held, b"")
+        self.assertEqual(consumed, [])
+        self.assertEqual(proto.data, b"")
+
     def test_control_frames_and_fragments_between_data_frames(self):
         proto, transport, got = self.open()
         stream = (

@@ -83,6 +83,8 @@ class GatewayProtocol(WebSocketServerProtocol):
     backlog_peak = 0  # the most ever queued while paused (for tests and logs)
     #: frames written this reactor iteration, flushed by the factory in one write
     _out: list[bytes] | None = None
+    #: the start of a frame the last read cut off (see dataReceived)
+    _held = b""
 
     def onConnect(self, request):  # noqa: N802 - Autobahn's API
         if request.path not in ("/ws", "/ws/"):
@@ -187,9 +189,15 @@ class GatewayProtocol(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         # Once open, whole masked binary frames within --max-frame are read
         # here: Autobahn's reader costs several times the frame itself (a
-        # masker object, a buffer copy and callbacks per frame). Anything
-        # else (control frames, fragments, text, oversized or partial frames)
+        # masker object, a buffer copy and callbacks per frame). The start of
+        # such a frame cut off by the end of a read waits in ``_held`` for the
+        # rest (a pipelining client's reads rarely end on a frame boundary).
+        # Anything else (control frames, fragments, text, oversized frames)
         # goes to Autobahn, which takes over until its buffer is empty again.
+        held = self._held
+        if held:
+            data = held + data
+            self._held = b""
         if (
             self.state != _OPEN
             or self.data
@@ -201,26 +209,33 @@ class GatewayProtocol(WebSocketServerProtocol):
         limit = self.factory.max_frame
         pos = 0
         size = len(data)
-        while size - pos >= 6:
+        while pos < size:
             if data[pos] != 0x82:  # FIN + binary, no RSV bits
                 break
+            if size - pos < 2:
+                self._held = data[pos:]
+                return
             n = data[pos + 1]
             if n < 0x80:  # a client frame must be masked
                 break
             n &= 0x7F
             start = pos + 2
             if n == 126:
-                if size - pos < 8:
-                    break
+                if size - pos < 4:
+                    self._held = data[pos:]
+                    return
                 n = (data[pos + 2] << 8) | data[pos + 3]
                 if n < 126:
                     break  # not the minimal length encoding: Autobahn fails it
                 start += 2
             elif n == 127:
                 break
-            end = start + 4 + n
-            if n > limit or end > size:
+            if n > limit:
                 break
+            end = start + 4 + n
+            if end > size:
+                self._held = data[pos:]  # at most --max-frame + 8 bytes
+                return
             pos = end
             session = self.session
             if session is not None:
