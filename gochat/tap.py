@@ -239,6 +239,7 @@ class GoChatService(service.MultiService):
         for port in self.ports.values():
             yield port.stopListening()
         yield self.hub.wait_idle()
+        self.hub.router.flush()  # committed messages still owed their pushes
         closed = [
             session.conn.is_closed
             for session in self.hub.sessions

@@ -80,11 +80,19 @@ class Hub:
         self.clock = clock
         self.config = config or HubConfig()
         self.presence = presence or LocalPresence()
-        self.router = Router(self.presence, remote)
+        self.router = Router(self.presence, clock, remote)
         # Owners are (device, start time); the device orders its messages.
         self.writer = MessageWriter(
-            store, self._committed, self._failed, key=lambda owner: id(owner[0])
+            store,
+            self._committed,
+            self._failed,
+            key=lambda owner: id(owner[0]),
+            on_batch_end=self._batch_end,
+            may_start=lambda: not self.router.congested,
         )
+        self.router.on_drained = self.writer.resume
+        #: committed messages of the batch being answered, pushed once its ACKs are out
+        self._deliveries: list[Any] = []
         self.pushes = PushTracker(
             clock,
             timeout=self.config.push_retry_timeout,
@@ -188,9 +196,15 @@ class Hub:
             session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))
             metrics.ACK_LATENCY.observe(self.clock.seconds() - started)
         if result.code == codes.OK and result.message is not None:
-            self.router.deliver(result.message, result.rows, device)
+            self._deliveries.append((result.message, result.rows, device))
         if session is None:
             self._maybe_forget(device)
+
+    def _batch_end(self) -> None:
+        """Every ACK of a batch is out: now its pushes (senders can send again meanwhile)."""
+        deliveries, self._deliveries = self._deliveries, []
+        if deliveries:
+            self.router.deliver_many(deliveries)
 
     def _failed(self, item: UpItem, owner: tuple[DeviceState, float]) -> None:
         device, _ = owner

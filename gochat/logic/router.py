@@ -8,8 +8,11 @@ call per node. Offline users get nothing: they sync.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gochat import codec, metrics
@@ -21,6 +24,18 @@ if TYPE_CHECKING:
 
 
 _LOCAL_PUSHES = metrics.PUSHES.labels("local")  # labels() once, not per message
+
+#: Pushes made before the reactor gets to read again. A committed batch of
+#: group messages is hundreds of thousands of pushes; made in one go, no
+#: upstream message is read meanwhile and the database waits idle for the
+#: next batch instead of writing it while these go out.
+PUSH_BUDGET = 65536
+#: Past this many waiting pushes the writer holds the next batch: senders get
+#: their ACKs ahead of the pushes, and this keeps them from running far ahead.
+PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
+
+#: (message, its rows, the device it came from) of a committed message
+Delivery = tuple[pb.Message, list[tuple[int, int]], Any]
 
 
 class RemoteDeliverer(Protocol):
@@ -34,10 +49,19 @@ class RemoteDeliverer(Protocol):
 class Router:
     log = Logger()
 
-    def __init__(self, presence: Presence, remote: RemoteDeliverer | None = None) -> None:
+    def __init__(
+        self, presence: Presence, clock: IReactorTime, remote: RemoteDeliverer | None = None
+    ) -> None:
         self.presence = presence
+        self.clock = clock
         self.remote = remote
         self.online: dict[int, list[Session]] = {}
+        #: committed messages whose pushes wait for the next reactor turn
+        self._backlog: deque[Delivery] = deque()
+        self._backlog_rows = 0
+        self._drain_call: Any = None
+        #: called when the backlog falls below :data:`PUSH_BACKLOG_LIMIT` again
+        self.on_drained: Callable[[], None] | None = None
 
     def add(self, session: Session) -> bool:
         """Register a logged-in session; True when it is the user's first here."""
@@ -56,8 +80,57 @@ class Router:
             return True
         return False
 
+    def deliver_many(self, deliveries: list[Delivery]) -> None:
+        """Push committed messages in commit order, :data:`PUSH_BUDGET` per reactor turn."""
+        self._backlog.extend(deliveries)
+        self._backlog_rows += sum(len(rows) for _, rows, _ in deliveries)
+        if self._drain_call is None:
+            self._drain()
+
+    def flush(self) -> None:
+        """Make every waiting push now (at shutdown, before connections close)."""
+        if self._drain_call is not None:
+            self._drain_call.cancel()
+            self._drain_call = None
+        backlog = self._backlog
+        while backlog:
+            self._deliver_logged(*backlog.popleft())
+        self._backlog_rows = 0
+        if self.on_drained is not None:
+            self.on_drained()
+
+    @property
+    def congested(self) -> bool:
+        """Too many pushes wait: the writer should not commit more for now."""
+        return self._backlog_rows >= PUSH_BACKLOG_LIMIT
+
+    def _drain(self) -> None:
+        self._drain_call = None
+        backlog = self._backlog
+        congested = self.congested
+        budget = PUSH_BUDGET
+        while backlog and budget > 0:
+            message, rows, origin = backlog.popleft()
+            self._deliver_logged(message, rows, origin)
+            budget -= len(rows)
+        self._backlog_rows -= PUSH_BUDGET - budget
+        if backlog:
+            self._drain_call = self.clock.callLater(0, self._drain)
+        if congested and not self.congested and self.on_drained is not None:
+            self.on_drained()
+
+    def _deliver_logged(
+        self, message: pb.Message, rows: list[tuple[int, int]], origin: Any
+    ) -> None:
+        try:
+            self.deliver(message, rows, origin)
+        except Exception:
+            self.log.failure(
+                "pushing message {seq} of user {uid}", seq=message.seq, uid=message.sender_id
+            )
+
     def deliver(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> None:
-        """Push ``message`` to each recipient row, skipping devices of ``origin``."""
+        """Push ``message`` to each recipient row now, skipping devices of ``origin``."""
         frames = codec.PushFrames(codec.message_base(message))
         frame_for = frames.frame
         get = self.online.get

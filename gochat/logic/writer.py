@@ -29,9 +29,16 @@ class MessageWriter:
         on_failure: Callable[[UpItem, Any], None],
         max_batch: int = 1000,
         key: Callable[[Any], Any] = id,
+        on_batch_end: Callable[[], None] | None = None,
+        may_start: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.on_result = on_result
+        #: called once every outcome of a committed batch went out
+        self.on_batch_end = on_batch_end
+        #: False holds the next batch back (its outcomes would have nowhere to
+        #: go yet); :meth:`resume` is called once it turns True again
+        self.may_start = may_start
         self.on_failure = on_failure
         self.max_batch = max_batch
         #: Which queued items come from the same device as a failed one.
@@ -47,7 +54,12 @@ class MessageWriter:
         the key of a failed one fail too, so none is stored before it.
         """
         self._queue.append((item, owner))
-        if not self._busy:
+        if not self._busy and self.may_start():
+            self._flush()
+
+    def resume(self) -> None:
+        """Start the queued batch that :attr:`may_start` held back."""
+        if not self._busy and self._queue and self.may_start():
             self._flush()
 
     @property
@@ -74,6 +86,11 @@ class MessageWriter:
                     self.on_result(item, owner, result)
                 except Exception:
                     self.log.failure("delivering the outcome of clientId {cid}", cid=item.client_id)
+            if self.on_batch_end is not None:
+                try:
+                    self.on_batch_end()
+                except Exception:
+                    self.log.failure("finishing a committed batch")
         finally:
             if not started_next:
                 self._next(None)  # idle waiters fire only after the outcomes went out
@@ -99,7 +116,8 @@ class MessageWriter:
     def _next(self, _: Any) -> None:
         self._busy = False
         if self._queue:
-            self._flush()
+            if self.may_start():
+                self._flush()
         else:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:

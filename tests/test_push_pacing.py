@@ -1,0 +1,147 @@
+"""Pushes of a committed batch are paced: ACKs first, then the pushes in
+commit order, a budget per reactor turn, and the writer holds its next batch
+while too many pushes wait. Time is a Clock: a reactor turn is ``advance(0)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from gochat.logic import router as router_module
+from gochat.logic.router import Router
+from gochat.logic.writer import MessageWriter
+from gochat.pb import pb
+from gochat.presence import LocalPresence
+from gochat.store import UpItem, UpResult
+from tests.logic_util import LogicTestCase, up_frame
+
+
+class PushedTo:
+    """A logged-in session as the router sees it: records (user, seq) pushes."""
+
+    device = None
+    push_ack = False
+    closed = False
+
+    def __init__(self, user_id: int, log: list[tuple[int, int]]) -> None:
+        self.user_id = user_id
+        self.log = log
+
+    def push(self, seq: int, frame: bytes) -> None:
+        self.log.append((self.user_id, seq))
+
+
+def delivery(sender: int, rows: list[tuple[int, int]]) -> Any:
+    return (pb.Message(sender_id=sender, session_type=pb.ST_Group), rows, object())
+
+
+class RouterPacing(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(router_module, "PUSH_BUDGET", 4)
+        self.patch(router_module, "PUSH_BACKLOG_LIMIT", 8)
+        self.clock = Clock()
+        self.router = Router(LocalPresence(), self.clock)
+        self.pushed: list[tuple[int, int]] = []
+        for uid in (1, 2, 3):
+            self.router.add(PushedTo(uid, self.pushed))
+
+    def test_a_batch_within_the_budget_is_pushed_at_once(self):
+        self.router.deliver_many([delivery(1, [(1, 1), (2, 1)]), delivery(2, [(1, 2), (2, 2)])])
+        self.assertEqual(self.pushed, [(1, 1), (2, 1), (1, 2), (2, 2)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_past_the_budget_the_rest_waits_for_the_next_reactor_turn(self):
+        batch = [delivery(1, [(1, n), (2, n), (3, n)]) for n in (1, 2, 3)]
+        self.router.deliver_many(batch)
+        self.assertEqual(self.pushed, [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)])
+        self.clock.advance(0)
+        self.assertEqual(self.pushed[6:], [(1, 3), (2, 3), (3, 3)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_later_batch_waits_behind_an_earlier_one(self):
+        self.router.deliver_many([delivery(1, [(1, n), (2, n)]) for n in (1, 2, 3)])
+        self.router.deliver_many([delivery(2, [(1, 4), (2, 4)])])  # committed meanwhile
+        self.clock.advance(0)
+        self.assertEqual([seq for uid, seq in self.pushed if uid == 1], [1, 2, 3, 4])
+        self.assertEqual([seq for uid, seq in self.pushed if uid == 2], [1, 2, 3, 4])
+
+    def test_flush_makes_every_waiting_push_now(self):
+        self.router.deliver_many([delivery(1, [(1, n), (2, n), (3, n)]) for n in (1, 2, 3)])
+        self.router.flush()
+        self.assertEqual(len(self.pushed), 9)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_congested_past_the_limit_and_told_when_it_drains(self):
+        drained = []
+        self.router.on_drained = lambda: drained.append(self.router.congested)
+        self.router.deliver_many([delivery(1, [(1, n), (2, n), (3, n)]) for n in range(1, 6)])
+        self.assertTrue(self.router.congested)  # 15 rows, 6 pushed: 9 wait
+        self.clock.advance(0)  # 6 more: 3 wait
+        self.assertFalse(self.router.congested)
+        self.assertEqual(drained, [False])
+        self.clock.advance(0)
+        self.assertEqual(len(self.pushed), 15)
+        self.assertEqual(drained, [False])
+
+
+class FakeStore:
+    """Commits whatever it is given, when the test says so."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[UpItem], defer.Deferred]] = []
+
+    def commit_messages(self, items: list[UpItem]) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.batches.append((items, d))
+        return d
+
+
+class WriterHold(unittest.TestCase):
+    def test_the_next_batch_waits_while_may_start_is_false_and_starts_on_resume(self):
+        store = FakeStore()
+        ready = [True]
+        outcomes: list[int] = []
+        writer = MessageWriter(
+            store,  # type: ignore[arg-type]
+            lambda item, owner, result: outcomes.append(item.client_id),
+            lambda item, owner: None,
+            may_start=lambda: ready[0],
+        )
+        item = lambda cid: UpItem(user_id=1, device_id=None, client_id=cid, message=None)  # noqa: E731
+        writer.submit(item(1), "dev")
+        writer.submit(item(2), "dev")
+        self.assertEqual(len(store.batches), 1)
+        ready[0] = False
+        store.batches[0][1].callback([UpResult(code=200)])
+        self.assertEqual(outcomes, [1])
+        self.assertEqual(len(store.batches), 1)  # held
+        self.assertEqual(writer.pending, 1)
+        idle = writer.wait_idle()
+        self.assertNoResult(idle)
+        ready[0] = True
+        writer.resume()
+        self.assertEqual([i.client_id for i in store.batches[1][0]], [2])
+        store.batches[1][1].callback([UpResult(code=200)])
+        self.assertEqual(outcomes, [1, 2])
+        self.successResultOf(idle)
+
+
+class AcksBeforePushes(LogicTestCase):
+    @defer.inlineCallbacks
+    def test_a_batch_is_acked_before_pushes_past_the_budget_go_out(self):
+        self.patch(router_module, "PUSH_BUDGET", 1)
+        alice, alice_token = yield self.user("alice")
+        bob, bob_token = yield self.user("bob")
+        sender, sender_conn = yield self.login(alice_token)
+        _, bob_conn = yield self.login(bob_token)
+        for cid in (1, 2, 3):  # one batch: the first is in flight, 2 and 3 queue behind it
+            sender.frame_received(up_frame(cid, bob, f"m{cid}"))
+        yield self.hub.wait_idle()
+        acks = [o for o in sender_conn.outputs() if o.type == pb.CT_ACK]
+        self.assertEqual([pb.ACKMsg.FromString(o.data).clientId for o in acks[1:]], [1, 2, 3])
+        self.assertEqual(bob_conn.pushes(), [1, 2])  # the second batch's first push
+        self.clock.advance(0)
+        self.assertEqual(bob_conn.pushes(), [1, 2, 3])
