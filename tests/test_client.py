@@ -44,7 +44,7 @@ class Retries(NodeTestCase):
         db = sqlite3.connect(os.path.join(self.node.data_dir, "gochat.db"), isolation_level=None)
         self.addCleanup(db.close)
         db.execute(
-            "CREATE TRIGGER refuse_boom BEFORE INSERT ON messages"
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON message_bodies"
             " WHEN NEW.content = X'626f6f6d' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
         )
         client = yield self.client(alice_token, device_id="d", retransmit_timeout=0.2)

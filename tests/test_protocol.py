@@ -424,7 +424,7 @@ class TransientFailure(Pair):
         locker = sqlite3.connect(self.db_path(), isolation_level=None)
         self.addCleanup(locker.close)
         locker.execute(
-            "CREATE TRIGGER refuse_boom BEFORE INSERT ON messages"
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON message_bodies"
             " WHEN NEW.content = X'626f6f6d' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
         )
         proto.send_inputs(

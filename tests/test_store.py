@@ -213,10 +213,7 @@ class StoreTransactions(unittest.TestCase):
         a = yield self.store.create_user("1", "a", "h")
         conn = sqlite3.connect(os.path.join(self.dir, "gochat.db"))
         self.addCleanup(conn.close)
-        insert = (
-            "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
-            " message_type, content, send_time) VALUES (?, 1, 1, 1, 2, 1, x'', 0)"
-        )
+        insert = "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES (?, 1, 1, 1)"
         conn.execute(insert, (a,))
         self.assertRaises(sqlite3.IntegrityError, conn.execute, insert, (a,))
 

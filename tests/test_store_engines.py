@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from gochat import codes
 from gochat.pb import pb
 from gochat.store import Database, NotFound, Store, UpItem, engine_from_url
+from gochat.store import database as database_module
 from gochat.store.database import schema_deltas
 from tests import services
 
@@ -87,6 +88,47 @@ class StoreTests:
         other = self.open_store()
         version = yield other.db.migrate()
         self.assertEqual(version, latest)
+
+    @defer.inlineCallbacks
+    def test_messages_of_the_first_schema_survive_the_narrow_rows_upgrade(self):
+        self.db_url = self.url()  # a database of its own, still empty
+        old = self.open_store()
+        first = schema_deltas()[:1]
+        self.patch(database_module, "schema_deltas", lambda: first)
+        version = yield old.db.migrate()
+        self.assertEqual(version, 1)
+        rows = [
+            (7, 1, 7, pb.ST_Single, 8, pb.MT_Text, b"hello", 1000),
+            (8, 1, 7, pb.ST_Single, 8, pb.MT_Text, b"hello", 1000),
+            (7, 2, 9, pb.ST_Group, 3, pb.MT_Picture, b"\x00\xff", 2000),
+        ]
+
+        def insert(cur):
+            cur.executemany(
+                "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
+                " message_type, content, send_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        yield old.db.run_interaction("old_rows", insert)
+        self.patch(database_module, "schema_deltas", schema_deltas)
+        version = yield old.db.migrate()
+        self.assertEqual(version, schema_deltas()[-1][0])
+        messages, more = yield old.sync(7, 0, 10)
+        self.assertEqual(
+            [
+                (m.seq, m.sender_id, m.session_type, m.receiver_id, m.message_type, m.content)
+                for m in messages
+            ],
+            [
+                (1, 7, pb.ST_Single, 8, pb.MT_Text, b"hello"),
+                (2, 9, pb.ST_Group, 3, pb.MT_Picture, b"\x00\xff"),
+            ],
+        )
+        self.assertEqual([m.send_time for m in messages], [1000, 2000])
+        self.assertFalse(more)
+        view = yield self.rows(old, 8)
+        self.assertEqual(view, [(1, b"hello")])
 
     # -- users and groups ----------------------------------------------------
 

@@ -99,12 +99,13 @@ class SQLiteEngine(BaseEngine):
                 "blob": "BLOB",
                 "bigint": "INTEGER",
                 "text_key": "VARCHAR(128)",
+                "without_rowid": " WITHOUT ROWID",  # one B-tree, not a table and an index
             },
         )
         self.path = path
 
     def on_connect(self, conn: Any) -> None:
-        # Write diffusion appends to every recipient's part of the messages
+        # Write diffusion appends to every recipient's part of the user_messages
         # index at once: 16 KiB pages split a quarter as often as 4 KiB ones
         # (about a third more rows per second). It only takes effect while
         # the file is still empty, i.e. for a new database; an older one keeps
@@ -114,7 +115,7 @@ class SQLiteEngine(BaseEngine):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        # Write diffusion appends to every recipient's part of the messages
+        # Write diffusion appends to every recipient's part of the user_messages
         # index at once; with SQLite's 2 MiB default those pages keep being
         # evicted and re-read within one batch. 64 MiB holds them.
         conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
@@ -151,6 +152,7 @@ class PostgresEngine(BaseEngine):
                 "blob": "BYTEA",
                 "bigint": "BIGINT",
                 "text_key": "VARCHAR(128)",
+                "without_rowid": "",
             },
         )
 
@@ -202,6 +204,7 @@ class MySQLEngine(BaseEngine):
                 "blob": "LONGBLOB",
                 "bigint": "BIGINT",
                 "text_key": "VARCHAR(128)",
+                "without_rowid": "",
             },
         )
 

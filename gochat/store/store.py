@@ -191,8 +191,10 @@ class Store:
 
         def txn(cur: Cursor) -> tuple[list[pb.Message], bool]:
             cur.execute(
-                "SELECT seq, sender_id, session_type, receiver_id, message_type, content,"
-                " send_time FROM messages WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT um.seq, b.sender_id, b.session_type, b.receiver_id, b.message_type,"
+                " b.content, b.send_time FROM user_messages um JOIN message_bodies b"
+                " ON b.owner_id = um.owner_id AND b.owner_seq = um.owner_seq"
+                " WHERE um.user_id = ? AND um.seq > ? ORDER BY um.seq LIMIT ?",
                 (user_id, after_seq, limit + 1),
             )
             rows = cur.fetchall()
@@ -321,10 +323,13 @@ class Store:
         # 2. current seqs of every recipient, locked in a fixed order
         users = sorted({u for _, code, rcpts in plans if code == codes.OK for u in rcpts})
         current = self._current_seqs(cur, users)
-        # 3. rows, gathered per user: inserted in (user_id, seq) order they
-        # fill the primary key's pages one after the other, about a third
-        # cheaper than one message's recipients at a time.
+        # 3. one body per message, under the sender's own list entry, and a
+        # narrow row per recipient pointing at it. Rows are gathered per
+        # user: inserted in (user_id, seq) order they fill the primary key's
+        # pages one after the other, about a third cheaper than one message's
+        # recipients at a time.
         per_user: dict[int, list] = {}  # user -> that user's rows, laid end to end
+        bodies: list = []
         results = []
         device_acks = []
         device_last: dict[tuple[int, str], int] = {}
@@ -333,7 +338,12 @@ class Store:
             if code == codes.OK:
                 msg = item.message
                 assert msg is not None
-                body = (
+                owner = item.user_id  # the sender, always among the recipients
+                owner_seq = result.sender_seq = current[owner] + 1
+                current[owner] = owner_seq
+                bodies += (
+                    owner,
+                    owner_seq,
                     msg.sender_id,
                     msg.session_type,
                     msg.receiver_id,
@@ -343,16 +353,16 @@ class Store:
                 )
                 pushed = result.rows
                 for uid in recipients:
-                    seq = current[uid] + 1
-                    current[uid] = seq
+                    if uid == owner:
+                        seq = owner_seq
+                    else:
+                        seq = current[uid] + 1
+                        current[uid] = seq
                     user_rows = per_user.get(uid)
                     if user_rows is None:
                         user_rows = per_user[uid] = []
-                    user_rows += (uid, seq)
-                    user_rows += body
+                    user_rows += (uid, seq, owner, owner_seq)
                     pushed.append((uid, seq))
-                    if uid == item.user_id:
-                        result.sender_seq = seq
                 result.message = msg
             if item.device_id is not None:
                 device_acks.append(
@@ -364,14 +374,17 @@ class Store:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
-        message_values: list = []
-        for uid in sorted(per_user):
-            message_values += per_user[uid]
         cur.insert_flat(
-            "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
-            " message_type, content, send_time) VALUES",
+            "INSERT INTO message_bodies (owner_id, owner_seq, sender_id, session_type,"
+            " receiver_id, message_type, content, send_time) VALUES",
             8,
-            message_values,
+            bodies,
+        )
+        list_rows: list = []
+        for uid in sorted(per_user):
+            list_rows += per_user[uid]
+        cur.insert_flat(
+            "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES", 4, list_rows
         )
         changed = {u: current[u] for u in users}
         # Every user here has a user_seq row: the upsert only ever updates,
