@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -260,12 +261,29 @@ class StartError(Exception):
     """A one-line reason the node could not start."""
 
 
+#: Allocations between young-generation collections (CPython's default: 700).
+#: A pipelining client keeps hundreds of thousands of messages in flight, and
+#: at 700 the collector ran about a thousand times a run of 100,000 messages,
+#: scanning them again each time: 0.7 s of a 4.4 s run. Cyclic garbage is rare
+#: here (a few frames at a connection's close) and waits a little longer.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never again scan what the node holds from its start."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
     config = options.config
     assert config is not None
     try:
-        return GoChatService(config)
+        service = GoChatService(config)
     except (OSError, ValueError) as exc:
         # An unusable data dir or secret file: one line, not a traceback.
         sys.stderr.write(f"gochat: cannot start: {exc}\n")
         raise SystemExit(1) from None
+    tune_gc()
+    return service

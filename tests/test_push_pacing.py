@@ -145,3 +145,42 @@ class AcksBeforePushes(LogicTestCase):
         self.assertEqual(bob_conn.pushes(), [1, 2])  # the second batch's first push
         self.clock.advance(0)
         self.assertEqual(bob_conn.pushes(), [1, 2, 3])
+
+
+class CountedPerBatch(LogicTestCase):
+    @defer.inlineCallbacks
+    def test_every_message_and_push_of_a_batch_is_counted(self):
+        from gochat import metrics
+
+        def sample(name: str, **labels: str) -> float:
+            return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+        alice, alice_token = yield self.user("alice")
+        bob, bob_token = yield self.user("bob")
+        sender, _ = yield self.login(alice_token)
+        _, bob_conn = yield self.login(bob_token)
+        ok = sample("gochat_upstream_messages_total", code="200")
+        pushes = sample("gochat_pushes_total", where="local")
+        acks = sample("gochat_ack_latency_seconds_count")
+        for cid in (1, 2, 3, 4):  # 1 alone, then 2-4 in one batch
+            sender.frame_received(up_frame(cid, bob, f"m{cid}"))
+        sender.frame_received(up_frame(6, bob, "gap"))  # 1011, not counted as stored
+        yield self.hub.wait_idle()
+        self.assertEqual(bob_conn.pushes(), [1, 2, 3, 4])
+        self.assertEqual(sample("gochat_upstream_messages_total", code="200") - ok, 4)
+        self.assertEqual(sample("gochat_pushes_total", where="local") - pushes, 4)
+        self.assertEqual(sample("gochat_ack_latency_seconds_count") - acks, 4)
+
+
+class GarbageCollector(unittest.TestCase):
+    def test_the_node_collects_less_often_and_freezes_what_it_starts_with(self):
+        import gc
+
+        from gochat.tap import GC_THRESHOLDS, tune_gc
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        tune_gc()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 0)

@@ -93,6 +93,7 @@ class Hub:
         self.router.on_drained = self.writer.resume
         #: committed messages of the batch being answered, pushed once its ACKs are out
         self._deliveries: list[Any] = []
+        self._codes: dict[int, int] = {}  # ACK codes of that batch, for the metric
         self.pushes = PushTracker(
             clock,
             timeout=self.config.push_retry_timeout,
@@ -187,10 +188,10 @@ class Hub:
         device, started = owner
         device.accepted = item.client_id
         device.remember(item.client_id, result.code, result.sender_seq)
-        counter = _UPSTREAM.get(result.code)
-        if counter is None:
-            counter = _UPSTREAM[result.code] = metrics.UPSTREAM.labels(str(result.code))
-        counter.inc()
+        # Counted once per batch (in _batch_end): a counter's lock per message
+        # costs as much as the message's ACK frame.
+        codes_seen = self._codes
+        codes_seen[result.code] = codes_seen.get(result.code, 0) + 1
         session = device.session
         if session is not None:
             session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))
@@ -202,6 +203,12 @@ class Hub:
 
     def _batch_end(self) -> None:
         """Every ACK of a batch is out: now its pushes (senders can send again meanwhile)."""
+        for code, count in self._codes.items():
+            counter = _UPSTREAM.get(code)
+            if counter is None:
+                counter = _UPSTREAM[code] = metrics.UPSTREAM.labels(str(code))
+            counter.inc(count)
+        self._codes.clear()
         deliveries, self._deliveries = self._deliveries, []
         if deliveries:
             self.router.deliver_many(deliveries)

@@ -93,8 +93,11 @@ class Router:
             self._drain_call.cancel()
             self._drain_call = None
         backlog = self._backlog
+        pushed = 0
         while backlog:
-            self._deliver_logged(*backlog.popleft())
+            pushed += self._deliver_logged(*backlog.popleft())
+        if pushed:
+            _LOCAL_PUSHES.inc(pushed)
         self._backlog_rows = 0
         if self.on_drained is not None:
             self.on_drained()
@@ -109,28 +112,34 @@ class Router:
         backlog = self._backlog
         congested = self.congested
         budget = PUSH_BUDGET
+        pushed = 0
         while backlog and budget > 0:
             message, rows, origin = backlog.popleft()
-            self._deliver_logged(message, rows, origin)
+            pushed += self._deliver_logged(message, rows, origin)
             budget -= len(rows)
+        if pushed:  # counted once per turn: a counter's lock costs as much as a push
+            _LOCAL_PUSHES.inc(pushed)
         self._backlog_rows -= PUSH_BUDGET - budget
         if backlog:
             self._drain_call = self.clock.callLater(0, self._drain)
         if congested and not self.congested and self.on_drained is not None:
             self.on_drained()
 
-    def _deliver_logged(
-        self, message: pb.Message, rows: list[tuple[int, int]], origin: Any
-    ) -> None:
+    def _deliver_logged(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> int:
         try:
-            self.deliver(message, rows, origin)
+            return self._push(message, rows, origin)
         except Exception:
-            self.log.failure(
-                "pushing message {seq} of user {uid}", seq=message.seq, uid=message.sender_id
-            )
+            self.log.failure("pushing a message of user {uid}", uid=message.sender_id)
+            return 0
 
     def deliver(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> None:
         """Push ``message`` to each recipient row now, skipping devices of ``origin``."""
+        pushed = self._push(message, rows, origin)
+        if pushed:
+            _LOCAL_PUSHES.inc(pushed)
+
+    def _push(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> int:
+        """:meth:`deliver`, returning the local pushes made instead of counting them."""
         frames = codec.PushFrames(codec.message_base(message))
         frame_for = frames.frame
         get = self.online.get
@@ -143,10 +152,9 @@ class Router:
                     if session.device is not origin:
                         session.push(seq, frame)
                         local += 1
-        if local:
-            _LOCAL_PUSHES.inc(local)
         if self.remote is not None and rows:
             self._deliver_remote(frames, rows)
+        return local
 
     def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
         """Push frames that another node sent here; returns how many went out."""
