@@ -132,14 +132,11 @@ class Router:
             self.log.failure("pushing a message of user {uid}", uid=message.sender_id)
             return 0
 
-    def deliver(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> None:
-        """Push ``message`` to each recipient row now, skipping devices of ``origin``."""
-        pushed = self._push(message, rows, origin)
-        if pushed:
-            _LOCAL_PUSHES.inc(pushed)
-
     def _push(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> int:
-        """:meth:`deliver`, returning the local pushes made instead of counting them."""
+        """Push ``message`` to each recipient row now, skipping devices of ``origin``.
+
+        Returns the local pushes made; the caller counts them once per turn.
+        """
         frames = codec.PushFrames(codec.message_base(message))
         frame_for = frames.frame
         get = self.online.get

@@ -36,8 +36,8 @@ class MessageWriter:
         self.on_result = on_result
         #: called once every outcome of a committed batch went out
         self.on_batch_end = on_batch_end
-        #: False holds the next batch back (its outcomes would have nowhere to
-        #: go yet); :meth:`resume` is called once it turns True again
+        #: False holds the next batch back (the pushes of earlier ones still
+        #: wait); :meth:`resume` is called once it turns True again
         self.may_start = may_start
         self.on_failure = on_failure
         self.max_batch = max_batch
