@@ -20,6 +20,7 @@ from gochat import codes
 from gochat.pb import pb
 from gochat.store import Database, NotFound, Store, UpItem, engine_from_url
 from gochat.store import database as database_module
+from gochat.store import store as store_module
 from gochat.store.database import schema_deltas
 from tests import services
 
@@ -186,6 +187,29 @@ class StoreTests:
         last = yield self.store.load_device(a, "phone")
         ack = yield self.store.device_ack(a, "phone", 1)
         self.assertEqual((last, ack), (1, (codes.OK, 1)))
+
+    @defer.inlineCallbacks
+    def test_old_acks_of_a_device_are_deleted_past_the_history(self):
+        self.patch(store_module, "DEVICE_ACK_HISTORY", 6)
+        self.patch(store_module, "DEVICE_ACK_PRUNE_EVERY", 4)
+        a, b = yield self.users(2)
+        yield self.store.load_device(a, "phone")
+        for first, last in ((1, 3), (4, 9), (10, 11), (12, 14)):  # batches
+            yield self.store.commit_messages(
+                [UpItem(a, "phone", c, single(a, b, f"m{c}")) for c in range(first, last + 1)]
+            )
+
+        def kept(cur):
+            cur.execute("SELECT client_id FROM device_acks WHERE user_id = ? ORDER BY 1", (a,))
+            return [int(r[0]) for r in cur.fetchall()]
+
+        # 4-9 crossed 8: up to 3 went; 10-11 crossed nothing; 12-14 crossed 12: up to 8 went
+        ids = yield self.store.db.run_interaction("kept", kept, write=False)
+        self.assertEqual(ids, list(range(9, 15)))
+        ack = yield self.store.device_ack(a, "phone", 14)
+        self.assertEqual(ack, (codes.OK, 14))
+        gone = yield self.store.device_ack(a, "phone", 8)
+        self.assertIsNone(gone)
 
     # -- membership changes --------------------------------------------------
 

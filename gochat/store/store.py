@@ -20,6 +20,14 @@ from gochat.store.database import Cursor, Database
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit in every supported database
 
+#: ACKs kept per device in ``device_acks``: a client retransmits only what it
+#: has not seen ACKed, and none keeps this many messages unACKed, so older
+#: rows are deleted (a retransmit of such a clientId is answered 1001).
+DEVICE_ACK_HISTORY = 65536
+#: Old ACKs are deleted each time a device's clientIds cross a multiple of
+#: this: one small DELETE per 4,096 messages instead of one per batch.
+DEVICE_ACK_PRUNE_EVERY = 4096
+
 
 class NotFound(Exception):
     """A referenced user or group does not exist."""
@@ -332,6 +340,7 @@ class Store:
         bodies: list = []
         results = []
         device_acks = []
+        device_first: dict[tuple[int, str], int] = {}
         device_last: dict[tuple[int, str], int] = {}
         for item, code, recipients in plans:
             result = UpResult(code=code)
@@ -368,7 +377,9 @@ class Store:
                 device_acks.append(
                     (item.user_id, item.device_id, item.client_id, code, result.sender_seq)
                 )
-                device_last[(item.user_id, item.device_id)] = item.client_id
+                key = (item.user_id, item.device_id)
+                device_first.setdefault(key, item.client_id)
+                device_last[key] = item.client_id
             results.append(result)
         if duplicates:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
@@ -401,6 +412,16 @@ class Store:
         cur.executemany(
             "UPDATE devices SET last_client_id = ? WHERE user_id = ? AND device_id = ?",
             [(cid, uid, dev) for (uid, dev), cid in device_last.items()],
+        )
+        every = DEVICE_ACK_PRUNE_EVERY
+        cur.executemany(
+            "DELETE FROM device_acks WHERE user_id = ? AND device_id = ? AND client_id <= ?",
+            [
+                (uid, dev, cid - DEVICE_ACK_HISTORY)
+                for (uid, dev), cid in device_last.items()
+                if cid > DEVICE_ACK_HISTORY
+                and cid // every > (device_first[(uid, dev)] - 1) // every
+            ],
         )
         return results, changed, groups
 
