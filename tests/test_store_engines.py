@@ -363,12 +363,40 @@ class ConcurrentWriterTests(StoreTests):
         self.assertEqual((seq_a, seq_b), (1, 1))
 
 
-class SQLiteStore(StoreTests, unittest.TestCase):
+class AtomicMigrationTests:
+    """Engines whose DDL is transactional (not MySQL, which commits each statement)."""
+
+    @defer.inlineCallbacks
+    def test_a_delta_that_fails_halfway_leaves_nothing_behind(self):
+        self.db_url = self.url()  # a database of its own, still empty
+        store = self.open_store()
+        deltas = schema_deltas()
+        self.patch(database_module, "schema_deltas", lambda: deltas[:1])
+        yield store.db.migrate()  # as an older release left it
+        # 002 failing after its CREATE TABLEs and copies, at the DROP
+        broken = deltas[1][2].replace("DROP TABLE messages;", "DROP TABLE no_such_table;")
+        self.assertNotEqual(broken, deltas[1][2])
+        self.patch(database_module, "schema_deltas", lambda: [deltas[0], (2, "002", broken)])
+        yield self.assertFailure(store.db.migrate(), Exception)
+
+        def state(cur):
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            version = cur.fetchone()[0]
+            cur.execute("SELECT COUNT(*) FROM messages")  # still the first schema's table
+            return int(version), int(cur.fetchone()[0])
+
+        self.assertEqual((yield store.db.run_interaction("state", state)), (1, 0))
+        self.patch(database_module, "schema_deltas", schema_deltas)
+        version = yield store.db.migrate()  # no table of the failed attempt is in the way
+        self.assertEqual(version, deltas[-1][0])
+
+
+class SQLiteStore(StoreTests, AtomicMigrationTests, unittest.TestCase):
     def url(self) -> str:
         return "sqlite:" + tempfile.mkdtemp(prefix="gochat-store-") + "/gochat.db"
 
 
-class PostgresStore(ConcurrentWriterTests, unittest.TestCase):
+class PostgresStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCase):
     def url(self) -> str:
         return services.postgres_database(self)
 

@@ -104,6 +104,13 @@ class SQLiteEngine(BaseEngine):
         )
         self.path = path
 
+    def lock_schema(self, cursor: Any) -> None:
+        # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE:
+        # without this, a delta's CREATE TABLEs would commit one by one, and a
+        # delta failing halfway would leave tables that make its retry fail.
+        # IMMEDIATE also takes the write lock, so two processes cannot both migrate.
+        cursor.execute("BEGIN IMMEDIATE")
+
     def on_connect(self, conn: Any) -> None:
         # Write diffusion appends to every recipient's part of the user_messages
         # index at once: 16 KiB pages split a quarter as often as 4 KiB ones
