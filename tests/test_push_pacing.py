@@ -5,7 +5,10 @@ while too many pushes wait. Time is a Clock: a reactor turn is ``advance(0)``.""
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -184,3 +187,45 @@ class GarbageCollector(unittest.TestCase):
         tune_gc()
         self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
         self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class PacingProperties(unittest.TestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        budget=st.integers(min_value=1, max_value=12),
+        batches=st.lists(
+            st.tuples(
+                st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=4), max_size=5),
+                st.booleans(),  # a reactor turn passes after this batch
+            ),
+            max_size=8,
+        ),
+    )
+    def test_every_push_goes_out_once_in_commit_order(self, budget, batches):
+        with (
+            patch.object(router_module, "PUSH_BUDGET", budget),
+            patch.object(router_module, "PUSH_BACKLOG_LIMIT", 2 * budget),
+        ):
+            clock = Clock()
+            router = Router(LocalPresence(), clock)
+            pushed: list[tuple[int, int]] = []
+            for uid in (1, 2, 3, 4):
+                router.add(PushedTo(uid, pushed))
+            seqs = dict.fromkeys((1, 2, 3, 4), 0)
+            expected: list[tuple[int, int]] = []
+            for messages, turn in batches:
+                batch = []
+                for recipients in messages:
+                    rows = []
+                    for uid in dict.fromkeys(recipients):  # each member once
+                        seqs[uid] += 1
+                        rows.append((uid, seqs[uid]))
+                    expected += rows
+                    batch.append(delivery(1, rows))
+                router.deliver_many(batch)
+                if turn:
+                    clock.advance(0)
+            while clock.getDelayedCalls():
+                clock.advance(0)
+            self.assertEqual(pushed, expected)
+            self.assertFalse(router.congested)
