@@ -21,7 +21,12 @@ MESSAGES = {
         ("data", 4, "bytes"),
     ],
     "OutputBatch": [("outputs", 1, "bytes")],
-    "LoginMsg": [("token", 1, "bytes"), ("device_id", 2, "string"), ("push_ack", 3, "bool")],
+    "LoginMsg": [
+        ("token", 1, "bytes"),
+        ("device_id", 2, "string"),
+        ("push_ack", 3, "bool"),
+        ("notices", 4, "bool"),
+    ],
     "HeartbeatMsg": [],
     "UpMsg": [("msg", 1, "message"), ("clientId", 2, "uint64")],
     "PushMsg": [("msg", 1, "message")],
@@ -37,11 +42,24 @@ MESSAGES = {
         ("send_time", 7, "int64"),
     ],
     "ACKMsg": [("type", 1, "enum"), ("clientId", 2, "uint64"), ("seq", 3, "uint64")],
+    # this project's additions (new messages only; the Go ones keep their numbers)
+    "ReadMsg": [
+        ("session_type", 1, "enum"),
+        ("peer_id", 2, "uint64"),
+        ("seq", 3, "uint64"),
+        ("reader_id", 4, "uint64"),
+    ],
+    "TypingMsg": [
+        ("session_type", 1, "enum"),
+        ("peer_id", 2, "uint64"),
+        ("sender_id", 3, "uint64"),
+    ],
 }
 
 ENUMS = {
     "SessionType": [("ST_UnKnow", 0), ("ST_Single", 1), ("ST_Group", 2)],
-    "MessageType": [("MT_UnKnow", 0), ("MT_Text", 1), ("MT_Picture", 2), ("MT_Voice", 3)],
+    "MessageType": [("MT_UnKnow", 0), ("MT_Text", 1), ("MT_Picture", 2), ("MT_Voice", 3)]
+    + [("MT_System", 10)],
     "ACKType": [("AT_UnKnow", 0), ("AT_Up", 1), ("AT_Push", 2), ("AT_Login", 3)],
     "CmdType": [
         ("CT_UnKnow", 0),
@@ -50,6 +68,8 @@ ENUMS = {
         ("CT_Message", 3),
         ("CT_ACK", 4),
         ("CT_Sync", 5),
+        ("CT_Read", 6),
+        ("CT_Typing", 7),
     ],
 }
 

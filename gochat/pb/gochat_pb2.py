@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cgochat.proto\x12\x02pb\"0\n\x05Input\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.CmdType\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x06Output\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.CmdType\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x43odeMsg\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1e\n\x0bOutputBatch\x12\x0f\n\x07outputs\x18\x01 \x03(\x0c\">\n\x08LoginMsg\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08push_ack\x18\x03 \x01(\x08\"\x0e\n\x0cHeartbeatMsg\"3\n\x05UpMsg\x12\x18\n\x03msg\x18\x01 \x01(\x0b\x32\x0b.pb.Message\x12\x10\n\x08\x63lientId\x18\x02 \x01(\x04\"#\n\x07PushMsg\x12\x18\n\x03msg\x18\x01 \x01(\x0b\x32\x0b.pb.Message\"\x1b\n\x0cSyncInputMsg\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"@\n\rSyncOutputMsg\x12\x1d\n\x08messages\x18\x01 \x03(\x0b\x32\x0b.pb.Message\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xb0\x01\n\x07Message\x12%\n\x0csession_type\x18\x01 \x01(\x0e\x32\x0f.pb.SessionType\x12\x13\n\x0breceiver_id\x18\x02 \x01(\x04\x12\x11\n\tsender_id\x18\x03 \x01(\x04\x12%\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x0f.pb.MessageType\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x11\n\tsend_time\x18\x07 \x01(\x03\"B\n\x06\x41\x43KMsg\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.ACKType\x12\x10\n\x08\x63lientId\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04*9\n\x0bSessionType\x12\r\n\tST_UnKnow\x10\x00\x12\r\n\tST_Single\x10\x01\x12\x0c\n\x08ST_Group\x10\x02*G\n\x0bMessageType\x12\r\n\tMT_UnKnow\x10\x00\x12\x0b\n\x07MT_Text\x10\x01\x12\x0e\n\nMT_Picture\x10\x02\x12\x0c\n\x08MT_Voice\x10\x03*>\n\x07\x41\x43KType\x12\r\n\tAT_UnKnow\x10\x00\x12\t\n\x05\x41T_Up\x10\x01\x12\x0b\n\x07\x41T_Push\x10\x02\x12\x0c\n\x08\x41T_Login\x10\x03*a\n\x07\x43mdType\x12\r\n\tCT_UnKnow\x10\x00\x12\x0c\n\x08\x43T_Login\x10\x01\x12\x10\n\x0c\x43T_Heartbeat\x10\x02\x12\x0e\n\nCT_Message\x10\x03\x12\n\n\x06\x43T_ACK\x10\x04\x12\x0b\n\x07\x43T_Sync\x10\x05\x42\x18Z\x16gochat/pkg/protocol/pbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cgochat.proto\x12\x02pb\"0\n\x05Input\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.CmdType\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x06Output\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.CmdType\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x43odeMsg\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1e\n\x0bOutputBatch\x12\x0f\n\x07outputs\x18\x01 \x03(\x0c\"O\n\x08LoginMsg\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08push_ack\x18\x03 \x01(\x08\x12\x0f\n\x07notices\x18\x04 \x01(\x08\"\x0e\n\x0cHeartbeatMsg\"3\n\x05UpMsg\x12\x18\n\x03msg\x18\x01 \x01(\x0b\x32\x0b.pb.Message\x12\x10\n\x08\x63lientId\x18\x02 \x01(\x04\"#\n\x07PushMsg\x12\x18\n\x03msg\x18\x01 \x01(\x0b\x32\x0b.pb.Message\"\x1b\n\x0cSyncInputMsg\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"@\n\rSyncOutputMsg\x12\x1d\n\x08messages\x18\x01 \x03(\x0b\x32\x0b.pb.Message\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xb0\x01\n\x07Message\x12%\n\x0csession_type\x18\x01 \x01(\x0e\x32\x0f.pb.SessionType\x12\x13\n\x0breceiver_id\x18\x02 \x01(\x04\x12\x11\n\tsender_id\x18\x03 \x01(\x04\x12%\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x0f.pb.MessageType\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x11\n\tsend_time\x18\x07 \x01(\x03\"B\n\x06\x41\x43KMsg\x12\x19\n\x04type\x18\x01 \x01(\x0e\x32\x0b.pb.ACKType\x12\x10\n\x08\x63lientId\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"a\n\x07ReadMsg\x12%\n\x0csession_type\x18\x01 \x01(\x0e\x32\x0f.pb.SessionType\x12\x0f\n\x07peer_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\treader_id\x18\x04 \x01(\x04\"V\n\tTypingMsg\x12%\n\x0csession_type\x18\x01 \x01(\x0e\x32\x0f.pb.SessionType\x12\x0f\n\x07peer_id\x18\x02 \x01(\x04\x12\x11\n\tsender_id\x18\x03 \x01(\x04*9\n\x0bSessionType\x12\r\n\tST_UnKnow\x10\x00\x12\r\n\tST_Single\x10\x01\x12\x0c\n\x08ST_Group\x10\x02*V\n\x0bMessageType\x12\r\n\tMT_UnKnow\x10\x00\x12\x0b\n\x07MT_Text\x10\x01\x12\x0e\n\nMT_Picture\x10\x02\x12\x0c\n\x08MT_Voice\x10\x03\x12\r\n\tMT_System\x10\n*>\n\x07\x41\x43KType\x12\r\n\tAT_UnKnow\x10\x00\x12\t\n\x05\x41T_Up\x10\x01\x12\x0b\n\x07\x41T_Push\x10\x02\x12\x0c\n\x08\x41T_Login\x10\x03*}\n\x07\x43mdType\x12\r\n\tCT_UnKnow\x10\x00\x12\x0c\n\x08\x43T_Login\x10\x01\x12\x10\n\x0c\x43T_Heartbeat\x10\x02\x12\x0e\n\nCT_Message\x10\x03\x12\n\n\x06\x43T_ACK\x10\x04\x12\x0b\n\x07\x43T_Sync\x10\x05\x12\x0b\n\x07\x43T_Read\x10\x06\x12\r\n\tCT_Typing\x10\x07\x42\x18Z\x16gochat/pkg/protocol/pbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,14 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gochat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\026gochat/pkg/protocol/pb'
-  _globals['_SESSIONTYPE']._serialized_start=696
-  _globals['_SESSIONTYPE']._serialized_end=753
-  _globals['_MESSAGETYPE']._serialized_start=755
-  _globals['_MESSAGETYPE']._serialized_end=826
-  _globals['_ACKTYPE']._serialized_start=828
-  _globals['_ACKTYPE']._serialized_end=890
-  _globals['_CMDTYPE']._serialized_start=892
-  _globals['_CMDTYPE']._serialized_end=989
+  _globals['_SESSIONTYPE']._serialized_start=900
+  _globals['_SESSIONTYPE']._serialized_end=957
+  _globals['_MESSAGETYPE']._serialized_start=959
+  _globals['_MESSAGETYPE']._serialized_end=1045
+  _globals['_ACKTYPE']._serialized_start=1047
+  _globals['_ACKTYPE']._serialized_end=1109
+  _globals['_CMDTYPE']._serialized_start=1111
+  _globals['_CMDTYPE']._serialized_end=1236
   _globals['_INPUT']._serialized_start=20
   _globals['_INPUT']._serialized_end=68
   _globals['_OUTPUT']._serialized_start=70
@@ -47,19 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTBATCH']._serialized_start=152
   _globals['_OUTPUTBATCH']._serialized_end=182
   _globals['_LOGINMSG']._serialized_start=184
-  _globals['_LOGINMSG']._serialized_end=246
-  _globals['_HEARTBEATMSG']._serialized_start=248
-  _globals['_HEARTBEATMSG']._serialized_end=262
-  _globals['_UPMSG']._serialized_start=264
-  _globals['_UPMSG']._serialized_end=315
-  _globals['_PUSHMSG']._serialized_start=317
-  _globals['_PUSHMSG']._serialized_end=352
-  _globals['_SYNCINPUTMSG']._serialized_start=354
-  _globals['_SYNCINPUTMSG']._serialized_end=381
-  _globals['_SYNCOUTPUTMSG']._serialized_start=383
-  _globals['_SYNCOUTPUTMSG']._serialized_end=447
-  _globals['_MESSAGE']._serialized_start=450
-  _globals['_MESSAGE']._serialized_end=626
-  _globals['_ACKMSG']._serialized_start=628
-  _globals['_ACKMSG']._serialized_end=694
+  _globals['_LOGINMSG']._serialized_end=263
+  _globals['_HEARTBEATMSG']._serialized_start=265
+  _globals['_HEARTBEATMSG']._serialized_end=279
+  _globals['_UPMSG']._serialized_start=281
+  _globals['_UPMSG']._serialized_end=332
+  _globals['_PUSHMSG']._serialized_start=334
+  _globals['_PUSHMSG']._serialized_end=369
+  _globals['_SYNCINPUTMSG']._serialized_start=371
+  _globals['_SYNCINPUTMSG']._serialized_end=398
+  _globals['_SYNCOUTPUTMSG']._serialized_start=400
+  _globals['_SYNCOUTPUTMSG']._serialized_end=464
+  _globals['_MESSAGE']._serialized_start=467
+  _globals['_MESSAGE']._serialized_end=643
+  _globals['_ACKMSG']._serialized_start=645
+  _globals['_ACKMSG']._serialized_end=711
+  _globals['_READMSG']._serialized_start=713
+  _globals['_READMSG']._serialized_end=810
+  _globals['_TYPINGMSG']._serialized_start=812
+  _globals['_TYPINGMSG']._serialized_end=898
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,7 @@ class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MT_Text: _ClassVar[MessageType]
     MT_Picture: _ClassVar[MessageType]
     MT_Voice: _ClassVar[MessageType]
+    MT_System: _ClassVar[MessageType]
 
 class ACKType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,8 @@ class CmdType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CT_Message: _ClassVar[CmdType]
     CT_ACK: _ClassVar[CmdType]
     CT_Sync: _ClassVar[CmdType]
+    CT_Read: _ClassVar[CmdType]
+    CT_Typing: _ClassVar[CmdType]
 ST_UnKnow: SessionType
 ST_Single: SessionType
 ST_Group: SessionType
@@ -42,6 +45,7 @@ MT_UnKnow: MessageType
 MT_Text: MessageType
 MT_Picture: MessageType
 MT_Voice: MessageType
+MT_System: MessageType
 AT_UnKnow: ACKType
 AT_Up: ACKType
 AT_Push: ACKType
@@ -52,6 +56,8 @@ CT_Heartbeat: CmdType
 CT_Message: CmdType
 CT_ACK: CmdType
 CT_Sync: CmdType
+CT_Read: CmdType
+CT_Typing: CmdType
 
 class Input(_message.Message):
     __slots__ = ("type", "data")
@@ -80,14 +86,16 @@ class OutputBatch(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LoginMsg(_message.Message):
-    __slots__ = ("token", "device_id", "push_ack")
+    __slots__ = ("token", "device_id", "push_ack", "notices")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PUSH_ACK_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     token: bytes
     device_id: str
     push_ack: bool
-    def __init__(self, token: _Optional[bytes] = ..., device_id: _Optional[str] = ..., push_ack: _Optional[bool] = ...) -> None: ...
+    notices: bool
+    def __init__(self, token: _Optional[bytes] = ..., device_id: _Optional[str] = ..., push_ack: _Optional[bool] = ..., notices: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatMsg(_message.Message):
     __slots__ = ()
@@ -148,3 +156,25 @@ class ACKMsg(_message.Message):
     clientId: int
     seq: int
     def __init__(self, type: _Optional[_Union[ACKType, str]] = ..., clientId: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class ReadMsg(_message.Message):
+    __slots__ = ("session_type", "peer_id", "seq", "reader_id")
+    SESSION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    READER_ID_FIELD_NUMBER: _ClassVar[int]
+    session_type: SessionType
+    peer_id: int
+    seq: int
+    reader_id: int
+    def __init__(self, session_type: _Optional[_Union[SessionType, str]] = ..., peer_id: _Optional[int] = ..., seq: _Optional[int] = ..., reader_id: _Optional[int] = ...) -> None: ...
+
+class TypingMsg(_message.Message):
+    __slots__ = ("session_type", "peer_id", "sender_id")
+    SESSION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    session_type: SessionType
+    peer_id: int
+    sender_id: int
+    def __init__(self, session_type: _Optional[_Union[SessionType, str]] = ..., peer_id: _Optional[int] = ..., sender_id: _Optional[int] = ...) -> None: ...
