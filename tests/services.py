@@ -27,30 +27,34 @@ def unique_name(prefix: str = "gochat_test") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
+def postgres_admin(dbname: str = "postgres") -> Any:
+    """An autocommit psycopg connection to the test server (a context manager)."""
+    try:
+        import psycopg
+    except ImportError:
+        missing_service("psycopg is not installed (pip install '.[postgresql]')")
+    try:
+        return psycopg.connect(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname=dbname,
+            connect_timeout=3,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        missing_service(f"PostgreSQL at {PG_HOST}:{PG_PORT}: {exc}".strip())
+
+
 def postgres_database(test: Any) -> str:
     """Create a fresh PostgreSQL database; returns its ``postgresql://`` URL."""
-    try:
-        import psycopg2
-    except ImportError:
-        missing_service("psycopg2 is not installed (pip install '.[postgresql]')")
     name = unique_name()
-    try:
-        conn = psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3
-        )
-    except psycopg2.OperationalError as exc:
-        missing_service(f"PostgreSQL at {PG_HOST}:{PG_PORT}: {exc}".strip())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    with postgres_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
-        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+        with postgres_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     test.addCleanup(drop)
     return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"

@@ -26,10 +26,10 @@ def pg_rows(db_url: str, sql: str, args: tuple = ()) -> list[tuple]:
     """A direct look at the shared database (blocking, short)."""
     from urllib.parse import urlparse
 
-    import psycopg2
+    import psycopg
 
     u = urlparse(db_url)
-    conn = psycopg2.connect(
+    conn = psycopg.connect(
         host=u.hostname, port=u.port, user=u.username, dbname=u.path.lstrip("/")
     )
     try:

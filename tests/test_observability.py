@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 
+from tests import services
 from tests.util import Node, NodeTestCase, missing_service
 
 
@@ -121,17 +122,7 @@ class PostgresHealth(NodeTestCase):
     """The database really goes away: it is dropped under the running node."""
 
     def setUp(self) -> Any:
-        try:
-            import psycopg2
-        except ImportError:
-            missing_service("psycopg2 is not installed")
-        try:
-            self.admin = psycopg2.connect(
-                host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
-            )
-        except psycopg2.OperationalError as exc:
-            missing_service(f"PostgreSQL at 127.0.0.1:5432: {exc}")
-        self.admin.autocommit = True
+        self.admin = services.postgres_admin()
         self.dbname = "gochat_health_" + uuid.uuid4().hex[:12]
         with self.admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE {self.dbname}")
@@ -158,10 +149,10 @@ class PostgresHealth(NodeTestCase):
         self.assertEqual(status, 503)
         self.assertTrue(json.loads(body)["data"]["database"].startswith("error"))
         # adbapi logs the connections it lost when the database went away.
-        import psycopg2
+        import psycopg
         from twisted.enterprise.adbapi import ConnectionLost
 
-        self.flushLoggedErrors(psycopg2.Error, ConnectionLost)
+        self.flushLoggedErrors(psycopg.Error, ConnectionLost)
 
 
 class _RedisPresencePing:

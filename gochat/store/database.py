@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gochat import metrics
-from gochat.store.engines import BaseEngine, SQLiteEngine
+from gochat.store.engines import BaseEngine, MigrationError, SQLiteEngine
 
 T = TypeVar("T")
 
@@ -61,15 +61,17 @@ class Cursor:
     def insert_flat(self, sql: str, width: int, values: list, suffix: str = "") -> None:
         """:meth:`insert_many` with the rows already laid end to end in ``values``
         (``width`` values each): a caller building many rows skips a tuple per row."""
-        if not values:
-            return
-        per_statement = max(1, self.engine.max_params // width)
-        group = "(" + ",".join("?" * width) + ")"
-        step = per_statement * width
-        for start in range(0, len(values), step):
-            chunk = values[start : start + step]
-            marks = ",".join([group] * (len(chunk) // width))
-            self.txn.execute(self.engine.convert_sql(f"{sql} {marks}{suffix}"), chunk)
+        if values:
+            self.engine.insert_rows(self.txn, sql, width, values, suffix)
+
+    def write_rows(
+        self, table: str, columns: tuple[str, ...], kinds: tuple[str, ...], values: list
+    ) -> None:
+        """Append many rows (laid end to end in ``values``) by the engine's bulk path:
+        binary COPY on PostgreSQL, packet-sized literal INSERTs on MySQL,
+        multi-row INSERTs on SQLite. ``kinds``: ``bigint``, ``int`` or ``blob``."""
+        if values:
+            self.engine.write_rows(self.txn, table, columns, kinds, values)
 
     def fetchone(self) -> Any:
         return self.txn.fetchone()
@@ -200,17 +202,59 @@ def apply_schema(cur: Cursor, engine: BaseEngine) -> int:
         cur.execute("SELECT MAX(version) FROM schema_version")
         row = cur.fetchone()
         current = row[0] if row and row[0] is not None else 0
-        for version, _name, sql in schema_deltas():
+        for version, name, sql in schema_deltas():
             if version <= current:
                 continue
-            sql = sql.format(**engine.types)
-            for statement in _split_statements(sql):
-                cur.execute(statement)
-            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            statements = _split_statements(sql.format(**engine.types))
+            if engine.transactional_ddl:
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            else:
+                _apply_reversibly(cur, engine, name, version, statements)
             current = version
         return current
     finally:
         engine.unlock_schema(cur.txn)
+
+
+def _apply_reversibly(
+    cur: Cursor, engine: BaseEngine, name: str, version: int, statements: list[str]
+) -> None:
+    """Apply one delta on a database whose DDL commits as it goes (MySQL).
+
+    Each statement's undo is known before the first one runs; when one
+    fails, what already ran is undone in reverse order, so the database is
+    left as the previous version had it and the next start tries again.
+    """
+    try:
+        steps = engine.plan_delta(cur.txn, statements)
+    except MigrationError as exc:
+        raise MigrationError(f"{name}: {exc}") from None
+    done = []
+    try:
+        for step in steps:
+            cur.txn.execute(step.sql)
+            done.append(step)
+        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        cur.txn.execute("COMMIT")
+    except Exception as exc:
+        cur.txn.execute("ROLLBACK")
+        for step in reversed(done):
+            for undo in step.undo:
+                try:
+                    cur.txn.execute(undo)
+                except Exception as undo_exc:  # keep undoing the rest; say what is left
+                    Database.log.error(
+                        "schema {name}: could not undo {sql!r}: {exc}",
+                        name=name,
+                        sql=step.sql,
+                        exc=undo_exc,
+                    )
+        raise MigrationError(f"{name} failed and was undone: {exc}") from exc
+    for step in steps:
+        for after in step.after:
+            cur.txn.execute(after)
 
 
 def _split_statements(sql: str) -> list[str]:

@@ -29,6 +29,22 @@ DEVICE_ACK_HISTORY = 65536
 DEVICE_ACK_PRUNE_EVERY = 4096
 
 
+#: the columns the commit appends to, and their kinds for the engines' bulk paths
+_BODY_COLUMNS = (
+    "owner_id",
+    "owner_seq",
+    "sender_id",
+    "session_type",
+    "receiver_id",
+    "message_type",
+    "content",
+    "send_time",
+)
+_BODY_KINDS = ("bigint", "bigint", "bigint", "int", "bigint", "int", "blob", "bigint")
+_LIST_COLUMNS = ("user_id", "seq", "owner_id", "owner_seq")
+_LIST_KINDS = ("bigint", "bigint", "bigint", "bigint")
+
+
 class NotFound(Exception):
     """A referenced user or group does not exist."""
 
@@ -385,18 +401,11 @@ class Store:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
-        cur.insert_flat(
-            "INSERT INTO message_bodies (owner_id, owner_seq, sender_id, session_type,"
-            " receiver_id, message_type, content, send_time) VALUES",
-            8,
-            bodies,
-        )
+        cur.write_rows("message_bodies", _BODY_COLUMNS, _BODY_KINDS, bodies)
         list_rows: list = []
         for uid in sorted(per_user):
             list_rows += per_user[uid]
-        cur.insert_flat(
-            "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES", 4, list_rows
-        )
+        cur.write_rows("user_messages", _LIST_COLUMNS, _LIST_KINDS, list_rows)
         changed = {u: current[u] for u in users}
         # Every user here has a user_seq row: the upsert only ever updates,
         # in one statement instead of one per user.
