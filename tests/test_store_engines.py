@@ -9,11 +9,14 @@ retry a transaction the database aborts.
 
 from __future__ import annotations
 
+import os
+import struct
+import sys
 import tempfile
 import threading
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, utils
 from twisted.trial import unittest
 
 from gochat import codes
@@ -22,7 +25,14 @@ from gochat.store import Database, NotFound, Store, UpItem, engine_from_url
 from gochat.store import database as database_module
 from gochat.store import store as store_module
 from gochat.store.database import schema_deltas
+from gochat.store.engines import (
+    DatabaseURLError,
+    MigrationError,
+    MySQLEngine,
+    pg_binary_int8_rows,
+)
 from tests import services
+from tests.processes import free_port, twistd
 
 
 def single(sender: int, receiver: int, text: str) -> pb.Message:
@@ -130,6 +140,97 @@ class StoreTests:
         self.assertFalse(more)
         view = yield self.rows(old, 8)
         self.assertEqual(view, [(1, b"hello")])
+
+    # -- the bulk write path ------------------------------------------------
+
+    def stored(self, store: Store, user_ids: list[int]) -> defer.Deferred:
+        """Every list row of ``user_ids`` and the body it points at, as the tables hold them."""
+
+        def txn(cur: Any) -> list[tuple]:
+            marks = ",".join("?" * len(user_ids))
+            cur.execute(
+                "SELECT um.user_id, um.seq, um.owner_id, um.owner_seq, b.sender_id,"
+                " b.session_type, b.receiver_id, b.message_type, b.content, b.send_time"
+                " FROM user_messages um JOIN message_bodies b ON b.owner_id = um.owner_id"
+                f" AND b.owner_seq = um.owner_seq WHERE um.user_id IN ({marks})"
+                " ORDER BY um.user_id, um.seq",
+                user_ids,
+            )
+            return [tuple(int(v) for v in r[:8]) + (bytes(r[8]), int(r[9])) for r in cur.fetchall()]
+
+        return store.db.run_interaction("test_stored", txn, write=False)
+
+    @defer.inlineCallbacks
+    def test_bulk_rows_keep_seqs_and_odd_bodies_exactly(self):
+        """NUL bytes, 64 KiB, every byte value, unicode and empty bodies, single and group."""
+        a, b, c = yield self.users(3)
+        gid = yield self.store.create_group(a, "g", [b, c])
+        bodies = [
+            b"\x00",
+            b"a\x00b\x00\x00",
+            bytes(range(256)) * 256,  # 64 KiB of every byte value
+            "h\u00e9llo \u4e16\u754c \U0001f600 \\ ' \" % ?".encode(),
+            b"",
+            b"\\x27\\ \t\n\r\x1a",
+        ]
+        items = []
+        for n, content in enumerate(bodies):
+            msg = single(a, b, "") if n % 2 else group(a, gid, "")
+            msg.content = content
+            msg.send_time = 2**62 + n
+            msg.message_type = pb.MT_Picture
+            items.append(UpItem(a, None, n + 1, msg))
+        results = yield self.store.commit_messages(items)
+        self.assertEqual([r.code for r in results], [codes.OK] * len(bodies))
+        self.assertEqual([r.sender_seq for r in results], list(range(1, len(bodies) + 1)))
+        expected = []
+        seqs = {a: 0, b: 0, c: 0}
+        for n, content in enumerate(bodies):
+            rcpts = (a, b) if n % 2 else (a, b, c)
+            session = pb.ST_Single if n % 2 else pb.ST_Group
+            receiver = b if n % 2 else gid
+            for u in rcpts:
+                seqs[u] += 1
+                expected.append(
+                    (u, seqs[u], a, n + 1, a, session, receiver, pb.MT_Picture, content, 2**62 + n)
+                )
+        rows = yield self.stored(self.store, [a, b, c])
+        self.assertEqual(rows, sorted(expected))
+        pushed = sorted((row[0], row[1]) for row in expected if row[3] == 3)
+        self.assertEqual(sorted(results[2].rows), pushed)
+        page, _ = yield self.store.sync(c, 0, 10)
+        self.assertEqual([m.content for m in page], bodies[0::2])
+
+    @defer.inlineCallbacks
+    def test_a_batch_of_300_messages_of_60kb_is_stored_whole(self):
+        """More than MySQL's 16 MiB packet in one batch: cut by bytes, none gets 1004."""
+        a, b = yield self.users(2)
+        items = []
+        for n in range(300):
+            msg = single(a, b, "")
+            msg.content = bytes([n % 256]) * 60_000
+            items.append(UpItem(a, None, n + 1, msg))
+        results = yield self.store.commit_messages(items)
+        self.assertEqual([r.code for r in results], [codes.OK] * 300)
+        rows = yield self.rows(self.store, b)
+        self.assertEqual([s for s, _ in rows], list(range(1, 301)))
+        self.assertEqual([c for _, c in rows], [it.message.content for it in items])
+
+    @defer.inlineCallbacks
+    def test_a_big_group_batch_is_written_in_recipient_order(self):
+        """Thousands of list rows in one batch (COPY in one piece, INSERTs cut in several)."""
+        users = yield self.users(40)
+        gid = yield self.store.create_group(users[0], "g", users[1:])
+        items = [
+            UpItem(users[n % 40], None, n // 40 + 1, group(users[n % 40], gid, f"m{n}"))
+            for n in range(400)
+        ]
+        results = yield self.store.commit_messages(items)
+        self.assertEqual({r.code for r in results}, {codes.OK})
+        for u in users:
+            rows = yield self.rows(self.store, u)
+            self.assertEqual([s for s, _ in rows], list(range(1, 401)))
+            self.assertEqual([c for _, c in rows], [f"m{n}".encode() for n in range(400)])
 
     # -- users and groups ----------------------------------------------------
 
@@ -390,6 +491,42 @@ class AtomicMigrationTests:
         version = yield store.db.migrate()  # no table of the failed attempt is in the way
         self.assertEqual(version, deltas[-1][0])
 
+    @defer.inlineCallbacks
+    def test_a_delta_that_fails_after_dropping_a_table_gives_it_back_with_its_rows(self):
+        self.db_url = self.url()
+        store = self.open_store()
+        deltas = schema_deltas()
+        self.patch(database_module, "schema_deltas", lambda: deltas[:1])
+        yield store.db.migrate()
+
+        def old_row(cur):
+            cur.execute(
+                "INSERT INTO messages (user_id, seq, sender_id, session_type, receiver_id,"
+                " message_type, content, send_time) VALUES (7, 1, 7, 1, 8, 1, ?, 5)",
+                (b"kept\x00",),
+            )
+
+        yield store.db.run_interaction("old_row", old_row)
+        # 002 failing at its very last statement, after DROP TABLE messages
+        broken = deltas[1][2].replace("CREATE VIEW messages AS", "CREATE VIEW messages AS SELEC")
+        self.assertNotEqual(broken, deltas[1][2])
+        self.patch(database_module, "schema_deltas", lambda: [deltas[0], (2, "002", broken)])
+        yield self.assertFailure(store.db.migrate(), Exception)
+
+        def state(cur):
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            version = cur.fetchone()[0]
+            cur.execute("SELECT user_id, seq, content FROM messages")
+            return int(version), [(int(r[0]), int(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+        after = yield store.db.run_interaction("state", state)
+        self.assertEqual(after, (1, [(7, 1, b"kept\x00")]))
+        self.patch(database_module, "schema_deltas", schema_deltas)
+        version = yield store.db.migrate()
+        self.assertEqual(version, deltas[-1][0])
+        page, _ = yield store.sync(7, 0, 10)
+        self.assertEqual([(m.seq, m.content) for m in page], [(1, b"kept\x00")])
+
 
 class SQLiteStore(StoreTests, AtomicMigrationTests, unittest.TestCase):
     def url(self) -> str:
@@ -401,9 +538,177 @@ class PostgresStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCa
         return services.postgres_database(self)
 
 
-class MySQLStore(ConcurrentWriterTests, unittest.TestCase):
+class MySQLStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCase):
+    """MySQL commits at each DDL statement: its deltas are undone step by step."""
+
     def url(self) -> str:
         return services.mysql_database(self)
+
+    def admin(self) -> Any:
+        import pymysql
+
+        conn = pymysql.connect(host=services.MY_HOST, port=services.MY_PORT, user=services.MY_USER)
+        self.addCleanup(conn.close)
+        return conn
+
+    @defer.inlineCallbacks
+    def test_a_node_that_cannot_get_the_schema_lock_stops_with_a_clear_error(self):
+        holder = self.admin()  # another node, still migrating
+        with holder.cursor() as cur:
+            cur.execute("SELECT GET_LOCK('gochat_schema', 5)")
+            self.assertEqual(cur.fetchone()[0], 1)
+        self.db_url = self.url()
+        store = self.open_store()
+        store.engine.schema_lock_timeout = 1
+        failure = yield self.assertFailure(store.db.migrate(), MigrationError)
+        self.assertIn("schema lock for 1s", str(failure))
+
+        def tables(cur):
+            cur.execute("SHOW TABLES")
+            return cur.fetchall()
+
+        self.assertEqual((yield store.db.run_interaction("tables", tables)), [])  # nothing ran
+        with holder.cursor() as cur:
+            cur.execute("SELECT RELEASE_LOCK('gochat_schema')")
+        version = yield store.db.migrate()
+        self.assertEqual(version, schema_deltas()[-1][0])
+
+    @defer.inlineCallbacks
+    def test_a_delta_with_a_step_that_cannot_be_undone_is_refused_before_it_runs(self):
+        self.db_url = self.url()
+        store = self.open_store()
+        deltas = schema_deltas()
+        self.patch(database_module, "schema_deltas", lambda: deltas[:1])
+        yield store.db.migrate()
+        bad = (
+            "CREATE TABLE extra (a INTEGER);\n"
+            "UPDATE users SET nickname = 'x';\n"  # then DDL again: its commit cannot be undone
+            "CREATE TABLE b2 (a INTEGER);"
+        )
+        self.patch(database_module, "schema_deltas", lambda: [deltas[0], (2, "002_bad.sql", bad)])
+        failure = yield self.assertFailure(store.db.migrate(), MigrationError)
+        self.assertIn("002_bad.sql", str(failure))
+        self.assertIn("cannot be undone", str(failure))
+
+        def tables(cur):
+            cur.execute("SHOW TABLES")
+            return sorted(r[0] for r in cur.fetchall())
+
+        names = yield store.db.run_interaction("tables", tables)
+        self.assertNotIn("extra", names)
+
+    @defer.inlineCallbacks
+    def test_statements_are_cut_to_the_servers_packet_limit(self):
+        """With max_allowed_packet at 1 MiB, a 6 MB batch still goes in (several statements)."""
+        conn = self.admin()
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.max_allowed_packet")
+            (before,) = cur.fetchone()
+            cur.execute("SET GLOBAL max_allowed_packet = 1048576")
+
+        def restore() -> None:
+            with conn.cursor() as cur:
+                cur.execute(f"SET GLOBAL max_allowed_packet = {int(before)}")
+
+        self.addCleanup(restore)
+        self.db_url = self.url()
+        store = self.open_store()  # new connections read the new limit
+        yield store.db.migrate()
+        restore()  # the limit was read at connect; other tests' sessions are not held to it
+        self.assertEqual(store.engine.max_packet, 1048576)
+        a = yield store.create_user(f"big-a-{id(self)}", "a", "x")
+        b = yield store.create_user(f"big-b-{id(self)}", "b", "x")
+        items = []
+        for n in range(100):
+            msg = single(a, b, "")
+            msg.content = os.urandom(30_000)
+            items.append(UpItem(a, None, n + 1, msg))
+        results = yield store.commit_messages(items)
+        self.assertEqual([r.code for r in results], [codes.OK] * 100)
+        rows = yield self.rows(store, b)
+        self.assertEqual([c for _, c in rows], [it.message.content for it in items])
+
+
+class MySQLLiterals(unittest.TestCase):
+    def test_literals_read_the_same_in_any_sql_mode(self):
+        from gochat.store.engines import mysql_literal
+
+        self.assertEqual(mysql_literal(-(2**63)), str(-(2**63)))
+        self.assertEqual(mysql_literal(b"\x00'\\"), "X'00275c'")
+        self.assertEqual(mysql_literal(b""), "X''")
+        self.assertEqual(mysql_literal("\u00e9"), "_utf8mb4 X'c3a9'")
+        self.assertEqual(mysql_literal(None), "NULL")
+        self.assertRaises(TypeError, mysql_literal, object())
+
+    def test_every_step_of_the_shipped_deltas_is_reversible(self):
+        """The shipped deltas pass MySQL's plan (else they could not be undone there)."""
+
+        class Tables:
+            def execute(self, sql: str, args: Any = None) -> None:
+                pass
+
+            def fetchall(self) -> list:
+                return []
+
+        engine = MySQLEngine({})
+        for _, _name, sql in schema_deltas():
+            statements = database_module._split_statements(sql.format(**engine.types))
+            steps = engine.plan_delta(Tables(), statements)
+            self.assertEqual(len(steps), len(statements))
+
+
+class PostgresBinaryCopy(unittest.TestCase):
+    def test_int8_rows_match_the_format_row_by_row(self):
+        values = [1, 2, 3, 4, -1, 2**63 - 1, -(2**63), 0]
+        data = pg_binary_int8_rows(values, 4)
+        row = struct.Struct(">h" + "iq" * 4)
+        expected = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+        for start in (0, 4):
+            fields = []
+            for v in values[start : start + 4]:
+                fields += [8, v]
+            expected += row.pack(4, *fields)
+        self.assertEqual(data, expected + b"\xff\xff")
+
+
+class MissingDriver(unittest.TestCase):
+    """``--db`` naming an engine whose driver is not installed: one line naming the extra."""
+
+    def hide(self, module: str) -> None:
+        self.patch(sys, "modules", {**sys.modules, module: None})
+
+    def test_postgresql_names_its_extra(self):
+        self.hide("psycopg")
+        with self.assertRaises(DatabaseURLError) as caught:
+            engine_from_url("postgresql://u@127.0.0.1/db", "")
+        self.assertIn("pip install 'gochat[postgresql]'", str(caught.exception))
+
+    def test_mysql_names_its_extra(self):
+        self.hide("pymysql")
+        with self.assertRaises(DatabaseURLError) as caught:
+            engine_from_url("mysql://root@127.0.0.1/db", "")
+        self.assertIn("pip install 'gochat[mysql]'", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_twistd_says_one_line_and_exits(self):
+        hidden = tempfile.mkdtemp(prefix="gochat-nodriver-")
+        with open(os.path.join(hidden, "psycopg.py"), "w") as f:
+            f.write("raise ImportError('hidden by the test')\n")
+        program = twistd() or sys.executable
+        args = ([] if twistd() else ["-m", "twisted.scripts.twistd"]) + [
+            "-n",
+            "--pidfile=",
+            "gochat",
+            f"--db=postgresql://postgres@127.0.0.1:{free_port()}/gochat",
+            f"--data-dir={tempfile.mkdtemp()}",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
+        env["PYTHONPATH"] = os.pathsep.join([hidden, *sys.path])
+        out, err, code = yield utils.getProcessOutputAndValue(program, args, env=env)
+        lines = err.decode().strip().splitlines()
+        self.assertEqual(code, 2)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("pip install 'gochat[postgresql]'", lines[0])
 
 
 class SQLiteFileSettings(unittest.TestCase):

@@ -354,9 +354,10 @@ class MySQLEngine(BaseEngine):
                 "without_rowid": "",
             },
         )
-        #: the largest statement the server (and the driver) accept, in bytes;
-        #: read from ``@@max_allowed_packet`` as each connection opens
-        self.max_packet = 1024 * 1024
+        #: the largest statement the server (and the driver) accept, in bytes: the
+        #: smallest ``@@max_allowed_packet`` any of the pool's connections has seen
+        #: (a session keeps the value it opened with)
+        self.max_packet: int = 0
         self.schema_lock_timeout = SCHEMA_LOCK_TIMEOUT
 
     def convert_sql(self, sql: str) -> str:
@@ -373,7 +374,8 @@ class MySQLEngine(BaseEngine):
         server = int(cur.fetchone()[0])
         cur.close()
         client = getattr(conn, "max_allowed_packet", None) or server
-        self.max_packet = min(server, int(client))
+        limit = min(server, int(client))
+        self.max_packet = min(self.max_packet, limit) if self.max_packet else limit
 
     def insert_rows(self, txn: Any, sql: str, width: int, values: list, suffix: str = "") -> None:
         # The values are written into the statement as literals: the driver
@@ -383,7 +385,8 @@ class MySQLEngine(BaseEngine):
         if not values:
             return
         sql = self.convert_sql(sql)
-        room = self.max_packet - PACKET_MARGIN - len(sql.encode()) - len(suffix.encode())
+        room = (self.max_packet or 1024 * 1024) - PACKET_MARGIN
+        room -= len(sql.encode()) + len(suffix.encode())
         if all(type(v) is int for v in values):
             row_size = width * _INT_LITERAL + 3
             step = max(1, room // row_size) * width
