@@ -239,7 +239,10 @@ def _apply_reversibly(
         cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         cur.txn.execute("COMMIT")
     except Exception as exc:
-        cur.txn.execute("ROLLBACK")
+        try:
+            cur.txn.execute("ROLLBACK")  # rows written since the last DDL statement
+        except Exception:
+            pass  # the connection is gone: the server rolled back already
         for step in reversed(done):
             for undo in step.undo:
                 try:
