@@ -60,23 +60,30 @@ def postgres_database(test: Any) -> str:
     return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
 
+def mysql_admin() -> Any:
+    """A mysqlclient connection to the test server, autocommit on; close it after use."""
+    try:
+        import MySQLdb
+    except ImportError:
+        missing_service("mysqlclient is not installed (pip install '.[mysql]')")
+    try:
+        return MySQLdb.connect(
+            host=MY_HOST, port=MY_PORT, user=MY_USER, connect_timeout=3, autocommit=True
+        )
+    except MySQLdb.OperationalError as exc:
+        missing_service(f"MariaDB/MySQL at {MY_HOST}:{MY_PORT}: {exc}")
+
+
 def mysql_database(test: Any) -> str:
     """Create a fresh MariaDB/MySQL database; returns its ``mysql://`` URL."""
-    try:
-        import pymysql
-    except ImportError:
-        missing_service("PyMySQL is not installed (pip install '.[mysql]')")
     name = unique_name()
-    try:
-        conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user=MY_USER, connect_timeout=3)
-    except pymysql.err.OperationalError as exc:
-        missing_service(f"MariaDB/MySQL at {MY_HOST}:{MY_PORT}: {exc}")
+    conn = mysql_admin()
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     conn.close()
 
     def drop() -> None:
-        conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user=MY_USER)
+        conn = mysql_admin()
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()

@@ -29,9 +29,7 @@ def pg_rows(db_url: str, sql: str, args: tuple = ()) -> list[tuple]:
     import psycopg
 
     u = urlparse(db_url)
-    conn = psycopg.connect(
-        host=u.hostname, port=u.port, user=u.username, dbname=u.path.lstrip("/")
-    )
+    conn = psycopg.connect(host=u.hostname, port=u.port, user=u.username, dbname=u.path.lstrip("/"))
     try:
         with conn.cursor() as cur:
             cur.execute(sql, args)

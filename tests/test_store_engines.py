@@ -545,9 +545,7 @@ class MySQLStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCase)
         return services.mysql_database(self)
 
     def admin(self) -> Any:
-        import pymysql
-
-        conn = pymysql.connect(host=services.MY_HOST, port=services.MY_PORT, user=services.MY_USER)
+        conn = services.mysql_admin()
         self.addCleanup(conn.close)
         return conn
 
@@ -684,7 +682,7 @@ class MissingDriver(unittest.TestCase):
         self.assertIn("pip install 'gochat[postgresql]'", str(caught.exception))
 
     def test_mysql_names_its_extra(self):
-        self.hide("pymysql")
+        self.hide("MySQLdb")
         with self.assertRaises(DatabaseURLError) as caught:
             engine_from_url("mysql://root@127.0.0.1/db", "")
         self.assertIn("pip install 'gochat[mysql]'", str(caught.exception))

@@ -73,6 +73,16 @@ class Cursor:
         if values:
             self.engine.write_rows(self.txn, table, columns, kinds, values)
 
+    def read_seqs(self, users: list[int]) -> list[tuple[int, int]]:
+        """``(user_id, seq)`` of ``users`` (sorted), locked in that order where the
+        engine locks rows; the engine picks the cheapest statement."""
+        return self.engine.read_seqs(self.txn, users) if users else []
+
+    def write_seqs(self, seqs: dict[int, int]) -> None:
+        """Store new seqs of users whose ``user_seq`` row exists."""
+        if seqs:
+            self.engine.write_seqs(self.txn, seqs)
+
     def fetchone(self) -> Any:
         return self.txn.fetchone()
 

@@ -96,6 +96,34 @@ class BaseEngine:
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
         self.insert_rows(txn, sql, len(columns), values)
 
+    def read_seqs(self, txn: Any, users: list[int]) -> list[tuple[int, int]]:
+        """``(user_id, seq)`` of ``users`` (sorted), their rows locked in that order."""
+        found: list[tuple[int, int]] = []
+        suffix = self.lock_rows_suffix()
+        for start in range(0, len(users), 500):
+            chunk = users[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            txn.execute(
+                self.convert_sql(
+                    f"SELECT user_id, seq FROM user_seq WHERE user_id IN ({marks})"
+                    f" ORDER BY user_id{suffix}"
+                ),
+                chunk,
+            )
+            found += txn.fetchall()
+        return found
+
+    def write_seqs(self, txn: Any, seqs: dict[int, int]) -> None:
+        """Set ``user_seq`` of users whose row exists (every user a batch sequenced has one)."""
+        values = [v for item in seqs.items() for v in item]
+        self.insert_rows(
+            txn,
+            "INSERT INTO user_seq (user_id, seq) VALUES",
+            2,
+            values,
+            self.upsert_suffix("user_id", ["seq"]),
+        )
+
     def convert_sql(self, sql: str) -> str:
         return sql
 
@@ -282,6 +310,24 @@ class PostgresEngine(BaseEngine):
                 for start in range(0, len(values), width):
                     copy.write_row(values[start : start + width])
 
+    def read_seqs(self, txn: Any, users: list[int]) -> list[tuple[int, int]]:
+        # One array parameter instead of 500 scalars: a third of the node's CPU
+        # for this statement (and less for the server to parse).
+        txn.execute(
+            "SELECT user_id, seq FROM user_seq WHERE user_id = ANY(%s::int8[])"
+            " ORDER BY user_id FOR UPDATE",
+            (users,),
+        )
+        return txn.fetchall()
+
+    def write_seqs(self, txn: Any, seqs: dict[int, int]) -> None:
+        if seqs:
+            txn.execute(
+                "UPDATE user_seq SET seq = v.seq FROM unnest(%s::int8[], %s::int8[])"
+                " AS v(user_id, seq) WHERE user_seq.user_id = v.user_id",
+                (list(seqs), list(seqs.values())),
+            )
+
     def executemany(self, cursor: Any, sql: str, rows: list) -> None:
         # psycopg 3 pipelines executemany: one round trip for all rows.
         getattr(cursor, "_cursor", cursor).executemany(sql, rows)
@@ -341,7 +387,10 @@ class MySQLEngine(BaseEngine):
         kwargs = {"charset": "utf8mb4", "autocommit": False, **kwargs}
         super().__init__(
             name="mysql",
-            driver="pymysql",
+            # mysqlclient (C, libmariadb): about a fifth less node CPU per
+            # delivery than PyMySQL on the group scenario, reading the seqs
+            # and sending the statements (docs/operations/databases.rst).
+            driver="MySQLdb",
             extra="mysql",
             max_params=32000,  # the protocol limit is 65535
             connect_kwargs=kwargs,
@@ -406,6 +455,18 @@ class MySQLEngine(BaseEngine):
             statement.append(row)
             size += len(row) + 1
         txn.execute(f"{sql} {','.join(statement)}{suffix}")
+
+    def read_seqs(self, txn: Any, users: list[int]) -> list[tuple[int, int]]:
+        # The ids as literals: no parameter list for the driver to escape.
+        found: list[tuple[int, int]] = []
+        for start in range(0, len(users), 5000):
+            ids = ",".join(map(str, map(int, users[start : start + 5000])))
+            txn.execute(
+                f"SELECT user_id, seq FROM user_seq WHERE user_id IN ({ids})"
+                " ORDER BY user_id FOR UPDATE"
+            )
+            found += txn.fetchall()
+        return found
 
     def lock_schema(self, cursor: Any) -> None:
         # DDL commits implicitly in MySQL, so the lock is a session lock, released below.

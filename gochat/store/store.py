@@ -407,13 +407,7 @@ class Store:
             list_rows += per_user[uid]
         cur.write_rows("user_messages", _LIST_COLUMNS, _LIST_KINDS, list_rows)
         changed = {u: current[u] for u in users}
-        # Every user here has a user_seq row: the upsert only ever updates,
-        # in one statement instead of one per user.
-        cur.insert_many(
-            "INSERT INTO user_seq (user_id, seq) VALUES",
-            list(changed.items()),
-            self.engine.upsert_suffix("user_id", ["seq"]),
-        )
+        cur.write_seqs(changed)
         cur.insert_many(
             "INSERT INTO device_acks (user_id, device_id, client_id, code, seq) VALUES",
             device_acks,
@@ -441,17 +435,8 @@ class Store:
             cache = self._seq_cache
             current = {u: cache[u] for u in users if u in cache}
             missing = [u for u in users if u not in cache]
-        suffix = self.engine.lock_rows_suffix()
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cur.execute(
-                f"SELECT user_id, seq FROM user_seq WHERE user_id IN ({marks})"
-                f" ORDER BY user_id{suffix}",
-                chunk,
-            )
-            for uid, seq in cur.fetchall():
-                current[int(uid)] = int(seq)
+        for uid, seq in cur.read_seqs(missing):
+            current[int(uid)] = int(seq)
         return current
 
     def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
