@@ -64,10 +64,10 @@ class GoChatService(service.MultiService):
         # to a switch interval to get it back from a busy reactor; 5 ms (the
         # default) turns a commit behind a burst of pushes into seconds.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        make_private_dir(config.data_dir)  # before the SQLite file and the secret go in it
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
         self.store = Store(self.database)
-        os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords()
         self.presence: Any = LocalPresence()
@@ -110,6 +110,7 @@ class GoChatService(service.MultiService):
             WebSocketResource(self.ws_factory),
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
+            on_logout_all=self._logged_out_everywhere,
         )
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
@@ -118,6 +119,13 @@ class GoChatService(service.MultiService):
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
         ).setServiceParent(self)
+
+    def _logged_out_everywhere(self, user_id: int, generation: int) -> None:
+        """After ``/logout_all``: close the user's sessions here, and on every node of a cluster."""
+        self.hub.revoke_tokens(user_id, generation)
+        publish = getattr(self.presence, "publish_logout", None)
+        if publish is not None:
+            publish(user_id, generation)
 
     def _build_cluster(self) -> None:
         """Redis presence, the PB peer pool, and group-cache invalidation between nodes."""
@@ -149,6 +157,11 @@ class GoChatService(service.MultiService):
         self.store.on_group_changed = presence.publish_group_changed
         presence.on_group_changed = self.store.forget_group
         presence.on_groups_resubscribed = self.store.forget_all_groups
+        presence.on_logout = self.hub_revoke_tokens
+
+    def hub_revoke_tokens(self, user_id: int, generation: int) -> None:
+        """A node published a ``/logout_all`` (built before the hub exists, hence late-bound)."""
+        self.hub.revoke_tokens(user_id, generation)
 
     @defer.inlineCallbacks
     def _start_cluster(self) -> Any:
@@ -259,6 +272,15 @@ class GoChatService(service.MultiService):
 
 class StartError(Exception):
     """A one-line reason the node could not start."""
+
+
+def make_private_dir(path: str) -> None:
+    """Create ``path`` (and missing parents) readable by this user only (0700).
+
+    It holds the SQLite database (password hashes) and the signing secret. An
+    existing directory is left as the operator made it.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
 
 
 #: Allocations between young-generation collections (CPython's default: 700).

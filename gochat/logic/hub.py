@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
-from gochat.auth import TokenSigner
+from gochat.auth import Claims, TokenSigner, check_account
 from gochat.logic.pushes import PushTracker
 from gochat.logic.router import RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
@@ -131,6 +131,23 @@ class Hub:
             self.presence.user_offline(uid).addErrback(
                 lambda f: self.log.failure("presence: marking {uid} offline", f, uid=uid)
             )
+
+    @defer.inlineCallbacks
+    def check_account(self, claims: Claims) -> Any:
+        """Fires when the token's account exists and still matches; fails with BadToken."""
+        account = yield self.store.account(claims.user_id)
+        check_account(claims, account)
+
+    def revoke_tokens(self, user_id: int, generation: int) -> int:
+        """Close this node's sessions of ``user_id`` whose token is older than ``generation``.
+
+        Called after ``POST /logout_all`` (here, or on another node through
+        the cluster's pub/sub); returns how many were closed.
+        """
+        closed = 0
+        for session in list(self.router.online.get(user_id, ())):
+            closed += session.revoke(generation)
+        return closed
 
     @defer.inlineCallbacks
     def login(self, session: Session, user_id: int, device_id: str | None, push_ack: bool) -> Any:
