@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from gochat import codes
 from gochat.pb import pb
 from tests import services, test_api
-from tests.logic_util import LogicTestCase
+from tests.logic_util import LogicTestCase, Recorder, login_frame
 from tests.util import Node
 
 
@@ -174,6 +174,17 @@ class RevocationOnTheHub(LogicTestCase):
         # The bump published by another node reaches this one late: only older tokens go.
         self.assertEqual(self.hub.revoke_tokens(uid, account.token_generation), 1)
         self.assertEqual((old_conn.closed, new_conn.closed), ("logged out everywhere", None))
+
+    @defer.inlineCallbacks
+    def test_a_login_in_flight_during_the_bump_does_not_complete(self):
+        uid, token = yield self.user("5550041")
+        conn = Recorder()
+        session = self.hub.open_session(conn)
+        session.frame_received(login_frame(token, "phone"))  # its account check is on a thread
+        self.assertEqual(self.hub.revoke_tokens(uid, 1), 1)
+        yield services.poll_until(lambda: not session._logging_in, 10, what="login finished")
+        self.assertEqual((conn.closed, conn.frames), ("logged out everywhere", []))
+        self.assertNotIn(uid, self.hub.router.online)
 
 
 class LogoutAcrossTheCluster(unittest.TestCase):

@@ -142,11 +142,15 @@ class Hub:
         """Close this node's sessions of ``user_id`` whose token is older than ``generation``.
 
         Called after ``POST /logout_all`` (here, or on another node through
-        the cluster's pub/sub); returns how many were closed.
+        the cluster's pub/sub); returns how many were closed. Sessions still
+        logging in count too (their account check may have read the row
+        before the bump): a walk over every session, for a rare call.
         """
         closed = 0
-        for session in list(self.router.online.get(user_id, ())):
-            closed += session.revoke(generation)
+        for session in list(self.sessions):
+            claims = session.claims
+            if claims is not None and claims.user_id == user_id:
+                closed += session.revoke(generation)
         return closed
 
     @defer.inlineCallbacks
@@ -163,7 +167,7 @@ class Hub:
                 if device is None:
                     device = self.devices[key] = DeviceState(user_id, device_id, accepted=last)
         seq = yield self.store.latest_seq(user_id)
-        if session.closed:
+        if session.closed or session.revoked:
             if device_id is not None:
                 self._maybe_forget(device)
             return (device.accepted, seq)

@@ -69,8 +69,9 @@ class Session:
         self.closed = False
         self.authenticated = False  # has logged in once (the hub counts the others)
         self._logging_in = False
-        #: the claims of the token this session logged in with (its expiry, generation)
+        #: the claims of the token this session logs (or logged) in with
         self.claims: Claims | None = None
+        self._revoked = False  # closed by /logout_all: a login in flight must not complete
         self._expiry_timer: Any = None
         self.last_active = self.clock.seconds()
         self._allowance = float(hub.config.msg_burst)
@@ -88,6 +89,11 @@ class Session:
     @property
     def logged_in(self) -> bool:
         return self.device is not None
+
+    @property
+    def revoked(self) -> bool:
+        """Closing because of ``/logout_all``: a login in flight must not complete."""
+        return self._revoked
 
     # -- transport side ------------------------------------------------------
 
@@ -211,12 +217,13 @@ class Session:
             self.close("token expired")
 
     def revoke(self, generation: int) -> bool:
-        """Close the session if it logged in with a token older than ``generation``."""
+        """Close the session if it logs or logged in with a token older than ``generation``."""
         claims = self.claims
-        if self.closed or claims is None or claims.generation is None:
+        if self.closed or self._revoked or claims is None or claims.generation is None:
             return False
         if claims.generation >= generation:
             return False
+        self._revoked = True
         self.close("logged out everywhere")
         return True
 
@@ -248,15 +255,16 @@ class Session:
             return
         user_id = claims.user_id
         self._logging_in = True
+        # Set now: a /logout_all while the account is being checked closes this session too.
+        self.claims = claims
 
         def ok(result: tuple[int, int]) -> None:
             self._logging_in = False
-            if self.closed:
+            if self.closed or self._revoked:
                 return
             if self._login_timer is not None and self._login_timer.active():
                 self._login_timer.cancel()
             self._login_timer = None
-            self.claims = claims
             # On the hub clock: at expiry the session ends even if it keeps heartbeating.
             delay = max(0.0, claims.expires - self.clock.seconds())
             self._expiry_timer = self.clock.callLater(delay, self._token_expired)
