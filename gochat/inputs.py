@@ -18,6 +18,9 @@ import re
 from typing import Any
 
 MAX_ID = 2**63 - 1
+#: Limits of the people and groups endpoints, in characters.
+NICKNAME_MAX = 32
+GROUP_NAME_MAX = 64
 
 #: C0 controls, DEL and C1 controls.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

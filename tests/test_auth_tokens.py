@@ -70,12 +70,13 @@ class TokensOfUsersThatDoNotExist(test_api.Api):
     @defer.inlineCallbacks
     def test_websocket_login_gets_1003_and_a_close(self):
         proto = yield self.raw()
-        code, ack = yield proto.login(self.ghost)
+        code, ack = yield proto.login(self.ghost, device_id="phone")
         self.assertEqual((code, ack.type), (codes.UNAUTHORIZED, pb.AT_Login))
         close_code, reason = yield proto.closed
-        self.assertEqual(close_code, 1000)
-        self.assertIn("no such user", reason)
+        self.assertEqual((close_code, reason), (1000, "bad token: no such user"))
         self.assertFalse(any(s.logged_in for s in self.node.service.hub.sessions))
+        devices = yield count(self.node, "SELECT COUNT(*) FROM devices")
+        self.assertEqual(devices, 0)
 
     @defer.inlineCallbacks
     def test_http_gets_401_and_writes_no_row(self):
