@@ -73,6 +73,10 @@ class OnEveryEngine(test_api.Api):
             self.assertIn(field, reply["msg"])
         users = yield self.rows("users")
         self.assertEqual(users, 0)
+        status, _ = yield self.http(
+            "POST", "/login", [("phone_number", "5\x00"), ("password", "pw")]
+        )
+        self.assertEqual(status, 400)
         # A password may hold a tab (only NUL is refused there).
         status, _ = yield self.http("POST", "/register", [*good[:1], ("password", "p\tw"), good[2]])
         self.assertEqual(status, 200)
