@@ -59,6 +59,9 @@ class Config:
     push_window: int = 512
     log_format: str = "text"
     log_file: str | None = None
+    hash_threads: int = 2
+    cache_users: int = 100_000
+    cache_group_members: int = 200_000
 
     @property
     def db_url(self) -> str:
@@ -114,6 +117,9 @@ _PARAMS = [
     ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
     ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
     ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
+    ["hash-threads", None, "2", "threads hashing passwords (19 MiB each while hashing)"],
+    ["cache-users", None, "100000", "users whose seq and existence the store keeps in memory"],
+    ["cache-group-members", None, "200000", "group member ids the store keeps in memory"],
 ]
 
 
@@ -209,6 +215,9 @@ def build_config(opts: dict) -> Config:
         push_window=int(_number(opts, "push-window", int, 1)),
         log_format=opts["log-format"],
         log_file=opts["log-file"] or None,
+        hash_threads=int(_number(opts, "hash-threads", int, 1)),
+        cache_users=int(_number(opts, "cache-users", int, 1)),
+        cache_group_members=int(_number(opts, "cache-group-members", int, 1)),
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")

@@ -14,7 +14,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
-from gochat import metrics
+from gochat import malloc, metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
@@ -66,10 +66,14 @@ class GoChatService(service.MultiService):
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
-        self.store = Store(self.database)
+        self.store = Store(
+            self.database,
+            cache_users=config.cache_users,
+            cache_group_members=config.cache_group_members,
+        )
         os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
-        self.passwords = passwords or Passwords()
+        self.passwords = passwords or Passwords(threads=config.hash_threads)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
         if config.cluster:
@@ -286,4 +290,5 @@ def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's nam
         sys.stderr.write(f"gochat: cannot start: {exc}\n")
         raise SystemExit(1) from None
     tune_gc()
+    malloc.tune()
     return service
