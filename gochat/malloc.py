@@ -13,6 +13,9 @@ import ctypes
 import ctypes.util
 from typing import Any
 
+from twisted.application import service
+from twisted.internet import task
+
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
@@ -52,3 +55,29 @@ def trim() -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.malloc_trim(0))
+
+
+#: Seconds between trims: each takes a few milliseconds on the reactor thread.
+TRIM_INTERVAL = 30.0
+
+
+class TrimService(service.Service):
+    """Trims every ``interval`` seconds, so memory freed after a burst goes back."""
+
+    def __init__(self, reactor: Any, interval: float = TRIM_INTERVAL) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self._loop: task.LoopingCall | None = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if _LIBC is not None:
+            self._loop = task.LoopingCall(trim)
+            self._loop.clock = self.reactor
+            self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Any:  # noqa: N802
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()

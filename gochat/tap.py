@@ -122,6 +122,7 @@ class GoChatService(service.MultiService):
         HeartbeatChecker(
             self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
         ).setServiceParent(self)
+        malloc.TrimService(reactor).setServiceParent(self)
 
     def _build_cluster(self) -> None:
         """Redis presence, the PB peer pool, and group-cache invalidation between nodes."""

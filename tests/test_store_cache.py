@@ -1,0 +1,119 @@
+"""The store's caches are bounded, and seqs stay gapless when entries are evicted.
+
+A real SQLite store (the engine whose seqs are served from the cache) with
+caches far smaller than its users and groups, so every batch evicts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from gochat import codes
+from gochat.store import Database, Store, UpItem, engine_from_url
+from gochat.store.cache import LRU
+from tests.test_store_engines import group, single
+
+
+class LRUBounds(unittest.TestCase):
+    def test_the_least_recently_used_entry_goes_first(self):
+        cache: LRU[int, int] = LRU(3)
+        cache.update({1: 10, 2: 20, 3: 30})
+        cache.touch([1])  # 2 is now the oldest
+        cache.put(4, 40)
+        self.assertEqual((len(cache), 2 in cache, cache.get(1)), (3, False, 10))
+        self.assertEqual(cache.evictions, 1)
+
+    def test_a_weighed_cache_bounds_the_total_weight(self):
+        cache: LRU[int, tuple[int, ...]] = LRU(10, len)
+        cache.put(1, tuple(range(6)))
+        cache.put(2, tuple(range(6)))  # 12 > 10: group 1 goes
+        self.assertEqual((1 in cache, 2 in cache, cache.weight), (False, True, 6))
+        cache.put(3, tuple(range(11)))  # heavier than the whole cache: not kept
+        self.assertEqual((3 in cache, cache.weight), (False, 6))
+        cache.pop(2)
+        self.assertEqual((len(cache), cache.weight), (0, 0))
+
+    def test_get_does_not_reorder(self):
+        cache: LRU[int, int] = LRU(2)
+        cache.update({1: 1, 2: 2})
+        cache.get(1)  # a read from the database thread
+        cache.put(3, 3)
+        self.assertNotIn(1, cache)
+
+
+class EvictionKeepsSeqsGapless(unittest.TestCase):
+    timeout = 120
+    USERS = 12
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        url = "sqlite:" + tempfile.mkdtemp(prefix="gochat-cache-") + "/gochat.db"
+        database = Database(engine_from_url(url, ""))
+        self.addCleanup(database.close)
+        self.store = Store(database, cache_users=3, cache_group_members=5)
+        yield database.migrate()
+        self.ids = []
+        for i in range(self.USERS):
+            uid = yield self.store.create_user(f"cache{i}", f"c{i}", "x")
+            self.ids.append(uid)
+
+    @defer.inlineCallbacks
+    def test_seqs_continue_without_gaps_after_their_users_were_evicted(self):
+        ids = self.ids
+        small = yield self.store.create_group(ids[0], "small", ids[1:4])  # 4 members: cached
+        big = yield self.store.create_group(ids[0], "big", ids[1:])  # 12: never cached
+        expected = {u: 0 for u in ids}
+        for round_ in range(5):
+            items = []
+            for i, sender in enumerate(ids):
+                items.append(
+                    UpItem(sender, None, round_ * 10 + i, single(sender, ids[-1 - i], "s"))
+                )
+                expected[sender] += 1
+                expected[ids[-1 - i]] += 1 if ids[-1 - i] != sender else 0
+            items.append(UpItem(ids[1], None, 900 + round_, group(ids[1], small, "g")))
+            items.append(UpItem(ids[2], None, 950 + round_, group(ids[2], big, "G")))
+            for u in ids[:4]:
+                expected[u] += 1
+            for u in ids:
+                expected[u] += 1
+            results = yield self.store.commit_messages(items)
+            self.assertEqual({r.code for r in results}, {codes.OK})
+            # every batch touches 12 users: the cache never holds more than 3
+            self.assertLessEqual(len(self.store._users), 3)
+            self.assertLessEqual(self.store._group_cache.weight, 5)
+        self.assertGreater(self.store._users.evictions, 0)
+        self.assertIn(small, self.store._group_cache)
+        self.assertNotIn(big, self.store._group_cache)
+        for uid in ids:
+            rows = yield self.seqs(uid)
+            self.assertEqual(rows, list(range(1, expected[uid] + 1)), uid)
+            latest = yield self.store.latest_seq(uid)
+            self.assertEqual(latest, expected[uid])
+
+    @defer.inlineCallbacks
+    def test_a_message_to_an_evicted_user_is_still_delivered(self):
+        a, b = self.ids[0], self.ids[1]
+        yield self.store.commit_messages([UpItem(a, None, 1, single(a, b, "one"))])
+        # push b out of the cache with traffic among the others
+        others = self.ids[2:]
+        yield self.store.commit_messages(
+            [UpItem(u, None, 1, single(u, others[0], "x")) for u in others[1:]]
+        )
+        self.assertNotIn(b, self.store._users)
+        (result,) = yield self.store.commit_messages([UpItem(a, None, 2, single(a, b, "two"))])
+        self.assertEqual((result.code, result.rows), (codes.OK, [(a, 2), (b, 2)]))
+        missing = 10**12  # a user that does not exist is still refused
+        (refused,) = yield self.store.commit_messages([UpItem(a, None, 3, single(a, missing, "?"))])
+        self.assertEqual(refused.code, codes.NO_DATA)
+
+    def seqs(self, user_id: int) -> defer.Deferred:
+        def txn(cur: Any) -> list[int]:
+            cur.execute("SELECT seq FROM user_messages WHERE user_id = ? ORDER BY seq", (user_id,))
+            return [int(r[0]) for r in cur.fetchall()]
+
+        return self.store.db.run_interaction("test_seqs", txn, write=False)
