@@ -121,6 +121,43 @@ class Store:
 
         return self.db.run_interaction("create_user", txn).addErrback(unique)
 
+    def create_users(self, users: list[tuple[str, str, str]]) -> defer.Deferred:
+        """Insert many ``(phone, nickname, password_hash)`` users in one transaction.
+
+        For operators and benchmarks that set up thousands of accounts at
+        once (a 10,000-member group in seconds, not an argon2 hash each).
+        Fires with their ids in order, or fails with :class:`Conflict` (and
+        inserts nothing) when a phone number is taken.
+        """
+        phones = [phone for phone, _, _ in users]
+        if len(set(phones)) != len(phones):
+            return defer.fail(Conflict("phone number given twice"))
+
+        def txn(cur: Cursor) -> list[int]:
+            now = _now_ms()
+            cur.insert_many(
+                "INSERT INTO users (phone_number, nickname, password_hash, created_at) VALUES",
+                [(phone, nick, hashed, now) for phone, nick, hashed in users],
+            )
+            ids: dict[str, int] = {}
+            for start in range(0, len(phones), 500):
+                chunk = phones[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                cur.execute(
+                    f"SELECT phone_number, id FROM users WHERE phone_number IN ({marks})", chunk
+                )
+                ids.update((phone, int(uid)) for phone, uid in cur.fetchall())
+            ordered = [ids[phone] for phone in phones]
+            cur.insert_many("INSERT INTO user_seq (user_id, seq) VALUES", [(u, 0) for u in ordered])
+            return ordered
+
+        def unique(failure: Any) -> Any:
+            if self.engine.is_unique_violation(failure.value):
+                raise Conflict("phone number already registered")
+            return failure
+
+        return self.db.run_interaction("create_users", txn).addErrback(unique)
+
     def get_user_by_phone(self, phone: str) -> defer.Deferred:
         """Fires with ``(id, password_hash)`` or ``None``."""
 
