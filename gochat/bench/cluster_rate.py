@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="postgresql://… or mysql://… (shared)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     p.add_argument("--nodes", type=node_counts, default=[3], help="a count, or a list: 1,2,3")
-    p.add_argument("--scenario", choices=("single", "group"), default="single")
+    p.add_argument("--scenario", choices=("single", "group"), default="group")
     p.add_argument("--pairs", type=int, default=50, help="single: sender/receiver pairs")
     p.add_argument(
         "--messages", type=int, default=None, help="per sender [single: 40; group: 10 rounds]"
