@@ -117,3 +117,46 @@ class EvictionKeepsSeqsGapless(unittest.TestCase):
             return [int(r[0]) for r in cur.fetchall()]
 
         return self.store.db.run_interaction("test_seqs", txn, write=False)
+
+
+class StatementShapes(unittest.TestCase):
+    """Multi-row INSERTs come in a few recurring sizes, so prepared statements are reused."""
+
+    def test_any_row_count_is_covered_by_full_halves_and_a_small_rest(self):
+        from gochat.store.database import SMALL_STATEMENT_ROWS, statement_sizes
+
+        shapes = set()
+        for rows in range(0, 20_001, 7):
+            sizes = statement_sizes(rows, 8000)
+            self.assertEqual(sum(sizes), rows)
+            shapes.update(s for s in sizes if s > 2 * SMALL_STATEMENT_ROWS - 4)
+        # before: one shape per remainder, i.e. almost one per batch
+        self.assertEqual(shapes, {8000, 4000, 2000, 1000, 500, 250, 125})
+
+    def test_distinct_statements_stay_few_and_small_whatever_the_batch_sizes(self):
+        """A prepared statement's memory grows with its rows: count the rows of distinct texts."""
+        import sqlite3
+
+        from gochat.store.database import Cursor
+        from gochat.store.engines import SQLiteEngine
+
+        path = tempfile.mkdtemp(prefix="gochat-shapes-") + "/t.db"
+        engine = SQLiteEngine(path)
+        conn = sqlite3.connect(path)
+        self.addCleanup(conn.close)
+        conn.execute("CREATE TABLE t (a, b, c, d)")
+        cur = Cursor(conn.cursor(), engine)
+        texts: dict[str, int] = {}
+        real_execute = cur.txn.execute
+
+        class Spy:
+            def execute(self, sql: str, args: Any = ()) -> Any:
+                texts[sql] = len(args) // 4
+                return real_execute(sql, args)
+
+        cur.txn = Spy()
+        for rows in range(1, 3001, 13):
+            cur.insert_flat("INSERT INTO t (a, b, c, d) VALUES", 4, [1] * (4 * rows))
+        # 231 batches of 1..3,000 rows: about 346,000 rows of distinct statements
+        # when each batch's size made its own; now the halves and small rests
+        self.assertLess(sum(texts.values()), 12_000)
