@@ -291,8 +291,10 @@ class BulkSetup(unittest.TestCase):
         self.addCleanup(database.close)
         yield database.migrate()
         store = Store(database)
-        ids = yield store.create_users([(f"p{i}", f"n{i}", "!") for i in range(1200)])
+        accounts = yield store.create_users([(f"p{i}", f"n{i}", "!") for i in range(1200)])
+        ids = [a.user_id for a in accounts]
         self.assertEqual(len(set(ids)), 1200)
+        self.assertEqual({a.token_generation for a in accounts}, {0})
         found = yield store.get_user_by_phone("p1199")
         self.assertEqual(found, (ids[-1], "!"))
         seqs = yield defer.gatherResults([store.latest_seq(u) for u in ids[:3]])

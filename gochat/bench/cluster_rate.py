@@ -117,8 +117,10 @@ def make_users(args: argparse.Namespace, n: int, run: str, secret: bytes) -> Any
     store = Store(db)
     yield db.migrate()
     signer = TokenSigner(secret)
-    ids = yield store.create_users([(f"bench-{run}-{i}", f"b{i}", "!") for i in range(n)])
-    return store, db, ids, [signer.issue(u) for u in ids]
+    accounts = yield store.create_users(
+        [(f"bench-{run}-{i}", f"b{i}", "!") for i in range(n)]  # no password login
+    )
+    return store, db, [a.user_id for a in accounts], [signer.issue(a) for a in accounts]
 
 
 @defer.inlineCallbacks

@@ -32,16 +32,16 @@ def create_users(db_url: str, secret_path: str, count: int) -> Any:
     try:
         store = Store(database)
         prefix = f"d{int(time.time()):x}{random.getrandbits(16):04x}"
-        ids: list[int] = []
+        accounts: list = []
         for start in range(0, count, CHUNK):
             chunk = [
                 (f"{prefix}{i:06d}", f"bench{i}", NO_PASSWORD)
                 for i in range(start, min(count, start + CHUNK))
             ]
-            ids += yield store.create_users(chunk)
+            accounts += yield store.create_users(chunk)
     finally:
         database.close()
-    return [(uid, signer.issue(uid)) for uid in ids]
+    return [(account.user_id, signer.issue(account)) for account in accounts]
 
 
 @defer.inlineCallbacks
