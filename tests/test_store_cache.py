@@ -160,3 +160,49 @@ class StatementShapes(unittest.TestCase):
         # 231 batches of 1..3,000 rows: about 346,000 rows of distinct statements
         # when each batch's size made its own; now the halves and small rests
         self.assertLess(sum(texts.values()), 12_000)
+
+
+class WriterBatchRows(unittest.TestCase):
+    """A batch is bounded by the recipient rows it writes, not only by its messages."""
+
+    @defer.inlineCallbacks
+    def test_messages_to_a_big_cached_group_go_in_several_transactions(self):
+        from gochat.logic.writer import MessageWriter
+
+        url = "sqlite:" + tempfile.mkdtemp(prefix="gochat-rows-") + "/gochat.db"
+        database = Database(engine_from_url(url, ""))
+        self.addCleanup(database.close)
+        store = Store(database)
+        yield database.migrate()
+        accounts = yield store.create_users([(f"r{i}", "r", "!") for i in range(50)])
+        ids = [a.user_id for a in accounts]
+        gid = yield store.create_group(ids[0], "g", ids[1:])
+        yield store.commit_messages([UpItem(ids[0], None, 1, group(ids[0], gid, "warm"))])
+        self.assertEqual(store.rows_estimate(UpItem(ids[0], None, 2, group(ids[0], gid, "x"))), 50)
+
+        batches: list[int] = []
+        real_commit = store.commit_messages
+
+        def commit(items: list[UpItem]) -> defer.Deferred:
+            batches.append(len(items))
+            return real_commit(items)
+
+        store.commit_messages = commit  # type: ignore[method-assign]
+        done: list[int] = []
+        ready = [False]  # queue everything first, as a burst would
+        writer = MessageWriter(
+            store,
+            lambda item, owner, r: done.append(r.code),
+            lambda item, owner: None,
+            may_start=lambda: ready[0],
+            max_rows=120,  # two messages of 50 rows a transaction
+        )
+        for cid in range(2, 12):
+            writer.submit(UpItem(ids[0], None, cid, group(ids[0], gid, "m")), None)
+        ready[0] = True
+        writer.resume()
+        yield writer.wait_idle()
+        self.assertEqual(batches, [2, 2, 2, 2, 2])
+        self.assertEqual(done, [codes.OK] * 10)
+        latest = yield store.latest_seq(ids[7])
+        self.assertEqual(latest, 11)  # warm-up + 10, no gaps

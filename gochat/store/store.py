@@ -392,6 +392,19 @@ class Store:
 
         return self.db.run_with_retry("commit_messages", self._commit_txn, items).addCallback(done)
 
+    def rows_estimate(self, item: UpItem) -> int:
+        """Rows ``item`` will write, from the caches (1 for a group not cached yet).
+
+        The writer bounds a batch's rows with it, read on the reactor thread.
+        """
+        msg = item.message
+        if msg is None or item.reject_code != codes.OK:
+            return 1
+        if msg.session_type == pb.ST_Single:
+            return 2
+        members = self._group_cache.get(msg.receiver_id)
+        return len(members) if members else 1
+
     def _commit_txn(
         self, cur: Cursor, items: list[UpItem]
     ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple], set[int]]:
