@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from gochat import codec
-from gochat.bench import cli, runner
+from gochat.bench import cli, runner, stats
 from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
 from gochat.bench.wire import BenchSocket, mask_frame
 from gochat.bench.worker import Conn, Worker
@@ -227,6 +227,8 @@ class Scenarios(NodeTestCase):
         )
         self.assert_clean(report)
         self.assertIsNotNone(report["node_cpu_s"])
+        self.assertGreater(report["node_rss_end_kb"], 0)  # both "nodes" are this process
+        self.assertIn("node RSS at the end", stats.format_table(report))
 
     @defer.inlineCallbacks
     def test_single_pipelined(self):

@@ -190,6 +190,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
                 bar.end()
         wall = time.time() - wall0
         node_cpu1 = nodes_cpu_seconds(target)
+        node_rss = [node_rss_kb(pid) for pid in (target.pids or [target.pid])]
         client_cpu = sum(r["cpu_s"] for r in results)
         if target.processes > 1:
             client_cpu += cpu_seconds() - own_cpu0  # the runner's own share
@@ -201,6 +202,8 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             node_cpu_s=None if node_cpu0 is None else node_cpu1 - node_cpu0,
             node_cpu_pct=None if node_cpu0 is None else 100.0 * (node_cpu1 - node_cpu0) / wall,
             load=load,
+            # the node's resident memory at the end of the run (summed over a cluster)
+            node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
         )
         return report
     finally:
