@@ -194,6 +194,19 @@ class Passwords:
     def hash(self, password: str) -> defer.Deferred:
         return self._run(self._hasher.hash, password)
 
+    def service(self) -> Any:
+        """A service that stops the hashing threads when the node stops."""
+        from twisted.application import service
+
+        passwords = self
+
+        class PasswordThreads(service.Service):
+            def stopService(self) -> Any:  # noqa: N802
+                passwords.stop()
+                return super().stopService()
+
+        return PasswordThreads()
+
     def verify(self, stored: str, password: str) -> defer.Deferred:
         """Fires True or False; comparison is constant-time inside argon2."""
 

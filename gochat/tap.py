@@ -199,6 +199,7 @@ class GoChatService(service.MultiService):
 
         # The service tree: the order of addService is the start order.
         self._add("store", StoreService(self.database, self.engine.describe()))
+        self._add("passwords", self.passwords.service())
         if config.cluster:
             from gochat.rpc import build_rpc_factory
 

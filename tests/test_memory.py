@@ -67,3 +67,25 @@ class PasswordHashingMemory(unittest.TestCase):
         grown_mb = (after - before) / 1024
         # one thread holding its 19 MiB block would already be past this
         self.assertLess(grown_mb, 15, f"RSS grew {grown_mb:.1f} MB over 40 sign-ups")
+
+
+class PasswordThreads(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_hashing_threads_stop_with_the_node_and_start_again_on_demand(self) -> Any:
+        import threading
+
+        from gochat.auth import Passwords
+
+        def hashing_threads() -> int:
+            return sum(1 for t in threading.enumerate() if "gochat-argon2" in t.name)
+
+        before = hashing_threads()
+        passwords = Passwords(time_cost=1, memory_cost=8, threads=1)
+        svc = passwords.service()
+        svc.startService()
+        hashed = yield passwords.hash("pw")
+        self.assertEqual(hashing_threads(), before + 1)
+        yield svc.stopService()
+        self.assertEqual(hashing_threads(), before)
+        self.assertTrue((yield passwords.verify(hashed, "pw")))  # a new pool, on demand
+        passwords.stop()
