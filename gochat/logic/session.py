@@ -273,7 +273,7 @@ class Session:
             message=up.msg if code == codes.OK else None,
             reject_code=code,
         )
-        self.hub.submit(item, device)
+        self.hub.submit(item, device, len(data))
 
     def _check(self, up: pb.UpMsg) -> int:
         """Permanent rejections that need no database; fills in defaults."""
