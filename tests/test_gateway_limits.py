@@ -23,6 +23,7 @@ from gochat.api.resource import READ_TIMEOUT, ReadDeadlineChannel, set_read_time
 from gochat.gateway._autobahn import MAX_FRAGMENTS
 from gochat.gateway.protocol import client_address
 from gochat.pb import pb
+from tests import services
 from tests.rawhttp import RawHttp
 from tests.rawws import (
     OP_BINARY,
@@ -33,7 +34,7 @@ from tests.rawws import (
     build_frame,
     open_raw,
 )
-from tests.util import NodeTestCase, ack_of, query, text
+from tests.util import Node, NodeTestCase, ack_of, query, text
 
 SEND_BUFFER = 64 * 1024  # the smallest --max-send-buffer
 
@@ -306,6 +307,18 @@ class WriterBackpressure(NodeTestCase):
     EACH = 40
     HIGH = 400
 
+    def stall(self):
+        """Hold the write lock from another connection; returns the release."""
+        lock = sqlite3.connect(os.path.join(self.node.data_dir, "gochat.db"), timeout=30)
+        self.addCleanup(lock.close)
+        lock.execute("BEGIN IMMEDIATE")
+        return lock.rollback
+
+    def stored(self, receiver):
+        return query(self.node, "SELECT COUNT(*) FROM messages WHERE user_id = ?", (receiver,))[0][
+            0
+        ]
+
     @defer.inlineCallbacks
     def test_a_stalled_database_pauses_reading_and_everything_is_stored_after(self):
         hub = self.node.service.hub
@@ -332,10 +345,7 @@ class WriterBackpressure(NodeTestCase):
                 waiter.callback(None)
 
         writer.on_backlog = on_backlog
-        # Another connection holds the write lock: every commit waits for it.
-        lock = sqlite3.connect(os.path.join(self.node.data_dir, "gochat.db"), timeout=30)
-        self.addCleanup(lock.close)
-        lock.execute("BEGIN IMMEDIATE")
+        release = self.stall()  # every commit now waits for the lock
         try:
             content = "x" * 512
             for proto in clients:
@@ -356,7 +366,7 @@ class WriterBackpressure(NodeTestCase):
             self.assertLess(writer.queued_bytes, self.HIGH * 600)
             self.assertLess(writer.queue_peak, self.CLIENTS * self.EACH // 2)
         finally:
-            lock.rollback()
+            release()
         # Released: reading resumes, and every message is stored and ACKed 200, in order.
         for proto in clients:
             outs = yield proto.outputs(self.EACH, timeout=60)
@@ -367,8 +377,38 @@ class WriterBackpressure(NodeTestCase):
         yield resumed
         self.assertFalse(hub.reading_paused)
         self.assertEqual(changes[:2], [True, False])
-        stored = query(self.node, "SELECT COUNT(*) FROM messages WHERE user_id = ?", (receiver,))
-        self.assertEqual(stored[0][0], self.CLIENTS * self.EACH)
+        self.assertEqual(self.stored(receiver), self.CLIENTS * self.EACH)
+
+
+class WriterBackpressurePostgreSQL(WriterBackpressure):
+    """The same on PostgreSQL, the messages table locked by another connection."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.url = services.postgres_database(self)
+        self.node = Node(db=self.url)
+        yield self.node.start()
+        self.addCleanup(self.node.stop)
+        self._clients = []
+
+    def _connect(self):
+        import psycopg2
+
+        conn = psycopg2.connect(self.url)
+        self.addCleanup(conn.close)
+        return conn
+
+    def stall(self):
+        conn = self._connect()
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        return conn.rollback
+
+    def stored(self, receiver):
+        conn = self._connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM messages WHERE user_id = %s", (receiver,))
+            return cur.fetchone()[0]
 
 
 class JunkOverMaxFrame(NodeTestCase):
