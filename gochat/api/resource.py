@@ -171,7 +171,9 @@ class ReadDeadlineChannel(http.HTTPChannel):
                 b"connection: close\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-        transport.loseConnection()
+        # The channel's own loseConnection: it also unregisters the channel
+        # as the transport's producer, without which the transport waits.
+        self.loseConnection()
         # A client that does not read the 408 either is not waited for.
         self._deadline = self.callLater(ABORT_AFTER, transport.abortConnection)
 
