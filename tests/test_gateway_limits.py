@@ -16,10 +16,12 @@ import struct
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
 from twisted.web import resource, server
 
 from gochat import codec, codes
 from gochat.api.resource import READ_TIMEOUT, ReadDeadlineChannel, set_read_timeout
+from gochat.config import _PARAMS, ConfigError, Options, build_config
 from gochat.gateway._autobahn import MAX_FRAGMENTS
 from gochat.gateway.protocol import client_address
 from gochat.pb import pb
@@ -496,3 +498,48 @@ class BadCloseDropsTcp(NodeTestCase):
 
     def test_a_close_payload_over_125_bytes(self):
         return self.check(struct.pack("!H", 1000) + b"*" * 124, 1002)
+
+
+class LimitOptions(unittest.TestCase):
+    """The two new options: defaults, values, environment variables, bad values."""
+
+    def options(self, **overrides):
+        opts = {name: default for name, _short, default, _doc in _PARAMS}
+        opts.update({k.replace("_", "-"): v for k, v in overrides.items()})
+        return opts
+
+    def test_defaults(self):
+        config = build_config(self.options())
+        self.assertEqual(
+            (config.max_unauthenticated_per_address, config.http_read_timeout), (100, 10.0)
+        )
+
+    def test_values_and_environment(self):
+        config = build_config(
+            self.options(max_unauthenticated_per_address="7", http_read_timeout="2.5")
+        )
+        self.assertEqual(
+            (config.max_unauthenticated_per_address, config.http_read_timeout), (7, 2.5)
+        )
+        for name, value in (
+            ("GOCHAT_MAX_UNAUTHENTICATED_PER_ADDRESS", "9"),
+            ("GOCHAT_HTTP_READ_TIMEOUT", "3"),
+        ):
+            self.addCleanup(os.environ.pop, name, None)
+            os.environ[name] = value
+        opts = Options()
+        opts.parseOptions(["--data-dir", self.mktemp()])
+        self.assertEqual(
+            (opts.config.max_unauthenticated_per_address, opts.config.http_read_timeout), (9, 3.0)
+        )
+
+    def test_bad_values_are_one_line_errors(self):
+        for name, value in (
+            ("max_unauthenticated_per_address", "0"),
+            ("max_unauthenticated_per_address", "many"),
+            ("http_read_timeout", "0"),
+            ("http_read_timeout", "nan"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                build_config(self.options(**{name: value}))
+            self.assertIn("--" + name.replace("_", "-"), str(caught.exception))
