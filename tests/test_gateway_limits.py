@@ -138,6 +138,24 @@ class Fragments(NodeTestCase):
         self.assertEqual(len(hub.sessions), 0)
 
 
+class UnauthenticatedShareOfASmallPool(NodeTestCase):
+    """With only --max-unauthenticated lowered, one host still cannot fill it."""
+
+    node_options = {"max_unauthenticated": 50}  # the per-address option left at 100
+
+    @defer.inlineCallbacks
+    def test_another_address_gets_in_after_one_filled_what_it_could(self):
+        first = []
+        for _ in range(50):
+            proto = yield ws_from(self.node.ws_url, "127.0.0.1")
+            self.addCleanup(proto.abort)
+            first.append(proto.status)
+        self.assertEqual(first, [101] * 38 + [503] * 12)
+        other = yield ws_from(self.node.ws_url, "127.0.0.2")
+        self.addCleanup(other.abort)
+        self.assertEqual(other.status, 101)
+
+
 class UnauthenticatedPerAddress(NodeTestCase):
     """One address cannot take every slot of --max-unauthenticated."""
 

@@ -113,7 +113,7 @@ class GatewayProtocol(ServerProtocol):
         address = self.address = client_address(self.transport.getPeer())
         if (
             address is not None
-            and hub.waiting_from(address) >= factory.max_unauthenticated_per_address
+            and hub.waiting_from(address) >= factory.address_share
             and waiting >= factory.max_unauthenticated * SHARED_PART
         ):
             metrics.REFUSED.labels("max_unauthenticated_per_address").inc()
@@ -355,6 +355,16 @@ class GatewayFactory(WebSocketServerFactory):
         self.max_unauthenticated = max_unauthenticated
         self.max_send_buffer = max_send_buffer
         self.max_unauthenticated_per_address = max_unauthenticated_per_address
+        #: An address's share, never more than the part kept for the others,
+        #: so that even with a small --max-unauthenticated one host cannot
+        #: hold the whole pool.
+        self.address_share = max(
+            1,
+            min(
+                max_unauthenticated_per_address,
+                int(max_unauthenticated * (1 - SHARED_PART)),
+            ),
+        )
         self._dirty: list[GatewayProtocol] = []
         self._flush_call: Any = None
         self.setProtocolOptions(
