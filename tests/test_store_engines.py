@@ -457,8 +457,12 @@ class ConcurrentWriterTests(StoreTests):
         d2 = other.db.run_with_retry("deadlock_two", locker("second", (b, a)))
         done = yield defer.gatherResults([d1, d2], consumeErrors=True)
         self.assertEqual(done, ["first", "second"])
-        self.assertEqual(self.store.db.retries + other.db.retries, 1)
-        self.assertEqual(sorted(attempts.values()), [1, 2])
+        # One of the two is aborted and runs again; its retry can race the
+        # survivor for the row it just released and deadlock once more, so
+        # "at least one" (each retry is one more attempt) is the property.
+        retries = self.store.db.retries + other.db.retries
+        self.assertGreaterEqual(retries, 1)
+        self.assertEqual(sum(attempts.values()), 2 + retries)
         seq_a = yield self.store.latest_seq(a)
         seq_b = yield self.store.latest_seq(b)
         self.assertEqual((seq_a, seq_b), (1, 1))
