@@ -59,6 +59,8 @@ class Config:
     push_window: int = 512
     log_format: str = "text"
     log_file: str | None = None
+    output_batch: bool = False
+    legacy_jwt_key_file: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -114,7 +116,14 @@ _PARAMS = [
     ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
     ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
     ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
+    ["legacy-jwt-key-file", None, None, "GoChat's jwt.sign_key: its tokens stay valid till exp"],
 ]
+
+_FLAGS = [
+    ["output-batch", None, "write every WebSocket frame as an OutputBatch (GoChat c58f9fc)"],
+]
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 class Options(usage.Options):
@@ -123,6 +132,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run a GoChat node: HTTP API, WebSocket gateway and storage."
     optParameters = _PARAMS
+    optFlags = _FLAGS
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,9 +140,22 @@ class Options(usage.Options):
             value = os.environ.get(env_name(name))
             if value is not None and value != "":
                 self[name] = value
+        self._flag_env: dict[str, str] = {}
+        for name, _short, _doc in _FLAGS:
+            value = os.environ.get(env_name(name))
+            if value is not None:
+                self._flag_env[name] = value
         self.config: Config | None = None
 
     def postOptions(self) -> None:  # noqa: N802
+        try:
+            _flags_from_env(self, self._flag_env)
+        except ConfigError as exc:
+            sys.stderr.write(f"gochat: error: {exc}\n")
+            raise SystemExit(2) from None
+        self._post_options()
+
+    def _post_options(self) -> None:
         try:
             self.config = build_config(self)
         except ConfigError as exc:
@@ -147,6 +170,16 @@ class Options(usage.Options):
 
             logs.use_json(self.config.log_file)
             parent["logger"] = "gochat.logs.json_observer"
+
+
+def _flags_from_env(opts: dict, env: dict[str, str]) -> None:
+    """``GOCHAT_OUTPUT_BATCH=1`` turns a flag on (unless given on the command line)."""
+    for name, raw in env.items():
+        value = raw.strip().lower()
+        if value in _TRUE:
+            opts[name] = 1
+        elif value not in _FALSE:
+            raise ConfigError(f"{env_name(name)}: {raw!r} is not one of 1/0, true/false, on/off")
 
 
 def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
@@ -209,6 +242,8 @@ def build_config(opts: dict) -> Config:
         push_window=int(_number(opts, "push-window", int, 1)),
         log_format=opts["log-format"],
         log_file=opts["log-file"] or None,
+        output_batch=bool(opts.get("output-batch")),
+        legacy_jwt_key_file=opts.get("legacy-jwt-key-file") or None,
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
@@ -223,6 +258,7 @@ def build_config(opts: dict) -> Config:
     except DatabaseURLError as exc:
         raise ConfigError(f"--db: {exc}") from None
     _check_cluster_tls(config)
+    _check_legacy_jwt_key(config)
     if config.redis is not None:
         _check_cluster(config)
     if config.advertise is not None:
@@ -249,6 +285,17 @@ def _check_cluster_tls(config: Config) -> None:
         load_cluster_tls(config.cluster_ca, config.cluster_cert, config.cluster_key)
     except ClusterTLSError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_legacy_jwt_key(config: Config) -> None:
+    if config.legacy_jwt_key_file is None:
+        return
+    from gochat.auth import load_legacy_key
+
+    try:
+        load_legacy_key(config.legacy_jwt_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--legacy-jwt-key-file: {exc}") from None
 
 
 def _check_cluster(config: Config) -> None:

@@ -17,7 +17,13 @@ from twisted.logger import Logger
 from gochat import metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
-from gochat.auth import Passwords, TokenSigner, load_or_create_secret
+from gochat.auth import (
+    LegacyTokenSigner,
+    Passwords,
+    TokenSigner,
+    load_legacy_key,
+    load_or_create_secret,
+)
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
 from gochat.logic import Hub, HubConfig
@@ -70,6 +76,10 @@ class GoChatService(service.MultiService):
         os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords()
+        if config.legacy_jwt_key_file is not None:
+            # Tokens GoChat issued keep working until they expire.
+            legacy_key = load_legacy_key(config.legacy_jwt_key_file)
+            self.signer = LegacyTokenSigner(self.signer, legacy_key)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
         if config.cluster:
@@ -98,6 +108,7 @@ class GoChatService(service.MultiService):
             max_unauthenticated=config.max_unauthenticated,
             max_send_buffer=config.max_send_buffer,
             reactor=reactor,
+            output_batch=config.output_batch,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.register_limiter = RateLimiter(

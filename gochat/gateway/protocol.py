@@ -270,6 +270,19 @@ class GatewayProtocol(WebSocketServerProtocol):
         # connection) go out in one transport write.
         if self.state == _OPEN and not self.send_queue:
             n = len(frame)
+            if self.factory.output_batch:
+                # --output-batch: the turn's outputs, headers added at flush.
+                if self._paused:
+                    self._stalled(n + 4)
+                    if self.state != _OPEN:
+                        return
+                out = self._out
+                if out is None:
+                    self._out = [frame]
+                    self.factory.schedule_flush(self)
+                else:
+                    out.append(frame)
+                return
             head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
                 # The client is not reading: what waits here counts against it.
@@ -292,6 +305,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         """Write what :meth:`send` collected."""
         out, self._out = self._out, None
         if out and self.state == _OPEN and self.transport is not None:
+            if self.factory.output_batch:
+                out = _batched(out)
             # Bytes queued while paused were counted by send(); the write that
             # fills the transport's buffer is not held against the client.
             self.transport.write(b"".join(out))
@@ -308,6 +323,22 @@ class GatewayProtocol(WebSocketServerProtocol):
         # closeHandshakeTimeout.
 
 
+#: --output-batch: at most this many outputs and bytes per OutputBatch frame
+#: (GoChat's server writes 50 at most; its clients read any number).
+BATCH_MAX_OUTPUTS = 256
+BATCH_MAX_BYTES = 64 * 1024
+
+
+def _batched(outputs: list[bytes]) -> list[bytes]:
+    """One turn's outputs as WebSocket frames of ``OutputBatch`` payloads."""
+    frames: list[bytes] = []
+    for payload in codec.batch_payloads(outputs, BATCH_MAX_OUTPUTS, BATCH_MAX_BYTES):
+        n = len(payload)
+        frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
+        frames.append(payload)
+    return frames
+
+
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
@@ -320,8 +351,11 @@ class GatewayFactory(WebSocketServerFactory):
         max_unauthenticated: int = 1000,
         max_send_buffer: int = 4 * 1024 * 1024,
         reactor: Any = None,
+        output_batch: bool = False,
     ) -> None:
         super().__init__(url)
+        #: every frame written is an OutputBatch (GoChat c58f9fc's framing)
+        self.output_batch = output_batch
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
