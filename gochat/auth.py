@@ -7,9 +7,12 @@ expiry. Passwords are hashed with argon2id off the reactor thread.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 
 import jwt
@@ -97,6 +100,9 @@ class Passwords:
     def verify(self, stored: str, password: str) -> defer.Deferred:
         """Fires True or False; comparison is constant-time inside argon2."""
 
+        if stored.startswith(GOCHAT_MD5_PREFIX):
+            return threads.deferToThread(verify_gochat_md5, stored, password)
+
         def check() -> bool:
             try:
                 return self._hasher.verify(stored, password)
@@ -104,3 +110,62 @@ class Passwords:
                 return False
 
         return threads.deferToThread(check)
+
+
+# -- accounts imported from GoChat (``gochat-admin import-gochat``) ----------
+
+#: GoChat's ``hex(md5(password + salt))`` kept as ``gochat-md5$<salt>$<hex>``
+#: until the user's first login replaces it with an argon2id hash.
+GOCHAT_MD5_PREFIX = "gochat-md5$"
+
+
+def gochat_md5_hash(salt: str, hex_digest: str) -> str:
+    """The stored form of a password hash imported from GoChat."""
+    return f"{GOCHAT_MD5_PREFIX}{salt}${hex_digest.lower()}"
+
+
+def is_legacy_hash(stored: str) -> bool:
+    """True for a hash that must be replaced by argon2id at the next good login."""
+    return stored.startswith(GOCHAT_MD5_PREFIX)
+
+
+def verify_gochat_md5(stored: str, password: str) -> bool:
+    """Check a password against an imported GoChat hash, in constant time."""
+    salt, sep, digest = stored[len(GOCHAT_MD5_PREFIX) :].rpartition("$")
+    if not sep:
+        return False
+    mine = hashlib.md5((password + salt).encode()).hexdigest()
+    return hmac.compare_digest(mine, digest)
+
+
+def load_legacy_key(path: str) -> bytes:
+    """GoChat's ``jwt.sign_key`` from a file (its bytes, without the final newline)."""
+    with open(path, "rb") as f:
+        key = f.read().rstrip(b"\r\n")
+    if not key:
+        raise ValueError(f"{path} is empty")
+    return key
+
+
+class LegacyTokenSigner(TokenSigner):
+    """:class:`TokenSigner` that also accepts tokens GoChat signed with its own key.
+
+    New tokens are always ours; a GoChat token (HS256, ``{"user_id", "exp"}``)
+    verifies until its ``exp``, so users moved over need not log in again.
+    """
+
+    def __init__(self, signer: TokenSigner, legacy_key: bytes) -> None:
+        super().__init__(signer.secret, signer.ttl, signer.clock)
+        self.legacy = TokenSigner(legacy_key, signer.ttl, signer.clock)
+
+    def verify(self, token: str | bytes) -> int:
+        try:
+            return super().verify(token)
+        except BadToken as first:
+            try:
+                with warnings.catch_warnings():
+                    # GoChat ships short sign keys; PyJWT warns about each use.
+                    warnings.simplefilter("ignore")
+                    return self.legacy.verify(token)
+            except BadToken:
+                raise first from None

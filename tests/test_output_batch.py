@@ -17,6 +17,7 @@ from gochat import codec, codes
 from gochat.config import Options
 from gochat.gateway import protocol as gateway
 from gochat.pb import pb
+from tests import test_web as web_tests
 from tests.util import NodeTestCase, raw_connect, text
 
 
@@ -246,3 +247,9 @@ class PlainNode(NodeTestCase):
         self.assertEqual(pb.Output.FromString(payload).type, pb.CT_ACK)
         # GoChat c58f9fc's client reads a plain Output as an empty batch.
         self.assertEqual(gochat_outputs(payload), [])
+
+
+class BatchedBrowserChat(web_tests.BrowserChat):
+    """The web page's whole chat scenario against a node writing OutputBatch frames."""
+
+    node_options = {**web_tests.BrowserChat.node_options, "output_batch": True}

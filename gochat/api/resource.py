@@ -18,7 +18,7 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from gochat import metrics, web
-from gochat.auth import BadToken, Passwords, TokenSigner
+from gochat.auth import BadToken, Passwords, TokenSigner, is_legacy_hash
 from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
 from gochat.store.store import MAX_ID
@@ -318,6 +318,9 @@ class Api:
         if not ok:
             self._failed_login(request)
             raise ApiError(401, "wrong phone number or password")
+        if is_legacy_hash(stored):
+            # Imported from GoChat: verified once, now replaced by argon2id.
+            yield self.store.set_password_hash(user_id, (yield self.passwords.hash(password)))
         return {"token": self.signer.issue(user_id), "user_id": str(user_id)}
 
     @defer.inlineCallbacks
