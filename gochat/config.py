@@ -75,6 +75,14 @@ class Config:
     def secret_path(self) -> str:
         return self.secret_file or os.path.join(self.data_dir, "secret.key")
 
+    @property
+    def legacy_jwt_key_path(self) -> str | None:
+        """GoChat's sign key: the option, else the one ``gochat-admin import-gochat`` left."""
+        if self.legacy_jwt_key_file:
+            return self.legacy_jwt_key_file
+        default = os.path.join(self.data_dir, "gochat-jwt.key")
+        return default if os.path.exists(default) else None
+
 
 _PARAMS = [
     ["http", None, Config.http, "HTTP API endpoint (Twisted endpoint description)"],
@@ -116,7 +124,12 @@ _PARAMS = [
     ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
     ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
     ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
-    ["legacy-jwt-key-file", None, None, "GoChat's jwt.sign_key: its tokens stay valid till exp"],
+    [
+        "legacy-jwt-key-file",
+        None,
+        None,
+        "GoChat's jwt.sign_key: its tokens stay valid until exp [DATA-DIR/gochat-jwt.key]",
+    ],
 ]
 
 _FLAGS = [

@@ -76,9 +76,9 @@ class GoChatService(service.MultiService):
         os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords()
-        if config.legacy_jwt_key_file is not None:
+        if config.legacy_jwt_key_path is not None:
             # Tokens GoChat issued keep working until they expire.
-            legacy_key = load_legacy_key(config.legacy_jwt_key_file)
+            legacy_key = load_legacy_key(config.legacy_jwt_key_path)
             self.signer = LegacyTokenSigner(self.signer, legacy_key)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
