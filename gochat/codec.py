@@ -27,6 +27,7 @@ __all__ = [
     "error_frame",
     "batch_payloads",
     "split_outputs",
+    "batch_element_head",
 ]
 
 
@@ -167,6 +168,17 @@ def push_seq(frame: bytes) -> int:
 #: starts with it (its field 1 is a varint), a non-empty batch always does.
 BATCH_TAG = 0x0A
 _BATCH_TAG = b"\x0a"
+
+
+#: ``0x0A`` + the varint of every length below 2**14: an element's head, prebuilt.
+_ELEMENT_HEADS = [_BATCH_TAG + v for v in _SMALL_VARINTS]
+
+
+def batch_element_head(length: int) -> bytes:
+    """The bytes before an ``Output`` of ``length`` bytes inside an ``OutputBatch``."""
+    if length < 16384:
+        return _ELEMENT_HEADS[length]
+    return _BATCH_TAG + _varint_slow(length)
 
 
 def batch_payloads(outputs: list[bytes], max_outputs: int, max_bytes: int) -> list[bytes]:

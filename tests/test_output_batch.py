@@ -215,6 +215,23 @@ class BatchedNode(NodeTestCase):
         self.assertTrue(all(0 < n <= 4 for n in sizes), sizes)
 
     @defer.inlineCallbacks
+    def test_a_fan_out_larger_than_the_byte_cap_is_split_too(self):
+        self.patch(gateway, "BATCH_MAX_BYTES", 120)
+        alice, alice_token = yield self.node.user("alice")
+        bob, bob_token = yield self.node.user("bob")
+        a = yield self.gochat_client(alice_token)
+        a.proto.send_inputs(
+            [(pb.CT_Message, pb.UpMsg(msg=text(bob, f"m{i}"), clientId=i)) for i in range(1, 31)]
+        )
+        sizes, count = [], 0
+        while count < 30:
+            payload, _ = yield a.proto.next_frame()
+            sizes.append(len(payload))
+            count += len(pb.OutputBatch.FromString(payload).outputs)
+        self.assertGreater(len(sizes), 1)
+        self.assertTrue(all(n <= 120 for n in sizes), sizes)
+
+    @defer.inlineCallbacks
     def test_the_bundled_client_reads_batched_frames(self):
         alice, alice_token = yield self.node.user("alice")
         bob, bob_token = yield self.node.user("bob")

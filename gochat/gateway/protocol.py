@@ -271,17 +271,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == _OPEN and not self.send_queue:
             n = len(frame)
             if self.factory.output_batch:
-                # --output-batch: the turn's outputs, headers added at flush.
-                if self._paused:
-                    self._stalled(n + 4)
-                    if self.state != _OPEN:
-                        return
-                out = self._out
-                if out is None:
-                    self._out = [frame]
-                    self.factory.schedule_flush(self)
-                else:
-                    out.append(frame)
+                self._send_batched(frame, n)
                 return
             head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
@@ -297,6 +287,37 @@ class GatewayProtocol(WebSocketServerProtocol):
                 out.append(head)
                 out.append(frame)
 
+    #: --output-batch: where each OutputBatch of ``_out`` ends, and the open one's fill
+    _batch_ends: list[int] | None = None
+    _batch_count = 0
+    _batch_bytes = 0
+
+    def _send_batched(self, frame: bytes, n: int) -> None:
+        """Append ``frame`` as an ``OutputBatch`` element; a full batch is closed here,
+        so :meth:`flush` only adds the WebSocket headers."""
+        head = codec.batch_element_head(n)
+        size = len(head) + n
+        if self._paused:
+            self._stalled(size + 4)
+            if self.state != _OPEN:
+                return
+        out = self._out
+        if out is None:
+            self._out = [head, frame]
+            self._batch_ends = []
+            self._batch_count = 1
+            self._batch_bytes = size
+            self.factory.schedule_flush(self)
+            return
+        if self._batch_count >= BATCH_MAX_OUTPUTS or self._batch_bytes + size > BATCH_MAX_BYTES:
+            self._batch_ends.append(len(out))  # type: ignore[union-attr]
+            self._batch_count = 0
+            self._batch_bytes = 0
+        out.append(head)
+        out.append(frame)
+        self._batch_count += 1
+        self._batch_bytes += size
+
     def send_many(self, frames: list[bytes]) -> None:
         for frame in frames:
             self.send(frame)
@@ -306,7 +327,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         out, self._out = self._out, None
         if out and self.state == _OPEN and self.transport is not None:
             if self.factory.output_batch:
-                out = _batched(out)
+                out = _batched(out, self._batch_ends or [])
             # Bytes queued while paused were counted by send(); the write that
             # fills the transport's buffer is not held against the client.
             self.transport.write(b"".join(out))
@@ -329,13 +350,16 @@ BATCH_MAX_OUTPUTS = 256
 BATCH_MAX_BYTES = 64 * 1024
 
 
-def _batched(outputs: list[bytes]) -> list[bytes]:
-    """One turn's outputs as WebSocket frames of ``OutputBatch`` payloads."""
+def _batched(parts: list[bytes], ends: list[int]) -> list[bytes]:
+    """One turn's batch elements as WebSocket frames, a batch ending at each of ``ends``."""
     frames: list[bytes] = []
-    for payload in codec.batch_payloads(outputs, BATCH_MAX_OUTPUTS, BATCH_MAX_BYTES):
+    start = 0
+    for end in [*ends, len(parts)]:
+        payload = b"".join(parts[start:end])
         n = len(payload)
         frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
         frames.append(payload)
+        start = end
     return frames
 
 
