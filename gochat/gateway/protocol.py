@@ -41,6 +41,7 @@ def _pformat_when_debugging(obj: Any) -> str:
 _autobahn_protocol.pformat = _pformat_when_debugging
 
 _SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # a lookup, not a bytes() per push
+_ELEMENT_HEADS = [codec.batch_element_head(n) for n in range(16384)]  # --output-batch
 
 
 def frame_header(length: int) -> bytes:
@@ -271,9 +272,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == _OPEN and not self.send_queue:
             n = len(frame)
             if self.factory.output_batch:
-                self._send_batched(frame, n)
-                return
-            head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
+                # --output-batch: an OutputBatch element's head; flush adds the frames'.
+                head = _ELEMENT_HEADS[n] if n < 16384 else codec.batch_element_head(n)
+            else:
+                head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
                 # The client is not reading: what waits here counts against it.
                 self._stalled(n + len(head))
@@ -287,37 +289,6 @@ class GatewayProtocol(WebSocketServerProtocol):
                 out.append(head)
                 out.append(frame)
 
-    #: --output-batch: where each OutputBatch of ``_out`` ends, and the open one's fill
-    _batch_ends: list[int] | None = None
-    _batch_count = 0
-    _batch_bytes = 0
-
-    def _send_batched(self, frame: bytes, n: int) -> None:
-        """Append ``frame`` as an ``OutputBatch`` element; a full batch is closed here,
-        so :meth:`flush` only adds the WebSocket headers."""
-        head = codec.batch_element_head(n)
-        size = len(head) + n
-        if self._paused:
-            self._stalled(size + 4)
-            if self.state != _OPEN:
-                return
-        out = self._out
-        if out is None:
-            self._out = [head, frame]
-            self._batch_ends = []
-            self._batch_count = 1
-            self._batch_bytes = size
-            self.factory.schedule_flush(self)
-            return
-        if self._batch_count >= BATCH_MAX_OUTPUTS or self._batch_bytes + size > BATCH_MAX_BYTES:
-            self._batch_ends.append(len(out))  # type: ignore[union-attr]
-            self._batch_count = 0
-            self._batch_bytes = 0
-        out.append(head)
-        out.append(frame)
-        self._batch_count += 1
-        self._batch_bytes += size
-
     def send_many(self, frames: list[bytes]) -> None:
         for frame in frames:
             self.send(frame)
@@ -327,7 +298,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         out, self._out = self._out, None
         if out and self.state == _OPEN and self.transport is not None:
             if self.factory.output_batch:
-                out = _batched(out, self._batch_ends or [])
+                out = _batched(out)
             # Bytes queued while paused were counted by send(); the write that
             # fills the transport's buffer is not held against the client.
             self.transport.write(b"".join(out))
@@ -350,16 +321,25 @@ BATCH_MAX_OUTPUTS = 256
 BATCH_MAX_BYTES = 64 * 1024
 
 
-def _batched(parts: list[bytes], ends: list[int]) -> list[bytes]:
-    """One turn's batch elements as WebSocket frames, a batch ending at each of ``ends``."""
+def _batched(parts: list[bytes]) -> list[bytes]:
+    """One turn's batch elements (head, output, head, output, ...) as WebSocket frames.
+
+    Cut by count with slices and checked by size with one ``join``: only a
+    batch over the byte cap (big messages) is cut again element by element.
+    """
     frames: list[bytes] = []
-    start = 0
-    for end in [*ends, len(parts)]:
-        payload = b"".join(parts[start:end])
-        n = len(payload)
-        frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
-        frames.append(payload)
-        start = end
+    step = 2 * BATCH_MAX_OUTPUTS
+    for start in range(0, len(parts), step):
+        chunk = parts[start : start + step]
+        payload = b"".join(chunk)
+        if len(payload) > BATCH_MAX_BYTES and len(chunk) > 2:
+            payloads = codec.batch_payloads(chunk[1::2], BATCH_MAX_OUTPUTS, BATCH_MAX_BYTES)
+        else:
+            payloads = [payload]
+        for payload in payloads:
+            n = len(payload)
+            frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
+            frames.append(payload)
     return frames
 
 
