@@ -162,7 +162,7 @@ class ImportInto:
         self.assertEqual(dict(summary.kept), {"message rows to a group that no longer exists": 2})
         text = "\n".join(summary.lines())
         self.assertIn("users: 4 imported", text)
-        self.assertIn("messages: 19 rows read, 18 new list entries, 9 bodies", text)
+        self.assertIn("messages: 19 rows read, 18 new list entries, 9 new bodies", text)
         self.assertIn("message rows/s", text)
         self.assertNotIn(str(HUGE_ID), self.rows("SELECT phone_number FROM users"))
 
@@ -179,7 +179,10 @@ class ImportInto:
         before = self.everything()
         summary = self.run_import()
         self.assertEqual(self.everything(), before)
-        self.assertEqual((summary.users, summary.users_present, summary.messages_new), (0, 4, 0))
+        self.assertEqual(
+            (summary.users, summary.users_present, summary.messages_new, summary.bodies),
+            (0, 4, 0, 0),
+        )
 
     def test_a_target_holding_other_users_is_refused_in_one_line(self):
         engine = engine_from_url(self.url, self.data_dir)

@@ -65,7 +65,7 @@ class Summary:
     members: int = 0
     message_rows: int = 0  # rows read from GoChat's message table
     messages_new: int = 0  # list entries the node did not hold before
-    bodies: int = 0  # bodies written (shared by a message's copies)
+    bodies: int = 0  # new bodies (one per message, shared by its copies)
     skipped: Counter = field(default_factory=Counter)
     #: imported as they are, worth a word (e.g. history of a deleted group)
     kept: Counter = field(default_factory=Counter)
@@ -76,7 +76,7 @@ class Summary:
             f"users: {self.users:,} imported ({self.users_present:,} were already there)",
             f"friends: {self.friends:,}; groups: {self.groups:,}; members: {self.members:,}",
             f"messages: {self.message_rows:,} rows read, {self.messages_new:,} new list entries,"
-            f" {self.bodies:,} bodies",
+            f" {self.bodies:,} new bodies",
         ]
         rate = self.message_rows / self.seconds if self.seconds > 0 else 0.0
         out.append(f"took {self.seconds:,.1f} s ({rate:,.0f} message rows/s)")
@@ -236,9 +236,10 @@ class GoChatImport:
             self._friends(src, dst, cur)
             self._groups(src, dst, cur)
             self._members(src, dst, cur)
-            before = _count(cur, "user_messages")
+            before = _count(cur, "user_messages"), _count(cur, "message_bodies")
             self._messages(src, dst, cur)
-            self.summary.messages_new = _count(cur, "user_messages") - before
+            self.summary.messages_new = _count(cur, "user_messages") - before[0]
+            self.summary.bodies = _count(cur, "message_bodies") - before[1]
             self._seqs(src, dst, cur)
         finally:
             src.close()
@@ -439,7 +440,6 @@ class GoChatImport:
                 entry_suffix,
             )
             dst.commit()
-            self.summary.bodies += len(bodies)
             bodies.clear()
             entries.clear()
             progress.update(self.summary.message_rows)
