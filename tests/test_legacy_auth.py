@@ -18,7 +18,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from gochat.auth import (
+    Account,
     BadToken,
+    Claims,
     LegacyTokenSigner,
     TokenSigner,
     gochat_md5_hash,
@@ -72,7 +74,8 @@ class Tokens(unittest.TestCase):
 
     def test_a_gochat_token_verifies_until_it_expires(self):
         signer = self.signer()
-        self.assertEqual(signer.verify(gochat_token(42, time.time() + 60)), 42)
+        claims = signer.verify(gochat_token(42, time.time() + 60))
+        self.assertEqual((claims.user_id, claims.generation, claims.created_at), (42, None, None))
         self.assertRaises(BadToken, signer.verify, gochat_token(42, time.time() - 1))
 
     def test_a_token_signed_with_another_key_is_refused(self):
@@ -82,9 +85,9 @@ class Tokens(unittest.TestCase):
 
     def test_the_nodes_own_tokens_still_verify_and_new_ones_are_its_own(self):
         signer = self.signer()
-        token = signer.issue(7)
-        self.assertEqual(signer.verify(token), 7)
-        self.assertEqual(TokenSigner(b"x" * 32).verify(token), 7)
+        token = signer.issue(Account(7, 1234, 0))
+        self.assertEqual(signer.verify(token), Claims(7, signer.verify(token).expires, 0, 1234))
+        self.assertEqual(TokenSigner(b"x" * 32).verify(token).user_id, 7)
 
     def test_the_option_refuses_a_missing_or_empty_key_file(self):
         options = Options()
