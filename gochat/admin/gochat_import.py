@@ -223,6 +223,8 @@ class GoChatImport:
         started = time.monotonic()
         src = open_source(self.source_engine)
         try:
+            if isinstance(self.target, SQLiteEngine):
+                os.makedirs(os.path.dirname(os.path.abspath(self.target.path)), exist_ok=True)
             dst = connect_engine(self.target)
         except Exception as exc:
             src.close()
@@ -596,6 +598,4 @@ def run_import(
         target = engine_from_url(target_url, data_dir)
     except ValueError as exc:
         raise ImportFailed(f"--db: {exc}") from None
-    if isinstance(target, SQLiteEngine):
-        os.makedirs(os.path.dirname(os.path.abspath(target.path)), exist_ok=True)
     return GoChatImport(source_url, target, salt, out).run()
