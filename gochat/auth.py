@@ -85,6 +85,10 @@ def check_account(claims: Claims, account: Account | None) -> None:
     if account is None or account.user_id != claims.user_id:
         raise BadToken("no such user")
     if claims.generation is None and claims.created_at is None:
+        # An unbound token (GoChat's, see LegacyTokenSigner) predates every
+        # /logout_all of its account: the first one revokes it too.
+        if account.token_generation != 0:
+            raise BadToken("token revoked")
         return
     if claims.created_at != account.created_at:
         raise BadToken("token of another account")

@@ -138,6 +138,16 @@ class ImportedUsers(NodeTestCase):
         self.assertTrue(int(data["id"]) > 0)
 
     @defer.inlineCallbacks
+    def test_logout_all_revokes_gochat_tokens_too(self):
+        user_id = yield self.imported_user("13800000004", "123456")
+        old_token = gochat_token(user_id, time.time() + 3600)
+        data = yield self.node.api().login("13800000004", "123456")
+        yield self.node.api().call("POST", "/logout_all", token=data["token"])
+        proto = yield self.raw()
+        code, _ = yield proto.login(old_token)
+        self.assertEqual(code, 1003)
+
+    @defer.inlineCallbacks
     def test_an_expired_gochat_token_is_refused(self):
         user_id = yield self.imported_user("13800000003", "123456")
         proto = yield self.raw()
