@@ -43,6 +43,7 @@ from gochat.store.engines import (
 
 MAX_ID = 2**63 - 1  # the node's ids are signed 64-bit
 BATCH = 2000  # rows per insert transaction
+ENTRY_BATCH = 10_000  # narrow user_messages rows per transaction (fewer commits)
 #: copies of one (sender, receiver, session type, second) kept in memory while
 #: grouping; a larger run (a client that sent no times) falls back to one body per row
 RUN_LIMIT = 50_000
@@ -454,7 +455,8 @@ class GoChatImport:
         )
         for run in self._runs(rows):
             self._place(run, bodies, entries)
-            if len(entries) >= BATCH:
+            # Bodies carry the content (memory); list entries are four integers.
+            if len(bodies) >= BATCH or len(entries) >= ENTRY_BATCH:
                 flush()
         flush()
         progress.update(self.summary.message_rows, final=True)
