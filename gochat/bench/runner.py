@@ -131,9 +131,16 @@ def register_users(
     done = [0]
     what = f"POST {api.base_url}/register"
 
+    inflight: set[defer.Deferred] = set()
+    stopped: list[bool] = []
+
     @defer.inlineCallbacks
     def one(i: int) -> Any:
+        if stopped:
+            raise SetupError(f"{what}: stopped")
         d = api.register(f"{prefix}{i:06d}", password, f"bench{i}")
+        inflight.add(d)
+        d.addBoth(lambda result: (inflight.discard(d), result)[1])
         data = yield bounded(d, reactor, timeout, what) if reactor is not None else d
         done[0] += 1
         if out is not None and out.isatty() and (done[0] % 50 == 0 or done[0] == count):
@@ -144,9 +151,16 @@ def register_users(
         except (AttributeError, KeyError, TypeError, ValueError):
             raise SetupError(f"{what}: the answer has no id and token: {data!r:.200}") from None
 
-    users = yield defer.gatherResults(
-        [sem.run(one, i) for i in range(count)], consumeErrors=True
-    ).addErrback(first_error)
+    try:
+        users = yield defer.gatherResults(
+            [sem.run(one, i) for i in range(count)], consumeErrors=True
+        ).addErrback(first_error)
+    except Exception:
+        # The run is over: queued sign-ups do not start, those in flight stop.
+        stopped.append(True)
+        for d in list(inflight):
+            d.cancel()
+        raise
     if out is not None:
         out.write(f"{chr(10) if out.isatty() else ''}registered {count:,} users\n")
     return users
