@@ -59,6 +59,8 @@ class Config:
     push_window: int = 512
     log_format: str = "text"
     log_file: str | None = None
+    max_unauthenticated_per_address: int = 100
+    http_read_timeout: float = 10.0
     output_batch: bool = False
     legacy_jwt_key_file: str | None = None
 
@@ -125,6 +127,16 @@ _PARAMS = [
     ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
     ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
     [
+        "max-unauthenticated-per-address",
+        None,
+        "100",
+        "connections one address may hold waiting to log in once the pool is 3/4 full (503)",
+    ],
+    [
+        "http-read-timeout",
+        None,
+        "10",
+        "seconds an HTTP client has to send a whole request (headers and body)",
         "legacy-jwt-key-file",
         None,
         None,
@@ -255,6 +267,10 @@ def build_config(opts: dict) -> Config:
         push_window=int(_number(opts, "push-window", int, 1)),
         log_format=opts["log-format"],
         log_file=opts["log-file"] or None,
+        max_unauthenticated_per_address=int(
+            _number(opts, "max-unauthenticated-per-address", int, 1)
+        ),
+        http_read_timeout=_number(opts, "http-read-timeout", float, 0.1),
         output_batch=bool(opts.get("output-batch")),
         legacy_jwt_key_file=opts.get("legacy-jwt-key-file") or None,
     )

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from gochat import metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
+from gochat.api.resource import set_read_timeout
 from gochat.auth import (
     LegacyTokenSigner,
     Passwords,
@@ -184,6 +185,7 @@ class GoChatService(service.MultiService):
             max_unauthenticated=config.max_unauthenticated,
             max_send_buffer=config.max_send_buffer,
             reactor=reactor,
+            max_unauthenticated_per_address=config.max_unauthenticated_per_address,
             output_batch=config.output_batch,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
@@ -199,6 +201,7 @@ class GoChatService(service.MultiService):
             register_limiter=self.register_limiter,
             on_logout_all=self._logged_out_everywhere,
         )
+        set_read_timeout(self.site, config.http_read_timeout)
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
             b"healthz", HealthResource(self.database, self.hub.presence, reactor)
