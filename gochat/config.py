@@ -137,6 +137,8 @@ _PARAMS = [
         None,
         "10",
         "seconds an HTTP client has to send a whole request (headers and body)",
+    ],
+    [
         "legacy-jwt-key-file",
         None,
         None,
