@@ -132,11 +132,11 @@ class Source:
 
 def gochat_database(test: Any) -> Source:
     """The fixture every import test starts from (see the comments for what is odd in it)."""
-    import pymysql
+    import MySQLdb
 
     url = mysql_database(test)
     parts = urlparse(url)
-    conn = pymysql.connect(
+    conn = MySQLdb.connect(
         host=parts.hostname, port=parts.port, user=parts.username, database=parts.path[1:]
     )
     test.addCleanup(conn.close)

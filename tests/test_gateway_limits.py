@@ -414,9 +414,9 @@ class WriterBackpressurePostgreSQL(WriterBackpressure):
         self._clients = []
 
     def _connect(self):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(self.url)
+        conn = psycopg.connect(self.url)
         self.addCleanup(conn.close)
         return conn
 

@@ -113,13 +113,14 @@ def source_engine(url: str) -> MySQLEngine:
 
 def open_source(engine: MySQLEngine) -> Any:
     """GoChat's database, read in one consistent snapshot, rows streamed."""
-    import pymysql.cursors
+    import MySQLdb
+    import MySQLdb.cursors
 
     kwargs = dict(engine.connect_kwargs)
-    kwargs["cursorclass"] = pymysql.cursors.SSCursor
+    kwargs["cursorclass"] = MySQLdb.cursors.SSCursor
     try:
-        conn = pymysql.connect(**kwargs)
-    except pymysql.err.MySQLError as exc:
+        conn = MySQLdb.connect(**kwargs)
+    except MySQLdb.MySQLError as exc:
         raise ImportFailed(f"--from {engine.describe()}: {exc}") from None
     cur = conn.cursor()
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
