@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor
 
 from gochat import codes
 from gochat.pb import pb
+from tests.logic_util import LogicTestCase
 from tests.people_util import PeopleCase, outputs_of
 
 
@@ -259,3 +260,29 @@ class ReceiptsPostgres(Receipts, PeopleCase):
 
 class ReceiptsMariaDB(Receipts, PeopleCase):
     engine = "mysql"
+
+
+class TypingRate(LogicTestCase):
+    """The per-connection typing limit, on a fake clock."""
+
+    @defer.inlineCallbacks
+    def test_past_five_at_once_typing_is_1013_and_one_a_second_comes_back(self):
+        a, ta = yield self.user("alice")
+        b, tb = yield self.user("bob")
+        alice, alice_conn = yield self.login(ta)
+        frame = pb.Input(
+            type=pb.CT_Typing,
+            data=pb.TypingMsg(session_type=pb.ST_Single, peer_id=b).SerializeToString(),
+        ).SerializeToString()
+
+        def refusals() -> list[int]:
+            return [o.code for o in alice_conn.outputs() if o.type == pb.CT_Typing]
+
+        for _ in range(6):
+            alice.frame_received(frame)
+        yield alice_conn.wait_for(lambda outs: any(o.type == pb.CT_Typing for o in outs))
+        self.assertEqual(refusals(), [codes.RATE_LIMITED])
+        self.clock.advance(1.0)
+        alice.frame_received(frame)
+        alice.frame_received(frame)
+        self.assertEqual(refusals(), [codes.RATE_LIMITED, codes.RATE_LIMITED])
