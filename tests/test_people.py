@@ -67,6 +67,19 @@ class People:
         yield self.ok("POST", "/user/update", ta, [("nickname", "é" * 32)])
 
     @defer.inlineCallbacks
+    def test_names_are_limited_at_registration_and_group_creation_too(self):
+        status, _ = yield self.call(
+            "POST",
+            "/register",
+            form=[("phone_number", "+49999"), ("password", "pw"), ("nickname", "n" * 33)],
+        )
+        self.assertEqual(status, 400)
+        ((_, ta),) = yield self.users("alice")
+        for bad in ("g" * 65, "line\nbreak"):
+            status, _ = yield self.call("POST", "/group/create", ta, [("name", bad)])
+            self.assertEqual(status, 400, bad)
+
+    @defer.inlineCallbacks
     def test_friend_list_names_the_friends_both_ways(self):
         (a, ta), (b, tb), (c, _) = yield self.users("alice", "bob", "carol")
         yield self.ok("POST", "/friend/add", ta, [("friend_id", str(b))])

@@ -16,6 +16,8 @@ from twisted.web.server import Request
 from gochat import codes, metrics
 from gochat.api.resource import (
     MAX_GROUP_MEMBERS,
+    MAX_GROUP_NAME,
+    MAX_NICKNAME,
     ApiError,
     Endpoint,
     Params,
@@ -27,8 +29,6 @@ from gochat.store import NotFound, Store
 from gochat.store.people import NO_CHANGE, GroupOp, message_json
 from gochat.store.store import MAX_ID
 
-MAX_NICKNAME = 32
-MAX_GROUP_NAME = 64
 MAX_INFO_IDS = 500
 MAX_PHONE = 32
 DEFAULT_CONVERSATIONS = 50

@@ -28,6 +28,8 @@ MAX_BODY = 64 * 1024
 MAX_PHONE = 32
 MAX_PASSWORD = 256
 MAX_NAME = 64
+MAX_NICKNAME = 32  # characters; docs/protocol/people.rst
+MAX_GROUP_NAME = 64
 MAX_GROUP_MEMBERS = 10000
 #: A body this many times over MAX_BODY is not read to its end: the connection is dropped.
 DISCARD_FACTOR = 16
@@ -302,7 +304,7 @@ class Api:
             raise self._refuse(limiter, address, "register_rate")
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD)
-        nickname = params.text("nickname", MAX_NAME)
+        nickname = check_name(params.text("nickname", MAX_NICKNAME), "nickname", MAX_NICKNAME)
         hashed = yield self.passwords.hash(password)
         try:
             user_id = yield self.store.create_user(phone, nickname, hashed)
@@ -345,7 +347,7 @@ class Api:
 
     @defer.inlineCallbacks
     def create_group(self, request: Request, params: Params, user_id: int) -> Any:
-        name = params.text("name", 128)
+        name = check_name(params.text("name", MAX_GROUP_NAME), "name", MAX_GROUP_NAME)
         ids = params.ids("ids")
         if len(set(ids)) > MAX_GROUP_MEMBERS:
             raise ApiError(400, f"a group holds at most {MAX_GROUP_MEMBERS} members")

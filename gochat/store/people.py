@@ -24,6 +24,11 @@ ConvKey = tuple[int, int, int]
 NO_CHANGE = -1
 #: rows looked at to find a group's last message in a user's list
 LAST_SEQ_WINDOW = 10000
+#: members a group may reach by additions (as at its creation)
+MAX_GROUP_MEMBERS = 10000
+#: conversation counters kept in memory (single writer); past this they are
+#: all dropped and read again as needed
+POS_CACHE_LIMIT = 262144
 
 _CONV_COLUMNS = (
     "INSERT INTO conversations (user_id, session_type, peer_id, read_pos, read_seq, left_pos,"
@@ -87,6 +92,9 @@ def apply_group_op(
         new = [u for u in wanted if u not in present]
         if not new:
             return NO_CHANGE, "", members, (), None
+        if len(present) + len(new) > MAX_GROUP_MEMBERS:
+            detail = f"a group holds at most {MAX_GROUP_MEMBERS} members"
+            return codes.PARAM_ILLEGAL, detail, members, (), None
         cur.executemany(
             "INSERT INTO group_members (group_id, user_id, joined_at) VALUES (?, ?, ?)",
             [(gid, u, now) for u in new],

@@ -289,9 +289,13 @@ class Store:
             results, seqs, groups = outcome
             if single_writer:
                 self._seq_cache.update(seqs)
+                if len(self._pos_cache) > people.POS_CACHE_LIMIT:
+                    self._pos_cache.clear()  # bounded: the database has them all
                 self._pos_cache.update(txn_state.get("positions", ()))
             if generation == self._group_generation:
                 self._group_cache.update(groups)
+                if len(self._group_versions) > people.POS_CACHE_LIMIT:
+                    self._group_versions.clear()  # a missing version only means a reload
                 self._group_versions.update(txn_state.get("versions", ()))
             self._groups_changed(txn_state.get("changed_groups", ()))
             # Every recipient of a stored message got a seq: one C-level update
@@ -543,7 +547,11 @@ class Store:
         return current
 
     def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
-        """Add existing users to a group (idempotent); every node's cache is invalidated."""
+        """Add existing users to a group (idempotent); every node's cache is invalidated.
+
+        No event and no read rows: members use ``Hub.change_group``; this is
+        for operators and tests of the cache invalidation.
+        """
         wanted = sorted(set(user_ids))
 
         def txn(cur: Cursor) -> None:
