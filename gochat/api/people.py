@@ -16,14 +16,14 @@ from twisted.web.server import Request
 from gochat import codes, metrics
 from gochat.api.resource import (
     MAX_GROUP_MEMBERS,
-    MAX_GROUP_NAME,
-    MAX_NICKNAME,
     ApiError,
     Endpoint,
     Params,
+    TokenAuth,
     check_name,
 )
-from gochat.auth import TokenSigner
+from gochat.inputs import GROUP_NAME_MAX as MAX_GROUP_NAME
+from gochat.inputs import NICKNAME_MAX as MAX_NICKNAME
 from gochat.ratelimit import RateLimiter
 from gochat.store import NotFound, Store
 from gochat.store.people import NO_CHANGE, GroupOp, message_json
@@ -220,7 +220,7 @@ def mount_people(
     friend: resource.Resource,
     group: resource.Resource,
     api: PeopleApi,
-    signer: TokenSigner,
+    signer: TokenAuth,
 ) -> None:
     """Put the calls under ``root`` (``friend`` and ``group`` are its existing folders)."""
     user = _folder(root, b"user")

@@ -15,7 +15,7 @@ from typing import Any
 
 from gochat import codes
 from gochat.pb import pb
-from gochat.store.database import Cursor
+from gochat.store.database import Cursor, Refusal
 
 #: ``(session_type, low_id, high_id)``: a pair (1, lower id, higher id) or a group (2, id, 0)
 ConvKey = tuple[int, int, int]
@@ -36,6 +36,10 @@ _CONV_COLUMNS = (
 )
 _CONV_KEY = "user_id, session_type, peer_id"
 _HEAD_KEY = "session_type, low_id, high_id"
+
+
+class NotInConversation(Refusal, ValueError):
+    """A read position names a seq that is no message of that conversation."""
 
 
 @dataclass
@@ -486,7 +490,7 @@ def mark_read(cur: Cursor, engine: Any, user_id: int, st: int, peer: int, seq: i
     if row is None:
         if conv is None:
             raise NotFound("no such conversation")
-        raise ValueError(f"seq {seq} is not a message of this conversation")
+        raise NotInConversation(f"seq {seq} is not a message of this conversation")
     pos = int(row[5]) if row[5] is not None else 0
     peer_seq = owner_seq if owner == peer else int(row[6] or 0)
     if conv is None:  # a one-to-one chat from before conversations were kept
