@@ -492,6 +492,11 @@ class Store:
         state["positions"] = people.record_positions(
             cur, self.engine, entries, self._pos_cache, now
         )
+        if "versions" in state:
+            # A stale copy that no item of this batch reloaded stays stale.
+            state["versions"] = {
+                g: v for g, v in state["versions"].items() if g in groups or g not in stale
+            }
         changed = {u: current[u] for u in users}
         # Every user here has a user_seq row: the upsert only ever updates,
         # in one statement instead of one per user.
