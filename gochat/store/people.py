@@ -186,7 +186,17 @@ def record_positions(
     """
     if not entries:
         return {}
-    keys = sorted({conv_key(m) for m, *_ in entries})
+    # One read of each message's fields (protobuf attribute reads are the
+    # costly part of this function); the owner is the sender.
+    keyed = []
+    for msg, owner, owner_seq, rows, op in entries:
+        receiver = msg.receiver_id
+        if msg.session_type == pb.ST_Single:
+            key = (1, owner, receiver) if owner < receiver else (1, receiver, owner)
+        else:
+            key = (2, receiver, 0)
+        keyed.append((key, receiver, owner, owner_seq, rows, op))
+    keys = sorted({k[0] for k in keyed})
     current: dict[ConvKey, int] = {}
     if engine.single_writer:
         current = {k: cache[k] for k in keys if k in cache}
@@ -215,17 +225,13 @@ def record_positions(
     heads: dict[ConvKey, tuple] = {}
     senders: dict[tuple[int, int, int], tuple] = {}
     receivers: dict[tuple[int, int, int], tuple] = {}
-    for msg, owner, owner_seq, rows, op in entries:
-        key = conv_key(msg)
+    for key, peer, owner, owner_seq, rows, op in keyed:
         pos = current.get(key, 0) + 1
         current[key] = pos
         peer_seq = 0
         if key[0] == 1:
-            peer = msg.receiver_id
             peer_seq = next(seq for uid, seq in rows if uid == peer)
             receivers[(peer, 1, owner)] = (peer, 1, owner, 0, 0, 0, 0, 0, 0)
-        else:
-            peer = msg.receiver_id
         positions += (owner, owner_seq, pos, peer_seq)
         heads[key] = (*key, pos, owner, owner_seq, now)
         if op is not None:
