@@ -18,10 +18,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
-from gochat import metrics
+from gochat import malloc, metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
 from gochat.api.people import SEARCH_BURST, SEARCH_RATE
+from gochat.api.resource import set_read_timeout
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -153,9 +154,13 @@ class GoChatService(service.MultiService):
 
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
-        self.store = Store(self.database)
+        self.store = Store(
+            self.database,
+            cache_users=config.cache_users,
+            cache_group_members=config.cache_group_members,
+        )
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
-        self.passwords = passwords or Passwords()
+        self.passwords = passwords or Passwords(threads=config.hash_threads)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
         if config.cluster:
@@ -175,6 +180,7 @@ class GoChatService(service.MultiService):
             max_unauthenticated=config.max_unauthenticated,
             max_send_buffer=config.max_send_buffer,
             reactor=reactor,
+            max_unauthenticated_per_address=config.max_unauthenticated_per_address,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.register_limiter = RateLimiter(
@@ -193,6 +199,7 @@ class GoChatService(service.MultiService):
             hub=self.hub,
             search_limiter=self.search_limiter,
         )
+        set_read_timeout(self.site, config.http_read_timeout)
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
             b"healthz", HealthResource(self.database, self.hub.presence, reactor)
@@ -200,6 +207,7 @@ class GoChatService(service.MultiService):
 
         # The service tree: the order of addService is the start order.
         self._add("store", StoreService(self.database, self.engine.describe()))
+        self._add("passwords", self.passwords.service())
         if config.cluster:
             from gochat.rpc import build_rpc_factory
 
@@ -223,6 +231,7 @@ class GoChatService(service.MultiService):
                 self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
             ),
         )
+        self._add("malloc-trim", malloc.TrimService(reactor))
         self._add("ws", ListeningService("ws", config.ws, self.ws_factory, reactor))
         self._add("http", ListeningService("http", config.http, self.site, reactor))
 
@@ -454,4 +463,5 @@ def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's nam
         node.created.insert(0, os.path.abspath(pidfile))  # twistd writes it after this
     sys.setswitchinterval(SWITCH_INTERVAL)
     tune_gc()
+    malloc.tune()
     return node

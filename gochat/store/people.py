@@ -26,8 +26,8 @@ NO_CHANGE = -1
 LAST_SEQ_WINDOW = 10000
 #: members a group may reach by additions (as at its creation)
 MAX_GROUP_MEMBERS = 10000
-#: conversation counters kept in memory (single writer); past this they are
-#: all dropped and read again as needed
+#: conversation counters kept in memory (single writer; least recently used
+#: dropped past this, and read again when needed), and group versions
 POS_CACHE_LIMIT = 262144
 
 _CONV_COLUMNS = (
@@ -175,7 +175,7 @@ def record_positions(
     cur: Cursor,
     engine: Any,
     entries: list[tuple[pb.Message, int, int, list[tuple[int, int]], GroupOp | None]],
-    cache: dict[ConvKey, int],
+    cache: Any,
     now: int,
 ) -> dict[ConvKey, int]:
     """Positions of a batch's committed messages, in commit order.
@@ -199,7 +199,8 @@ def record_positions(
     keys = sorted({k[0] for k in keyed})
     current: dict[ConvKey, int] = {}
     if engine.single_writer:
-        current = {k: cache[k] for k in keys if k in cache}
+        get = cache.get
+        current = {k: pos for k in keys if (pos := get(k)) is not None}
     missing = [k for k in keys if k not in current]
     if missing and not engine.single_writer:
         # An absent head is created first, so two nodes starting the same
