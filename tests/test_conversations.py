@@ -4,6 +4,7 @@ sockets on SQLite, PostgreSQL and MariaDB."""
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.trial import unittest
 
 from gochat.pb import pb
 from tests.people_util import PeopleCase
@@ -215,3 +216,80 @@ class ConversationsPostgres(Conversations, PeopleCase):
 
 class ConversationsMariaDB(Conversations, PeopleCase):
     engine = "mysql"
+
+
+class UpgradeTests:
+    """Schema 004 on a database of the earlier schema, on each engine."""
+
+    def url(self, directory: str) -> str:
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def test_groups_of_an_earlier_schema_become_conversations(self):
+        import tempfile
+
+        from gochat.store import Database, Store, UpItem, engine_from_url
+        from gochat.store import database as database_module
+        from gochat.store.database import schema_deltas
+
+        directory = tempfile.mkdtemp(prefix="gochat-upgrade-")
+        db = Database(engine_from_url(self.url(directory), directory))
+        self.addCleanup(db.close)
+        earlier = [d for d in schema_deltas() if d[0] < 4]
+        self.patch(database_module, "schema_deltas", lambda: earlier)
+        yield db.migrate()
+
+        def old_rows(cur):
+            for uid in (1, 2):
+                cur.execute(
+                    "INSERT INTO users (id, phone_number, nickname, password_hash, created_at)"
+                    " VALUES (?, ?, ?, 'x', 0)",
+                    (uid, f"+{uid}", f"user{uid}"),
+                )
+                cur.execute("INSERT INTO user_seq (user_id, seq) VALUES (?, 0)", (uid,))
+            cur.execute(
+                "INSERT INTO chat_groups (id, name, owner_id, created_at) VALUES (5, 'old', 1, 7)"
+            )
+            cur.executemany(
+                "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)", [(5, 1), (5, 2)]
+            )
+
+        yield db.run_interaction("old_rows", old_rows)
+        self.patch(database_module, "schema_deltas", schema_deltas)
+        yield db.migrate()
+        store = Store(db)
+        page, more = yield store.conversations(2, 50, None)
+        self.assertEqual(
+            [(c.session_type, c.peer_id, c.name, c.unread, c.last_message) for c in page],
+            [(2, 5, "old", 0, None)],
+        )
+        msg = pb.Message(
+            session_type=pb.ST_Group, receiver_id=5, sender_id=1, message_type=1, content=b"hi"
+        )
+        (result,) = yield store.commit_messages([UpItem(1, None, 1, msg)])
+        self.assertEqual(result.code, 200)
+        page, _ = yield store.conversations(2, 50, None)
+        self.assertEqual(
+            [(c.unread, c.last_message.content, c.last_message.seq) for c in page], [(1, b"hi", 1)]
+        )
+        info = yield store.group_info(5)
+        self.assertEqual(info, ("old", 1, [(1, "user1"), (2, "user2")], 1))
+
+
+class UpgradeSQLite(UpgradeTests, unittest.TestCase):
+    def url(self, directory: str) -> str:
+        return "sqlite:" + directory + "/g.db"
+
+
+class UpgradePostgres(UpgradeTests, unittest.TestCase):
+    def url(self, directory: str) -> str:
+        from tests import services
+
+        return services.postgres_database(self)
+
+
+class UpgradeMariaDB(UpgradeTests, unittest.TestCase):
+    def url(self, directory: str) -> str:
+        from tests import services
+
+        return services.mysql_database(self)
