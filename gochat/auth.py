@@ -13,9 +13,12 @@ thread, in a small pool of its own.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +87,10 @@ def check_account(claims: Claims, account: Account | None) -> None:
     if account is None or account.user_id != claims.user_id:
         raise BadToken("no such user")
     if claims.generation is None and claims.created_at is None:
+        # An unbound token (GoChat's, see LegacyTokenSigner) predates every
+        # /logout_all of its account: the first one revokes it too.
+        if account.token_generation != 0:
+            raise BadToken("token revoked")
         return
     if claims.created_at != account.created_at:
         raise BadToken("token of another account")
@@ -210,6 +217,9 @@ class Passwords:
     def verify(self, stored: str, password: str) -> defer.Deferred:
         """Fires True or False; comparison is constant-time inside argon2."""
 
+        if stored.startswith(GOCHAT_MD5_PREFIX):
+            return threads.deferToThread(verify_gochat_md5, stored, password)
+
         def check() -> bool:
             try:
                 return self._hasher.verify(stored, password)
@@ -217,3 +227,89 @@ class Passwords:
                 return False
 
         return self._run(check)
+
+
+# -- accounts imported from GoChat (``gochat-admin import-gochat``) ----------
+
+#: GoChat's ``hex(md5(password + salt))`` kept as ``gochat-md5$<salt>$<hex>``
+#: until the user's first login replaces it with an argon2id hash.
+GOCHAT_MD5_PREFIX = "gochat-md5$"
+
+
+def gochat_md5_hash(salt: str, hex_digest: str) -> str:
+    """The stored form of a password hash imported from GoChat."""
+    return f"{GOCHAT_MD5_PREFIX}{salt}${hex_digest.lower()}"
+
+
+def is_legacy_hash(stored: str) -> bool:
+    """True for a hash that must be replaced by argon2id at the next good login."""
+    return stored.startswith(GOCHAT_MD5_PREFIX)
+
+
+def verify_gochat_md5(stored: str, password: str) -> bool:
+    """Check a password against an imported GoChat hash, in constant time."""
+    salt, sep, digest = stored[len(GOCHAT_MD5_PREFIX) :].rpartition("$")
+    if not sep:
+        return False
+    mine = hashlib.md5((password + salt).encode()).hexdigest()
+    return hmac.compare_digest(mine, digest)
+
+
+def load_legacy_key(path: str) -> bytes:
+    """GoChat's ``jwt.sign_key`` from a file (its bytes, without the final newline)."""
+    with open(path, "rb") as f:
+        key = f.read().rstrip(b"\r\n")
+    if not key:
+        raise ValueError(f"{path} is empty")
+    return key
+
+
+class LegacyTokenSigner(TokenSigner):
+    """:class:`TokenSigner` that also accepts tokens GoChat signed with its own key.
+
+    New tokens are always ours; a GoChat token (HS256, ``{"user_id", "exp"}``)
+    verifies until its ``exp``, so users moved over need not log in again. It
+    is bound to no account generation: :func:`check_account` only checks
+    that the user exists.
+    """
+
+    def __init__(self, signer: TokenSigner, legacy_key: bytes) -> None:
+        super().__init__(signer.secret, signer.ttl, signer.clock)
+        self.legacy_key = legacy_key
+
+    def verify(self, token: str | bytes) -> Claims:
+        try:
+            return super().verify(token)
+        except BadToken as first:
+            try:
+                return self._verify_gochat(token)
+            except BadToken:
+                raise first from None
+
+    def _verify_gochat(self, token: str | bytes) -> Claims:
+        if isinstance(token, bytes):
+            try:
+                token = token.decode("ascii")
+            except UnicodeDecodeError:
+                raise BadToken("token is not ASCII") from None
+        if not token or len(token) > 4096:
+            raise BadToken("missing token")
+        try:
+            with warnings.catch_warnings():
+                # GoChat ships short sign keys; PyJWT warns about each use.
+                warnings.simplefilter("ignore")
+                claims = jwt.decode(
+                    token,
+                    self.legacy_key,
+                    algorithms=[ALGORITHM],
+                    options={"require": ["exp", "user_id"], "verify_exp": False},
+                )
+        except jwt.PyJWTError as exc:
+            raise BadToken(str(exc)) from None
+        exp = claims.get("exp")
+        if not _is_int(exp) or exp <= self.clock.time():
+            raise BadToken("token expired")
+        user_id = claims.get("user_id")
+        if not _is_int(user_id) or not 0 < user_id <= MAX_ID:
+            raise BadToken("token carries no user id")
+        return Claims(user_id, float(exp))

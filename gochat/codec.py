@@ -26,6 +26,9 @@ __all__ = [
     "message_base",
     "sync_frame",
     "error_frame",
+    "batch_payloads",
+    "split_outputs",
+    "batch_element_head",
 ]
 
 
@@ -186,3 +189,62 @@ def typing_frame(session_type: int, peer_id: int, sender_id: int) -> bytes:
     """``Output{CT_Typing, 200, TypingMsg}``: someone is typing (never stored)."""
     body = pb.TypingMsg(session_type=session_type, peer_id=peer_id, sender_id=sender_id)
     return encode_output(pb.CT_Typing, codes.OK, body.SerializeToString())
+
+
+# -- OutputBatch framing (GoChat c58f9fc's newest clients) ------------------
+
+#: The ``OutputBatch.outputs`` tag (field 1, bytes). A plain ``Output`` never
+#: starts with it (its field 1 is a varint), a non-empty batch always does.
+BATCH_TAG = 0x0A
+_BATCH_TAG = b"\x0a"
+
+
+#: ``0x0A`` + the varint of every length below 2**14: an element's head, prebuilt.
+_ELEMENT_HEADS = [_BATCH_TAG + v for v in _SMALL_VARINTS]
+
+
+def batch_element_head(length: int) -> bytes:
+    """The bytes before an ``Output`` of ``length`` bytes inside an ``OutputBatch``."""
+    if length < 16384:
+        return _ELEMENT_HEADS[length]
+    return _BATCH_TAG + _varint_slow(length)
+
+
+def batch_payloads(outputs: list[bytes], max_outputs: int, max_bytes: int) -> list[bytes]:
+    """Serialized ``OutputBatch`` payloads holding ``outputs`` in order.
+
+    A batch holds at most ``max_outputs`` elements and, unless a single
+    output is larger on its own, at most ``max_bytes`` bytes, so a client's
+    read limit is not exceeded by a fan-out. Built by hand: each element is
+    the tag, its length and the bytes, exactly what protobuf writes.
+    """
+    batches: list[bytes] = []
+    parts: list[bytes] = []
+    count = size = 0
+    for output in outputs:
+        n = len(output)
+        length = _SMALL_VARINTS[n] if n < 16384 else _varint_slow(n)
+        element = 1 + len(length) + n
+        if parts and (count >= max_outputs or size + element > max_bytes):
+            batches.append(b"".join(parts))
+            parts = []
+            count = size = 0
+        parts.append(_BATCH_TAG)
+        parts.append(length)
+        parts.append(output)
+        count += 1
+        size += element
+    if parts:
+        batches.append(b"".join(parts))
+    return batches
+
+
+def split_outputs(payload: bytes) -> list[bytes]:
+    """The serialized ``Output`` messages of one server frame, batched or not.
+
+    Readers call this on every frame and need not be told which framing the
+    node writes; raises :class:`DecodeError` on a batch that does not parse.
+    """
+    if not payload or payload[0] != BATCH_TAG:
+        return [payload]
+    return list(pb.OutputBatch.FromString(payload).outputs)

@@ -64,6 +64,8 @@ class Config:
     hash_threads: int = 2
     cache_users: int = 100_000
     cache_group_members: int = 200_000
+    output_batch: bool = False
+    legacy_jwt_key_file: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -77,6 +79,14 @@ class Config:
     @property
     def secret_path(self) -> str:
         return self.secret_file or os.path.join(self.data_dir, "secret.key")
+
+    @property
+    def legacy_jwt_key_path(self) -> str | None:
+        """GoChat's sign key: the option, else the one ``gochat-admin import-gochat`` left."""
+        if self.legacy_jwt_key_file:
+            return self.legacy_jwt_key_file
+        default = os.path.join(self.data_dir, "gochat-jwt.key")
+        return default if os.path.exists(default) else None
 
 
 _PARAMS = [
@@ -134,7 +144,19 @@ _PARAMS = [
     ["hash-threads", None, "2", "threads hashing passwords (19 MiB each while hashing)"],
     ["cache-users", None, "100000", "users whose seq and existence the store keeps in memory"],
     ["cache-group-members", None, "200000", "group member ids the store keeps in memory"],
+    [
+        "legacy-jwt-key-file",
+        None,
+        None,
+        "GoChat's jwt.sign_key: its tokens stay valid until exp [DATA-DIR/gochat-jwt.key]",
+    ],
 ]
+
+_FLAGS = [
+    ["output-batch", None, "write every WebSocket frame as an OutputBatch (GoChat c58f9fc)"],
+]
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 class Options(usage.Options):
@@ -143,6 +165,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run a GoChat node: HTTP API, WebSocket gateway and storage."
     optParameters = _PARAMS
+    optFlags = _FLAGS
 
     def __init__(self) -> None:
         super().__init__()
@@ -150,9 +173,22 @@ class Options(usage.Options):
             value = os.environ.get(env_name(name))
             if value is not None and value != "":
                 self[name] = value
+        self._flag_env: dict[str, str] = {}
+        for name, _short, _doc in _FLAGS:
+            value = os.environ.get(env_name(name))
+            if value is not None:
+                self._flag_env[name] = value
         self.config: Config | None = None
 
     def postOptions(self) -> None:  # noqa: N802
+        try:
+            _flags_from_env(self, self._flag_env)
+        except ConfigError as exc:
+            sys.stderr.write(f"gochat: error: {exc}\n")
+            raise SystemExit(2) from None
+        self._post_options()
+
+    def _post_options(self) -> None:
         try:
             self.config = build_config(self)
         except ConfigError as exc:
@@ -167,6 +203,16 @@ class Options(usage.Options):
 
             logs.use_json(self.config.log_file)
             parent["logger"] = "gochat.logs.json_observer"
+
+
+def _flags_from_env(opts: dict, env: dict[str, str]) -> None:
+    """``GOCHAT_OUTPUT_BATCH=1`` turns a flag on (unless given on the command line)."""
+    for name, raw in env.items():
+        value = raw.strip().lower()
+        if value in _TRUE:
+            opts[name] = 1
+        elif value not in _FALSE:
+            raise ConfigError(f"{env_name(name)}: {raw!r} is not one of 1/0, true/false, on/off")
 
 
 def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
@@ -236,6 +282,8 @@ def build_config(opts: dict) -> Config:
         hash_threads=int(_number(opts, "hash-threads", int, 1)),
         cache_users=int(_number(opts, "cache-users", int, 1)),
         cache_group_members=int(_number(opts, "cache-group-members", int, 1)),
+        output_batch=bool(opts.get("output-batch")),
+        legacy_jwt_key_file=opts.get("legacy-jwt-key-file") or None,
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")
@@ -250,6 +298,7 @@ def build_config(opts: dict) -> Config:
     except DatabaseURLError as exc:
         raise ConfigError(f"--db: {exc}") from None
     _check_cluster_tls(config)
+    _check_legacy_jwt_key(config)
     if config.redis is not None:
         _check_cluster(config)
     if config.advertise is not None:
@@ -276,6 +325,17 @@ def _check_cluster_tls(config: Config) -> None:
         load_cluster_tls(config.cluster_ca, config.cluster_cert, config.cluster_key)
     except ClusterTLSError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_legacy_jwt_key(config: Config) -> None:
+    if config.legacy_jwt_key_file is None:
+        return
+    from gochat.auth import load_legacy_key
+
+    try:
+        load_legacy_key(config.legacy_jwt_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--legacy-jwt-key-file: {exc}") from None
 
 
 def _check_cluster(config: Config) -> None:

@@ -150,6 +150,8 @@ def options_reference() -> str:
     for name, _short, default, doc in Options.optParameters:
         shown = "—" if default is None else f"``{default}``"
         rows.append([f"``--{name}``", f"``{env_name(name)}``", shown, _escape(doc)])
+    for name, _short, doc in getattr(Options, "optFlags", []):
+        rows.append([f"``--{name}``", f"``{env_name(name)}=1``", "off", _escape(doc)])
     return "\n".join(_table(["option", "variable", "default", "meaning"], rows))
 
 

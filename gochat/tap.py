@@ -23,7 +23,13 @@ from gochat.api import build_site
 from gochat.api.health import HealthResource
 from gochat.api.people import SEARCH_BURST, SEARCH_RATE
 from gochat.api.resource import set_read_timeout
-from gochat.auth import Passwords, TokenSigner, load_or_create_secret
+from gochat.auth import (
+    LegacyTokenSigner,
+    Passwords,
+    TokenSigner,
+    load_legacy_key,
+    load_or_create_secret,
+)
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
 from gochat.logic import Hub, HubConfig
@@ -161,6 +167,10 @@ class GoChatService(service.MultiService):
         )
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords(threads=config.hash_threads)
+        if config.legacy_jwt_key_path is not None:
+            # Tokens GoChat issued keep working until they expire.
+            legacy_key = load_legacy_key(config.legacy_jwt_key_path)
+            self.signer = LegacyTokenSigner(self.signer, legacy_key)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
         if config.cluster:
@@ -181,6 +191,7 @@ class GoChatService(service.MultiService):
             max_send_buffer=config.max_send_buffer,
             reactor=reactor,
             max_unauthenticated_per_address=config.max_unauthenticated_per_address,
+            output_batch=config.output_batch,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.register_limiter = RateLimiter(

@@ -18,7 +18,7 @@ from twisted.web import http, resource, server
 from twisted.web.server import Request
 
 from gochat import metrics, web
-from gochat.auth import BadToken, Claims, Passwords, TokenSigner, check_account
+from gochat.auth import BadToken, Claims, Passwords, TokenSigner, check_account, is_legacy_hash
 from gochat.inputs import GROUP_NAME_MAX, NICKNAME_MAX, parse_id_value, text_problem
 from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
@@ -479,6 +479,10 @@ class Api:
         ok = yield self.passwords.verify(stored, password)
         if not ok:
             raise ApiError(401, "wrong phone number or password")
+        if is_legacy_hash(stored):
+            # Imported from GoChat: verified once, now replaced by argon2id.
+            rehashed = yield self.passwords.hash(password)
+            yield self.store.set_password_hash(account.user_id, rehashed)
         if limiter is not None:
             limiter.refund(address)
         return {"token": self.signer.issue(account), "user_id": str(account.user_id)}

@@ -89,23 +89,94 @@ def load_average() -> str:
 # -- setup over HTTP -----------------------------------------------------------
 
 
+class SetupError(Exception):
+    """The server's HTTP API did not do what a GoChat server does, or not in time."""
+
+
+def bounded(d: defer.Deferred, reactor: Any, timeout: float | None, what: str) -> defer.Deferred:
+    """``d`` failing with one clear :class:`SetupError` after ``timeout`` s or on any error."""
+    expired = []
+    timer = None
+    if timeout:
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()  # the HTTP client wraps the CancelledError: remember why
+
+        timer = reactor.callLater(timeout, expire)
+
+    def settled(result: Any) -> Any:
+        if timer is not None and timer.active():
+            timer.cancel()
+        return result
+
+    def failed(failure: Any) -> Any:
+        if expired:
+            raise SetupError(f"{what}: no answer within {timeout:g} s")
+        if failure.check(SetupError):
+            return failure
+        raise SetupError(f"{what}: {failure.getErrorMessage()}")
+
+    return d.addBoth(settled).addErrback(failed)
+
+
+def first_error(failure: Any) -> Any:
+    """The first failure of a ``gatherResults``, not its ``FirstError`` wrapper."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
+
+
 @defer.inlineCallbacks
-def register_users(api: HttpApi, count: int, password: str, out: TextIO | None = None) -> Any:
-    """Register ``count`` fresh users; fires with ``[(user_id, token), ...]``."""
+def register_users(
+    api: HttpApi,
+    count: int,
+    password: str,
+    out: TextIO | None = None,
+    reactor: Any = None,
+    timeout: float | None = None,
+) -> Any:
+    """Register ``count`` fresh users; fires with ``[(user_id, token), ...]``.
+
+    With ``reactor`` and ``timeout``, a sign-up that gets no answer in time
+    (a server that accepts and never replies) fails the run with a
+    :class:`SetupError` instead of waiting forever.
+    """
     prefix = f"b{int(time.time()):x}{random.getrandbits(16):04x}"
     sem = defer.DeferredSemaphore(REGISTER_PARALLEL)
     done = [0]
+    what = f"POST {api.base_url}/register"
+
+    inflight: set[defer.Deferred] = set()
+    stopped: list[bool] = []
 
     @defer.inlineCallbacks
     def one(i: int) -> Any:
-        data = yield api.register(f"{prefix}{i:06d}", password, f"bench{i}")
+        if stopped:
+            raise SetupError(f"{what}: stopped")
+        d = api.register(f"{prefix}{i:06d}", password, f"bench{i}")
+        inflight.add(d)
+        d.addBoth(lambda result: (inflight.discard(d), result)[1])
+        data = yield bounded(d, reactor, timeout, what) if reactor is not None else d
         done[0] += 1
         if out is not None and out.isatty() and (done[0] % 50 == 0 or done[0] == count):
             out.write(f"\rregistering users {done[0]:,}/{count:,}")
             out.flush()
-        return int(data.get("id") or data.get("user_id")), data["token"]
+        try:
+            return int(data.get("id") or data.get("user_id")), str(data["token"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise SetupError(f"{what}: the answer has no id and token: {data!r:.200}") from None
 
-    users = yield defer.gatherResults([sem.run(one, i) for i in range(count)], consumeErrors=True)
+    try:
+        users = yield defer.gatherResults(
+            [sem.run(one, i) for i in range(count)], consumeErrors=True
+        ).addErrback(first_error)
+    except Exception:
+        # The run is over: queued sign-ups do not start, those in flight stop.
+        stopped.append(True)
+        for d in list(inflight):
+            d.cancel()
+        raise
     if out is not None:
         out.write(f"{chr(10) if out.isatty() else ''}registered {count:,} users\n")
     return users
@@ -281,11 +352,16 @@ def run_group(
         )
     else:
         api = HttpApi(target.http, reactor)
-        users = yield register_users(api, members, target.password, out)
+        users = yield register_users(api, members, target.password, out, reactor, target.timeout)
         signed_up = time.time()
         owner_token = users[0][1]
-        group = yield api.create_group(owner_token, "bench", [uid for uid, _ in users[1:]])
-        group_id = int(group["id"])
+        what = f"POST {api.base_url}/group/create"
+        create = api.create_group(owner_token, "bench", [uid for uid, _ in users[1:]])
+        group = yield bounded(create, reactor, target.timeout, what)
+        try:
+            group_id = int(group["id"])
+        except (KeyError, TypeError, ValueError):
+            raise SetupError(f"{what}: the answer has no group id: {group!r:.200}") from None
     grouped = time.time()
     if out is not None:
         how = "in the database" if target.setup_db else "over HTTP"
@@ -348,7 +424,7 @@ def run_single(
         raise ValueError("--pairs and --messages must be at least 1")
     api = HttpApi(target.http, reactor)
     out = sys.stderr if target.progress else None
-    users = yield register_users(api, 2 * pairs, target.password, out)
+    users = yield register_users(api, 2 * pairs, target.password, out, reactor, target.timeout)
     plan = []
     for i in range(pairs):
         (a, a_token), (b, b_token) = users[2 * i], users[2 * i + 1]
@@ -393,11 +469,19 @@ def run_connections(
         raise ValueError("--count and --users must be at least 1")
     api = HttpApi(target.http, reactor)
     out = sys.stderr if target.progress else None
-    registered = yield register_users(api, min(users, count), target.password, out)
+    registered = yield register_users(
+        api, min(users, count), target.password, out, reactor, target.timeout
+    )
     processes = max(1, target.processes)
     shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
     configs = [
-        {"scenario": "connections", "ws": target.ws, "members": registered, "count": share}
+        {
+            "scenario": "connections",
+            "ws": target.ws,
+            "members": registered,
+            "count": share,
+            "timeout": target.timeout,
+        }
         for share in shares
     ]
     workers = make_workers(reactor, configs, processes)

@@ -5,7 +5,8 @@ lines: split the byte stream into WebSocket frames and hand each binary
 payload to a callback. No extensions, no fragmentation on the way out, no
 UTF-8 checks; server frames are unmasked, client frames are masked (RFC 6455).
 Frames are the GoChat-compatible subset only: ``Input{CT_Login, LoginMsg{token}}``
-and ``Input{CT_Message, UpMsg{msg, clientId}}``, answered by plain ``Output``.
+and ``Input{CT_Message, UpMsg{msg, clientId}}``, answered by plain ``Output``
+or by ``OutputBatch`` frames (GoChat c58f9fc, or a node with ``--output-batch``).
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ class BenchSocket(protocol.Protocol):
     on_frame: Callable[[bytes], None]
     on_lost: Callable[[Any], None] | None = None
 
-    def __init__(self, host: str, path: str) -> None:
+    def __init__(
+        self, host: str, path: str, reactor: Any = None, handshake_timeout: float = 0.0
+    ) -> None:
         self.host = host
         self.path = path
+        self.reactor = reactor
+        self.handshake_timeout = handshake_timeout  # 0: wait as long as TCP does
+        self._handshake_timer: Any = None
         self.opened: defer.Deferred = defer.Deferred()
         self._buf = b""
         self._open = False
@@ -95,6 +101,19 @@ class BenchSocket(protocol.Protocol):
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
             % (self.path.encode(), self.host.encode(), self._key)
         )
+        if self.handshake_timeout > 0 and self.reactor is not None:
+            self._handshake_timer = self.reactor.callLater(
+                self.handshake_timeout, self._no_handshake
+            )
+
+    def _no_handshake(self) -> None:
+        """A server that accepts TCP but never answers the upgrade: give up."""
+        self._handshake_timer = None
+        if not self.opened.called:
+            self.opened.errback(
+                HandshakeError(f"no WebSocket handshake within {self.handshake_timeout:g} s")
+            )
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         buf = self._buf + data if self._buf else data
@@ -104,6 +123,9 @@ class BenchSocket(protocol.Protocol):
                 self._buf = buf
                 return
             status = buf[: buf.find(b"\r\n")]
+            if self._handshake_timer is not None and self._handshake_timer.active():
+                self._handshake_timer.cancel()
+            self._handshake_timer = None
             if b" 101 " not in status + b" ":
                 self._buf = b""
                 self.transport.loseConnection()
@@ -167,6 +189,9 @@ class BenchSocket(protocol.Protocol):
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         self._open = False
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
         if not self.opened.called:
             self.opened.errback(reason)
         if self.on_lost is not None:
@@ -181,12 +206,14 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
     return parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
 
 
-def open_socket(reactor: Any, url: str, on_frame: Callable[[bytes], None]) -> defer.Deferred:
-    """Connect and finish the handshake; fires with the :class:`BenchSocket`."""
+def open_socket(
+    reactor: Any, url: str, on_frame: Callable[[bytes], None], timeout: float = 30.0
+) -> defer.Deferred:
+    """Connect and finish the handshake within ``timeout`` s; fires with the socket."""
     host, port, path = parse_ws_url(url)
-    sock = BenchSocket(f"{host}:{port}", path)
+    sock = BenchSocket(f"{host}:{port}", path, reactor, timeout)
     sock.on_frame = on_frame
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=30)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=max(1, int(timeout)))
     d = endpoints.connectProtocol(endpoint, sock)
     d.addCallback(lambda _: sock.opened)
     return d

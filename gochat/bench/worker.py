@@ -26,7 +26,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from gochat.bench.stats import BUCKETS, RESOLUTION, Histogram
-from gochat.bench.wire import login_input, message_input, open_socket
+from gochat.bench.wire import HandshakeError, login_input, message_input, open_socket
+from gochat.codec import DecodeError, split_outputs
 from gochat.pb import pb
 
 CONNECT_PARALLEL = 256  # handshakes in flight per worker
@@ -42,6 +43,7 @@ _CT_MESSAGE = pb.CT_Message
 _Ack = pb.ACKMsg.FromString
 _CT_ACK = pb.CT_ACK
 _AT_LOGIN = pb.AT_Login
+_BATCH = b"\x0a"
 _log = math.log
 _unpack = _CONTENT.unpack_from
 _now = time.time
@@ -99,6 +101,10 @@ def _view_class() -> Any:
 _PushView = _view_class().FromString
 
 
+class NotUnderstood(Exception):
+    """The server answered nothing a GoChat client understands, or nothing in time."""
+
+
 class Conn:
     """One benchmark client: a socket, its user, and what it has seen."""
 
@@ -135,7 +141,32 @@ class Conn:
         if payload.startswith(_PUSH_OK):
             self.pushed(_PushView(payload).data.msg)
             return
-        out = _Output(payload)
+        try:
+            if payload[:1] == _BATCH:  # an OutputBatch: GoChat c58f9fc, --output-batch
+                for output in split_outputs(payload):
+                    if output.startswith(_PUSH_OK):
+                        self.pushed(_PushView(output).data.msg)
+                    else:
+                        self.output(_Output(output))
+                return
+            self.output(_Output(payload))
+        except DecodeError:
+            self.garbled(payload)
+
+    def garbled(self, payload: bytes) -> None:
+        """A frame that is no GoChat ``Output``: the server is not one we understand."""
+        w = self.worker
+        w.garbled += 1
+        if self.logged_in is not None:
+            d, self.logged_in = self.logged_in, None
+            d.errback(NotUnderstood(f"the server's answer is not a GoChat frame: {payload[:16]!r}"))
+
+    def login_timed_out(self, timeout: float) -> None:
+        if self.logged_in is not None:
+            d, self.logged_in = self.logged_in, None
+            d.errback(NotUnderstood(f"no login ACK within {timeout:g} s"))
+
+    def output(self, out: Any) -> None:
         if out.type == _CT_MESSAGE:
             self.pushed(_Push(out.data).msg)
         elif out.type == _CT_ACK:
@@ -195,6 +226,8 @@ class Worker:
         self.conns: list[Conn] = []
         self.senders: list[Conn] = []
         self.failed = 0
+        self.garbled = 0  # frames that were no GoChat Output
+        self._give_up: str | None = None  # set once the server is not understood
         self.errors: list[str] = []
         self.disconnected = 0
         self.sent = 0
@@ -260,25 +293,38 @@ class Worker:
         started = _now()
         cpu0 = cpu_seconds()
 
+        timeout = self.config.get("timeout", 60.0)
+
         @defer.inlineCallbacks
         def one(conn: Conn) -> Any:
+            timer = None
             try:
-                sock = yield open_socket(self.reactor, conn.url or url, conn.frame)
+                if self._give_up is not None:
+                    # One client found the server not understood: the rest
+                    # would only wait as long again.
+                    raise NotUnderstood(self._give_up)
+                sock = yield open_socket(self.reactor, conn.url or url, conn.frame, timeout)
                 conn.sock = sock
                 sock.on_lost = conn.lost
                 conn.logged_in = defer.Deferred()
+                timer = self.reactor.callLater(timeout, conn.login_timed_out, timeout)
                 sock.send(login_input(conn.token))
                 code = yield conn.logged_in
                 if code != 200:
                     raise RuntimeError(f"login refused with code {code}")
             except Exception as exc:
                 self.failed += 1
+                if isinstance(exc, NotUnderstood | HandshakeError) and self._give_up is None:
+                    self._give_up = f"{exc} from {url}"
                 if len(self.errors) < 5:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 if conn.sock is not None:
                     conn.sock.on_lost = None
                     conn.sock.close()
                 conn.sock = None
+            finally:
+                if timer is not None and timer.active():
+                    timer.cancel()
 
         def done(_: Any) -> dict[str, Any]:
             self.conns = [c for c in self.conns if c.sock is not None]

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
 
-from gochat import codes
+from gochat import codec, codes
 from gochat.pb import pb
 
 RETRYABLE = {codes.SERVER_ERROR, codes.NOT_LOGGED_IN, codes.RATE_LIMITED}
@@ -235,6 +235,16 @@ class GoChatClient:
     # -- downstream ----------------------------------------------------------
 
     def frame_received(self, payload: bytes) -> None:
+        """One server frame: an ``Output``, or an ``OutputBatch`` of them (first byte 0x0A)."""
+        try:
+            outputs = codec.split_outputs(payload)
+        except DecodeError:
+            self.log.warn("undecodable frame from the server")
+            return
+        for output in outputs:
+            self._output_received(output)
+
+    def _output_received(self, payload: bytes) -> None:
         try:
             out = pb.Output.FromString(payload)
         except DecodeError:

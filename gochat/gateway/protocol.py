@@ -52,6 +52,7 @@ def client_address(peer: Any) -> str | None:
 
 
 _SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # a lookup, not a bytes() per push
+_ELEMENT_HEADS = [codec.batch_element_head(n) for n in range(16384)]  # --output-batch
 
 
 def frame_header(length: int) -> bytes:
@@ -288,7 +289,11 @@ class GatewayProtocol(ServerProtocol):
         # connection) go out in one transport write.
         if self.state == _OPEN and not self.queued_writes:
             n = len(frame)
-            head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
+            if self.factory.output_batch:
+                # --output-batch: an OutputBatch element's head; flush adds the frames'.
+                head = _ELEMENT_HEADS[n] if n < 16384 else codec.batch_element_head(n)
+            else:
+                head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
                 # The client is not reading: what waits here counts against it.
                 self._stalled(n + len(head))
@@ -310,6 +315,8 @@ class GatewayProtocol(ServerProtocol):
         """Write what :meth:`send` collected."""
         out, self._out = self._out, None
         if out and self.state == _OPEN and self.transport is not None:
+            if self.factory.output_batch:
+                out = _batched(out)
             # Bytes queued while paused were counted by send(); the write that
             # fills the transport's buffer is not held against the client.
             self.transport.write(b"".join(out))
@@ -326,6 +333,34 @@ class GatewayProtocol(ServerProtocol):
         # closeHandshakeTimeout.
 
 
+#: --output-batch: at most this many outputs and bytes per OutputBatch frame
+#: (GoChat's server writes 50 at most; its clients read any number).
+BATCH_MAX_OUTPUTS = 256
+BATCH_MAX_BYTES = 64 * 1024
+
+
+def _batched(parts: list[bytes]) -> list[bytes]:
+    """One turn's batch elements (head, output, head, output, ...) as WebSocket frames.
+
+    Cut by count with slices and checked by size with one ``join``: only a
+    batch over the byte cap (big messages) is cut again element by element.
+    """
+    frames: list[bytes] = []
+    step = 2 * BATCH_MAX_OUTPUTS
+    for start in range(0, len(parts), step):
+        chunk = parts[start : start + step]
+        payload = b"".join(chunk)
+        if len(payload) > BATCH_MAX_BYTES and len(chunk) > 2:
+            payloads = codec.batch_payloads(chunk[1::2], BATCH_MAX_OUTPUTS, BATCH_MAX_BYTES)
+        else:
+            payloads = [payload]
+        for payload in payloads:
+            n = len(payload)
+            frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
+            frames.append(payload)
+    return frames
+
+
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
@@ -339,8 +374,11 @@ class GatewayFactory(WebSocketServerFactory):
         max_send_buffer: int = 4 * 1024 * 1024,
         reactor: Any = None,
         max_unauthenticated_per_address: int = 100,
+        output_batch: bool = False,
     ) -> None:
         super().__init__(url)
+        #: every frame written is an OutputBatch (GoChat c58f9fc's framing)
+        self.output_batch = output_batch
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 

@@ -192,6 +192,23 @@
   }
 
   function received(bytes) {
+    if (bytes.length && bytes[0] === 0x0a) {
+      // An OutputBatch (node option --output-batch): field 1 repeated, one
+      // serialized Output each. A plain Output never starts with 0x0a.
+      const parts = [];
+      try {
+        const reader = protobuf.Reader.create(bytes);
+        while (reader.pos < reader.len) {
+          const tag = reader.uint32();
+          if (tag === 0x0a) parts.push(reader.bytes());
+          else reader.skipType(tag & 7);
+        }
+      } catch (e) {
+        return;
+      }
+      parts.forEach(received);
+      return;
+    }
     let out;
     try {
       out = T.Output.decode(bytes);
