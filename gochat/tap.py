@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from gochat import malloc, metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
+from gochat.api.people import SEARCH_BURST, SEARCH_RATE
 from gochat.api.resource import set_read_timeout
 from gochat.auth import (
     LegacyTokenSigner,
@@ -196,6 +197,8 @@ class GoChatService(service.MultiService):
         self.register_limiter = RateLimiter(
             config.register_rate / 60.0, config.register_burst, reactor
         )
+        # /user/search: every search costs, so phone numbers cannot be enumerated.
+        self.search_limiter = RateLimiter(SEARCH_RATE / 60.0, SEARCH_BURST, reactor)
         self.site = build_site(
             self.store,
             self.signer,
@@ -204,6 +207,8 @@ class GoChatService(service.MultiService):
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
             on_logout_all=self._logged_out_everywhere,
+            hub=self.hub,
+            search_limiter=self.search_limiter,
         )
         set_read_timeout(self.site, config.http_read_timeout)
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))

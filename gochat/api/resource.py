@@ -19,7 +19,7 @@ from twisted.web.server import Request
 
 from gochat import metrics, web
 from gochat.auth import BadToken, Claims, Passwords, TokenSigner, check_account, is_legacy_hash
-from gochat.inputs import parse_id_value, text_problem
+from gochat.inputs import GROUP_NAME_MAX, NICKNAME_MAX, parse_id_value, text_problem
 from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
 
@@ -283,6 +283,14 @@ class Params:
         return out
 
 
+def check_name(value: str, name: str, max_len: int) -> str:
+    """A display name (nickname, group name): :func:`check_text`, and not blank."""
+    check_text(value, name, max_len)
+    if not value.strip():
+        raise ApiError(400, f"parameter {name} must not be blank")
+    return value
+
+
 def check_text(
     value: str, name: str, max_len: int, min_len: int = 1, controls: bool = False
 ) -> str:
@@ -441,7 +449,7 @@ class Api:
             raise self._refuse(limiter, address, "register_rate")
         phone = params.text("phone_number", MAX_PHONE)
         password = params.text("password", MAX_PASSWORD, controls=True)
-        nickname = params.text("nickname", MAX_NAME)
+        nickname = check_name(params.text("nickname", NICKNAME_MAX), "nickname", NICKNAME_MAX)
         hashed = yield self.passwords.hash(password)
         try:
             account = yield self.store.create_account(phone, nickname, hashed)
@@ -503,7 +511,7 @@ class Api:
 
     @defer.inlineCallbacks
     def create_group(self, request: Request, params: Params, user_id: int) -> Any:
-        name = params.text("name", 128)
+        name = check_name(params.text("name", GROUP_NAME_MAX), "name", GROUP_NAME_MAX)
         ids = params.ids("ids")
         if len(set(ids)) > MAX_GROUP_MEMBERS:
             raise ApiError(400, f"a group holds at most {MAX_GROUP_MEMBERS} members")
@@ -551,6 +559,8 @@ def build_root(
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
     on_logout_all: Callable[[int, int], Any] | None = None,
+    hub: Any = None,
+    search_limiter: RateLimiter | None = None,
 ) -> Root:
     api = Api(store, signer, passwords, auth_limiter, register_limiter, on_logout_all)
     auth = TokenAuth(signer, store)  # every authenticated Endpoint takes this
@@ -566,6 +576,10 @@ def build_root(
     group_user = Root()
     group_user.putChild(b"list", Endpoint(b"GET", api.group_users, auth))
     root.putChild(b"group_user", group_user)
+    if hub is not None:
+        from gochat.api.people import PeopleApi, mount_people
+
+        mount_people(root, friend, group, PeopleApi(store, hub, search_limiter), auth)
     root.putChild(b"logout_all", Endpoint(b"POST", api.logout_all, auth))
     return root
 
@@ -578,8 +592,19 @@ def build_site(
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
     on_logout_all: Callable[[int, int], Any] | None = None,
+    hub: Any = None,
+    search_limiter: RateLimiter | None = None,
 ) -> server.Site:
-    root = build_root(store, signer, passwords, auth_limiter, register_limiter, on_logout_all)
+    root = build_root(
+        store,
+        signer,
+        passwords,
+        auth_limiter,
+        register_limiter,
+        on_logout_all,
+        hub,
+        search_limiter,
+    )
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
     web.mount(root, NotFoundResource())
