@@ -426,10 +426,12 @@ class GoChatClient:
     def send_read(self, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
         """Say the conversation is read up to ``seq`` (this user's own seq).
 
-        Fires with the node's answer (a ``ReadMsg``) or fails with
-        :class:`SendError`; the user's other devices and, one to one, the peer
-        are told by the node. Not retransmitted: a read position lost with the
-        connection is sent again by the next read, which covers it.
+        Fires with the node's answer (a ``ReadMsg`` whose ``seq`` is the read
+        position now, never lower than before) or fails with
+        :class:`SendError` (1001: ``seq`` is not a message of that
+        conversation; 1005: no such conversation). The user's other devices
+        and, one to one, the peer are told by the node. Not retransmitted: a
+        read position lost with the connection is covered by the next read.
         """
         key = (session_type, peer_id, seq)
         waiter: defer.Deferred = defer.Deferred()
@@ -442,7 +444,11 @@ class GoChatClient:
         return waiter
 
     def send_typing(self, session_type: int, peer_id: int) -> None:
-        """Tell the conversation's online devices that this user is typing (not stored)."""
+        """Tell the conversation's online devices that this user is typing.
+
+        Not stored and not answered; the node drops notices past one a second
+        (a burst of 5) with a 1013, which this client ignores.
+        """
         if self.logged_in:
             typing = pb.TypingMsg(session_type=session_type, peer_id=peer_id)
             self._send(pb.CT_Typing, typing.SerializeToString())
@@ -457,10 +463,13 @@ class GoChatClient:
             self.log.warn("undecodable notice from the server")
             return
         if out.type == pb.CT_Read:
-            key = (body.session_type, body.peer_id, body.seq)
+            # A peer's receipt names the reader as the peer; an answer to this
+            # device names this user, who is never their own peer.
+            receipt = body.session_type == pb.ST_Single and body.reader_id == body.peer_id
             for i, (wanted, waiter) in enumerate(self._reads):
-                # The node answers in order; a refusal may come without the fields.
-                if wanted == key or out.code != codes.OK:
+                answers = (body.session_type, body.peer_id) == wanted[:2] and body.seq >= wanted[2]
+                # A refusal may come without the fields: the node answers in order.
+                if out.code != codes.OK or (answers and not receipt):
                     del self._reads[i]
                     if out.code == codes.OK:
                         waiter.callback(body)
