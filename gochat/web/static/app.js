@@ -397,6 +397,7 @@
     if (typing[key]) delete typing[key][msg.sender_id]; // the message ends the notice
     if (msg.message_type === T.Kind.MT_System) applyEvent(msg);
     needUser(msg.session_type === T.Session.ST_Group ? msg.sender_id : Number(key.slice(1)));
+    if (msg.session_type === T.Session.ST_Group) needGroup(msg.receiver_id);
   }
 
   function emptyState() {
@@ -598,6 +599,24 @@
       ids.forEach((id) => wantUsers.delete(id)); // asked again when next shown
     }
     if (wantUsers.size && !namesTimer) namesTimer = setTimeout(askNames, 20);
+  }
+
+  let wantGroups = new Set();
+
+  // A group's name: from /group/info while a member, else from the list.
+  async function needGroup(id) {
+    if (!state || state.names.groups[id] || wantGroups.has(id)) return;
+    wantGroups.add(id);
+    const who = session;
+    try {
+      const data = await api("GET", "/group/info", [["group_id", String(id)]], session.token);
+      if (session !== who) return;
+      state.names.groups[id] = data.name;
+      saveState();
+      render();
+    } catch (e) {
+      if (session === who && listLoaded) loadConversations();
+    }
   }
 
   async function loadConversations() {
@@ -941,6 +960,7 @@
     listLoaded = false;
     typing = {};
     wantUsers = new Set();
+    wantGroups = new Set();
     const wanted = location.hash.slice(1);
     current = /^[ug][0-9]{1,19}$/.test(wanted) ? wanted : null;
     $("auth").hidden = true;
