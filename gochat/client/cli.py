@@ -28,8 +28,10 @@ from typing import Any
 from twisted.conch.insults.insults import ServerProtocol
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import defer, stdio, task
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gochat import codes
 from gochat.client.http import ApiError, HttpApi
@@ -65,11 +67,14 @@ BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
 HEARTBEAT_INTERVAL = 60.0
 
 
+@implementer(IHalfCloseableProtocol)
 class Terminal(LineReceiver):
     """Plain lines through pipes: reads commands, prints messages and outcomes.
 
     Each line waits for the one before it to finish (a message for its ACK),
     so what a script types happens, and is printed, in the order it was typed.
+    Half-closeable: the end of input leaves stdout open for what is still to
+    be printed.
     """
 
     delimiter = os.linesep.encode()
@@ -84,8 +89,14 @@ class Terminal(LineReceiver):
         if text.strip():
             self.chat.command(text)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+    def readConnectionLost(self) -> None:  # noqa: N802 - Twisted's name
         self.chat.end_of_input()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        self.chat.quit()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        self.chat.quit()
 
     def show(self, text: str) -> None:
         if self.transport is not None:
