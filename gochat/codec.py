@@ -157,3 +157,17 @@ def push_seq(frame: bytes) -> int:
     """The seq of the message in a push frame (for frames that came from another node)."""
     out = pb.Output.FromString(frame)
     return pb.PushMsg.FromString(out.data).msg.seq
+
+
+def read_frame(
+    session_type: int, peer_id: int, seq: int, reader_id: int, code: int = codes.OK
+) -> bytes:
+    """``Output{CT_Read, code, ReadMsg}``: a read position, as its receiver names it."""
+    body = pb.ReadMsg(session_type=session_type, peer_id=peer_id, seq=seq, reader_id=reader_id)
+    return encode_output(pb.CT_Read, code, body.SerializeToString())
+
+
+def typing_frame(session_type: int, peer_id: int, sender_id: int) -> bytes:
+    """``Output{CT_Typing, 200, TypingMsg}``: someone is typing (never stored)."""
+    body = pb.TypingMsg(session_type=session_type, peer_id=peer_id, sender_id=sender_id)
+    return encode_output(pb.CT_Typing, codes.OK, body.SerializeToString())

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from gochat import metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
+from gochat.api.people import SEARCH_BURST, SEARCH_RATE
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -103,6 +104,8 @@ class GoChatService(service.MultiService):
         self.register_limiter = RateLimiter(
             config.register_rate / 60.0, config.register_burst, reactor
         )
+        # /user/search: every search costs, so phone numbers cannot be enumerated.
+        self.search_limiter = RateLimiter(SEARCH_RATE / 60.0, SEARCH_BURST, reactor)
         self.site = build_site(
             self.store,
             self.signer,
@@ -110,6 +113,8 @@ class GoChatService(service.MultiService):
             WebSocketResource(self.ws_factory),
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
+            hub=self.hub,
+            search_limiter=self.search_limiter,
         )
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(

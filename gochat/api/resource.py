@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -170,6 +171,17 @@ class Params:
                 if part.strip():
                     out.append(parse_id(part.strip(), name))
         return out
+
+
+def check_name(value: str, name: str, max_len: int) -> str:
+    """A display name: 1 to ``max_len`` characters, no control characters, not blank."""
+    if not 1 <= len(value) <= max_len:
+        raise ApiError(400, f"parameter {name} must be 1 to {max_len} characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ApiError(400, f"parameter {name} must not contain control characters")
+    if not value.strip():
+        raise ApiError(400, f"parameter {name} must not be blank")
+    return value
 
 
 def parse_id(value: str, name: str) -> int:
@@ -380,6 +392,8 @@ def build_root(
     passwords: Passwords,
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
+    hub: Any = None,
+    search_limiter: RateLimiter | None = None,
 ) -> Root:
     api = Api(store, signer, passwords, auth_limiter, register_limiter)
     root = Root()
@@ -394,6 +408,10 @@ def build_root(
     group_user = Root()
     group_user.putChild(b"list", Endpoint(b"GET", api.group_users, signer))
     root.putChild(b"group_user", group_user)
+    if hub is not None:
+        from gochat.api.people import PeopleApi, mount_people
+
+        mount_people(root, friend, group, PeopleApi(store, hub, search_limiter), signer)
     return root
 
 
@@ -404,8 +422,10 @@ def build_site(
     ws_resource: resource.Resource | None = None,
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
+    hub: Any = None,
+    search_limiter: RateLimiter | None = None,
 ) -> server.Site:
-    root = build_root(store, signer, passwords, auth_limiter, register_limiter)
+    root = build_root(store, signer, passwords, auth_limiter, register_limiter, hub, search_limiter)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
     web.mount(root, NotFoundResource())

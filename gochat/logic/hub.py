@@ -24,6 +24,7 @@ from gochat.logic.writer import MessageWriter
 from gochat.pb import pb
 from gochat.presence import LocalPresence, Presence
 from gochat.store import Store, UpItem, UpResult
+from gochat.store.people import GroupOp, ReadOutcome
 
 #: labelled children of UPSTREAM by code: ``labels()`` takes a lock and
 #: builds a key on every call, a cost per message on the hot path
@@ -185,6 +186,9 @@ class Hub:
         self.writer.submit(item, (device, item_started))
 
     def _committed(self, item: UpItem, owner: tuple[DeviceState, float], result: UpResult) -> None:
+        if item.op is not None:
+            self._change_committed(item, owner, result)
+            return
         device, started = owner
         device.accepted = item.client_id
         device.remember(item.client_id, result.code, result.sender_seq)
@@ -214,6 +218,9 @@ class Hub:
             self.router.deliver_many(deliveries)
 
     def _failed(self, item: UpItem, owner: tuple[DeviceState, float]) -> None:
+        if item.op is not None:
+            owner[0].errback(RuntimeError("storing the group change failed"))
+            return
         device, _ = owner
         device.pending = device.accepted
         metrics.UPSTREAM.labels(str(codes.SERVER_ERROR)).inc()
@@ -248,6 +255,75 @@ class Hub:
         """A device acknowledged pushes up to ``seq`` (cumulative)."""
         if session.push_ack:
             self.pushes.acked(session, seq)
+
+    # -- groups that change, read positions, typing ----------------------------
+
+    def change_group(self, op: GroupOp) -> defer.Deferred:
+        """Commit a group change in order with the messages; fires with its UpResult.
+
+        It goes through the message writer like a message, so a message
+        committed before it reaches the old members and one after it the new
+        ones; its event is pushed in that order too.
+        """
+        done: defer.Deferred = defer.Deferred()
+        item = UpItem(user_id=op.actor_id, device_id=None, client_id=0, message=None, op=op)
+        self.writer.submit(item, (done, self.clock.seconds()))
+        return done
+
+    def _change_committed(self, item: UpItem, owner: Any, result: UpResult) -> None:
+        if result.code == codes.OK and result.message is not None:
+            self._deliveries.append((result.message, result.rows, None))
+        owner[0].callback(result)
+
+    def mark_read(
+        self, user_id: int, session_type: int, peer_id: int, seq: int, origin: Any = None
+    ) -> defer.Deferred:
+        """Move a read position forward; the reader's other devices and the peer are told.
+
+        Fires with the :class:`ReadOutcome`; ``origin`` (the session that
+        read) is not told again.
+        """
+        d = self.store.mark_read(user_id, session_type, peer_id, seq)
+
+        def tell(outcome: ReadOutcome) -> ReadOutcome:
+            if outcome.moved:
+                own = codec.read_frame(session_type, peer_id, outcome.read_seq, user_id)
+                frames = {user_id: own}
+                if session_type == pb.ST_Single:
+                    frames[peer_id] = codec.read_frame(
+                        pb.ST_Single, user_id, outcome.peer_seq, user_id
+                    )
+                self.router.notify(frames, origin)
+            return outcome
+
+        return d.addCallback(tell)
+
+    @defer.inlineCallbacks
+    def typing(self, user_id: int, session_type: int, peer_id: int) -> Any:
+        """Tell the peer's (or the group's) devices with notices; fires with a code."""
+        if session_type == pb.ST_Single:
+            if peer_id == user_id:
+                return codes.PARAM_ILLEGAL
+            found = yield self.store.users_exist([peer_id])
+            if peer_id not in found:
+                return codes.NO_DATA
+            recipients = [peer_id]
+            name = user_id
+        else:
+            members = yield self.store.group_members(peer_id)
+            if not members:
+                return codes.NO_DATA
+            if user_id not in members:
+                return codes.UNAUTHORIZED
+            recipients = [m for m in members if m != user_id]
+            name = peer_id
+        frame = codec.typing_frame(session_type, name, user_id)
+        self.router.notify({uid: frame for uid in recipients})
+        return codes.OK
+
+    def deliver_notice_from_peer(self, frames: dict[int, list[bytes]]) -> int:
+        """Read and typing notices another node routed here."""
+        return self.router.notify_local(frames)
 
     # -- node-to-node --------------------------------------------------------
 

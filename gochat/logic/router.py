@@ -45,6 +45,9 @@ class RemoteDeliverer(Protocol):
     def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
         """Ask one node to close its connection of (user, device); failures are logged."""
 
+    def notify(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
+        """Send read/typing notices ``{user_id: [frame]}`` to one node; never a push."""
+
 
 class Router:
     log = Logger()
@@ -164,6 +167,38 @@ class Router:
                 else:
                     session.send_many(user_frames)
                 sent += len(user_frames)
+        return sent
+
+    def notify(self, frames: dict[int, bytes], exclude: Any = None) -> None:
+        """Ephemeral notices to every connection with ``notices`` of each user, on any node.
+
+        Not pushes: no seq, not tracked for ``push_ack``, never retransmitted;
+        ``exclude`` (the session the notice came from) does not get it.
+        """
+        for user_id, frame in frames.items():
+            for session in self.online.get(user_id, ()):
+                if session.notices and session is not exclude:
+                    session.send(frame)
+        if self.remote is None or not frames:
+            return
+
+        def route(nodes: dict[str, list[int]]) -> None:
+            assert self.remote is not None
+            for node_id, user_ids in nodes.items():
+                self.remote.notify(node_id, {u: [frames[u]] for u in user_ids})
+
+        d = self.presence.nodes_for(list(frames))
+        d.addCallback(route)
+        d.addErrback(lambda f: self.log.failure("presence lookup for a notice failed", f))
+
+    def notify_local(self, frames: dict[int, list[bytes]]) -> int:
+        """Notices another node sent here; returns how many went out."""
+        sent = 0
+        for user_id, user_frames in frames.items():
+            for session in self.online.get(user_id, ()):
+                if session.notices:
+                    session.send_many(user_frames)
+                    sent += len(user_frames)
         return sent
 
     def kick_elsewhere(self, user_id: int, device_id: str) -> None:

@@ -17,12 +17,15 @@ from gochat import codec, codes, metrics
 from gochat.auth import BadToken
 from gochat.pb import pb
 from gochat.store import UpItem
-from gochat.store.store import MAX_ID
+from gochat.store.store import MAX_ID, NotFound
 
 if TYPE_CHECKING:
     from gochat.logic.hub import DeviceState, Hub
 
 MAX_DEVICE_ID = 128
+#: Typing notices a connection may send: TYPING_RATE a second, TYPING_BURST at once.
+TYPING_RATE = 1.0
+TYPING_BURST = 5
 #: Frames refused for the rate limit in a row before the connection is closed.
 RATE_STRIKES = 100
 
@@ -50,6 +53,8 @@ def _refusal(cmd: int, code: int) -> bytes:
         return codec.sync_frame([], False, code)
     if cmd == pb.CT_ACK:
         return codec.ack_frame(pb.AT_Push, code)
+    if cmd in (pb.CT_Read, pb.CT_Typing):
+        return codec.error_frame(code, cmd)
     return codec.error_frame(code)
 
 
@@ -63,6 +68,10 @@ class Session:
         self.user_id = 0
         self.device: DeviceState | None = None
         self.push_ack = False
+        #: logged in with ``notices``: gets CT_Read and CT_Typing frames
+        self.notices = False
+        self._typing_allowance = float(TYPING_BURST)
+        self._typing_time = 0.0
         #: (accepted, pending] clientIds in flight when this connection took the device over
         self.inherited = (0, 0)
         self.closed = False
@@ -79,6 +88,8 @@ class Session:
             pb.CT_Message: self._on_message,
             pb.CT_ACK: self._on_ack,
             pb.CT_Sync: self._on_sync,
+            pb.CT_Read: self._on_read,
+            pb.CT_Typing: self._on_typing,
         }
 
     @property
@@ -219,6 +230,7 @@ class Session:
             self.close(f"bad token: {exc}")
             return
         self._logging_in = True
+        self.notices = login.notices
 
         def ok(result: tuple[int, int]) -> None:
             self._logging_in = False
@@ -330,3 +342,71 @@ class Session:
 
         d = self.hub.store.sync(self.user_id, request.seq, self.hub.config.sync_limit)
         d.addCallbacks(ok, failed)
+
+    def _on_read(self, data: bytes, too_large: bool) -> None:
+        """A read position, reported by the reader; answered with the position now."""
+        try:
+            read = pb.ReadMsg.FromString(data)
+        except DecodeError:
+            self.send(codec.read_frame(0, 0, 0, 0, codes.PARAM_ILLEGAL))
+            return
+        st, peer, seq = read.session_type, read.peer_id, read.seq
+
+        def reply(code: int, position: int = seq) -> None:
+            self.send(codec.read_frame(st, peer, position, self.user_id, code))
+
+        if not self.logged_in:
+            reply(codes.NOT_LOGGED_IN)
+            return
+        if st not in (pb.ST_Single, pb.ST_Group) or not 0 < peer <= MAX_ID or seq == 0:
+            reply(codes.PARAM_ILLEGAL)
+            return
+
+        def ok(outcome: Any) -> None:
+            reply(codes.OK, outcome.read_seq)
+
+        def failed(failure: Any) -> None:
+            if failure.check(NotFound):
+                reply(codes.NO_DATA)
+            elif failure.check(ValueError):
+                reply(codes.PARAM_ILLEGAL)
+            else:
+                self.log.failure("read position of user {uid}", failure, uid=self.user_id)
+                reply(codes.SERVER_ERROR)
+
+        self.hub.mark_read(self.user_id, st, peer, seq, origin=self).addCallbacks(ok, failed)
+
+    def _on_typing(self, data: bytes, too_large: bool) -> None:
+        """A typing notice: relayed to the peer's devices with ``notices``; no reply if fine."""
+        try:
+            typing = pb.TypingMsg.FromString(data)
+        except DecodeError:
+            self.send(codec.error_frame(codes.PARAM_ILLEGAL, pb.CT_Typing))
+            return
+        if not self.logged_in:
+            self.send(codec.error_frame(codes.NOT_LOGGED_IN, pb.CT_Typing))
+            return
+        now = self.clock.seconds()
+        allowance = min(
+            float(TYPING_BURST), self._typing_allowance + (now - self._typing_time) * TYPING_RATE
+        )
+        self._typing_time = now
+        if allowance < 1:
+            self._typing_allowance = allowance
+            self.send(codec.error_frame(codes.RATE_LIMITED, pb.CT_Typing))
+            return
+        self._typing_allowance = allowance - 1
+        st, peer = typing.session_type, typing.peer_id
+        if st not in (pb.ST_Single, pb.ST_Group) or not 0 < peer <= MAX_ID:
+            self.send(codec.error_frame(codes.PARAM_ILLEGAL, pb.CT_Typing))
+            return
+
+        def answer(code: int) -> None:
+            if code != codes.OK:
+                self.send(codec.error_frame(code, pb.CT_Typing))
+
+        def failed(failure: Any) -> None:
+            self.log.failure("typing notice of user {uid}", failure, uid=self.user_id)
+            self.send(codec.error_frame(codes.SERVER_ERROR, pb.CT_Typing))
+
+        self.hub.typing(self.user_id, st, peer).addCallbacks(answer, failed)

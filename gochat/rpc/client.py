@@ -212,6 +212,12 @@ class PeerPool(service.Service):
         d = self.call(node_id, "KickDevice", user_id, device_id)
         return d.addErrback(self._failed, node_id, "kick", 1)
 
+    def notify(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
+        """Hand read/typing notices to one node (one call; they are small and rare). Never fails."""
+        batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+        d = self.call(node_id, "DeliverNotice", batch)
+        return d.addErrback(self._failed, node_id, "notice", len(frames))
+
     def _failed(self, failure: Any, node_id: str, what: str, n: int) -> None:
         self.log.warn(
             "rpc: {what} to node {node} ({n} users) failed: {error}; recipients will sync",

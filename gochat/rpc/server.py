@@ -3,7 +3,8 @@
 A peer logs in with username = its node id and password = the cluster secret
 (PB's challenge-response, so the secret itself never crosses the wire). Only
 then does it get a :class:`PeerPerspective`, whose remote methods are the
-whole surface: ``DeliverMessage``, ``DeliverMessageAll`` and ``KickDevice``.
+whole surface: ``DeliverMessage``, ``DeliverMessageAll``, ``KickDevice`` and
+``DeliverNotice`` (read and typing notices, which are never pushes).
 A peer that has not logged in can call nothing but ``login``.
 """
 
@@ -48,6 +49,8 @@ class PeerHub(Protocol):
     def deliver_from_peer(self, frames: dict[int, list[bytes]]) -> int: ...
 
     def kick_device(self, user_id: int, device_id: str, reason: str) -> bool: ...
+
+    def deliver_notice_from_peer(self, frames: dict[int, list[bytes]]) -> int: ...
 
 
 @implementer(ICredentialsChecker)
@@ -103,6 +106,14 @@ class PeerPerspective(pb.Avatar):
         batch = {_user_id(uid): _frames(data) for uid, data in messages.items()}
         metrics.RPC_SERVED.labels("DeliverMessageAll").inc()
         return self.hub.deliver_from_peer(batch)
+
+    def perspective_DeliverNotice(self, notices: Any) -> int:  # noqa: N802
+        """``{receiver_id: frame or [frames]}`` of read/typing notices, never pushes."""
+        if not isinstance(notices, dict) or len(notices) > MAX_USERS_PER_CALL:
+            raise pb.Error("DeliverNotice takes a dict of receiver_id to frames")
+        batch = {_user_id(uid): _frames(data) for uid, data in notices.items()}
+        metrics.RPC_SERVED.labels("DeliverNotice").inc()
+        return self.hub.deliver_notice_from_peer(batch)
 
     def perspective_KickDevice(self, user_id: Any, device_id: Any) -> bool:  # noqa: N802
         """The device logged in on the calling node: close its connection here."""

@@ -16,7 +16,9 @@ from twisted.internet import defer
 
 from gochat import codes
 from gochat.pb import pb
+from gochat.store import people
 from gochat.store.database import Cursor, Database
+from gochat.store.people import GroupOp
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit in every supported database
 
@@ -46,6 +48,8 @@ class UpItem:
     client_id: int
     message: pb.Message | None  # None for a rejection decided before the store
     reject_code: int = codes.OK
+    #: a group change to commit in order with the messages (user_id is the actor)
+    op: GroupOp | None = None
 
 
 @dataclass
@@ -55,6 +59,8 @@ class UpResult:
     #: (user_id, seq) of every row written, the sender's own included
     rows: list[tuple[int, int]] = field(default_factory=list)
     message: pb.Message | None = None
+    #: why a group change was refused
+    detail: str = ""
 
 
 def _now_ms() -> int:
@@ -78,6 +84,10 @@ class Store:
         #: Called with a group id after this node changed its membership; a
         #: cluster publishes it so every other node drops its cached copy.
         self.on_group_changed: Callable[[int], Any] | None = None
+        # Conversation counters served from memory with a single writer.
+        self._pos_cache: dict[people.ConvKey, int] = {}
+        # The chat_groups.version each cached member list was read at (several writers).
+        self._group_versions: dict[int, int] = {}
 
     # -- users ---------------------------------------------------------------
 
@@ -157,14 +167,17 @@ class Store:
             missing = set(members) - _existing_users(cur, set(members))
             if missing:
                 raise NotFound("user " + ", ".join(str(m) for m in sorted(missing)) + " not found")
+            now = _now_ms()
             group_id = cur.insert_id(
                 "INSERT INTO chat_groups (name, owner_id, created_at) VALUES (?, ?, ?)",
-                (name, owner_id, _now_ms()),
+                (name, owner_id, now),
             )
+            # The owner joined first: an owner who leaves hands over to the next.
             cur.executemany(
-                "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)",
-                [(group_id, m) for m in members],
+                "INSERT INTO group_members (group_id, user_id, joined_at) VALUES (?, ?, ?)",
+                [(group_id, m, now if m == owner_id else now + 1) for m in members],
             )
+            people.create_group_conversation(cur, int(group_id), members, now)
             return int(group_id)
 
         return self.db.run_interaction("create_group", txn)
@@ -270,24 +283,35 @@ class Store:
         single_writer = self.engine.single_writer
         generation = self._group_generation
 
+        txn_state: dict[str, Any] = {}
+
         def done(outcome: tuple[list[UpResult], dict[int, int], dict[int, tuple]]) -> Any:
             results, seqs, groups = outcome
             if single_writer:
                 self._seq_cache.update(seqs)
+                self._pos_cache.update(txn_state.get("positions", ()))
             if generation == self._group_generation:
                 self._group_cache.update(groups)
+                self._group_versions.update(txn_state.get("versions", ()))
+            self._groups_changed(txn_state.get("changed_groups", ()))
             # Every recipient of a stored message got a seq: one C-level update
             # instead of a Python loop over every row of a group fan-out.
             self._known_users.update(seqs)
             return results
 
-        return self.db.run_with_retry("commit_messages", self._commit_txn, items).addCallback(done)
+        return self.db.run_with_retry(
+            "commit_messages", self._commit_txn, items, txn_state
+        ).addCallback(done)
 
     def _commit_txn(
-        self, cur: Cursor, items: list[UpItem]
+        self, cur: Cursor, items: list[UpItem], txn_state: dict[str, Any] | None = None
     ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple]]:
         groups: dict[int, tuple[int, ...]] = {}
         known = set(self._known_users)
+        state = txn_state if txn_state is not None else {}
+        state.clear()
+        stale = self._stale_groups(cur, items, state)
+        now = _now_ms()
         # 0. with several writers the same device may be served by two nodes for a
         #    moment (it reconnected elsewhere): its window is re-read under a lock,
         #    and a clientId already stored gets its earlier answer, not a second row.
@@ -303,6 +327,9 @@ class Store:
                     duplicates[id(item)] = _earlier_answer(cur, item)
                     continue
                 stored[key] = item.client_id
+            if item.op is not None:
+                plans.append(self._plan_op(cur, item, groups, stale, now, state))
+                continue
             if item.reject_code != codes.OK or msg is None:
                 plans.append((item, item.reject_code, ()))
                 continue
@@ -317,7 +344,9 @@ class Store:
                 plans.append((item, codes.OK, (item.user_id, rid)))
             else:
                 gid = msg.receiver_id
-                members = groups.get(gid) or self._group_cache.get(gid)
+                members = groups.get(gid)
+                if members is None and gid not in stale:
+                    members = self._group_cache.get(gid)
                 if members is None:
                     members = _group_members(cur, gid)
                     if members:
@@ -342,6 +371,7 @@ class Store:
         device_acks = []
         device_first: dict[tuple[int, str], int] = {}
         device_last: dict[tuple[int, str], int] = {}
+        entries: list = []  # committed messages, for their conversation positions
         for item, code, recipients in plans:
             result = UpResult(code=code)
             if code == codes.OK:
@@ -373,6 +403,9 @@ class Store:
                     user_rows += (uid, seq, owner, owner_seq)
                     pushed.append((uid, seq))
                 result.message = msg
+                entries.append((msg, owner, owner_seq, pushed, item.op))
+            elif item.op is not None:
+                result.detail = state.get("details", {}).get(id(item), "")
             if item.device_id is not None:
                 device_acks.append(
                     (item.user_id, item.device_id, item.client_id, code, result.sender_seq)
@@ -396,6 +429,9 @@ class Store:
             list_rows += per_user[uid]
         cur.insert_flat(
             "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES", 4, list_rows
+        )
+        state["positions"] = people.record_positions(
+            cur, self.engine, entries, self._pos_cache, now
         )
         changed = {u: current[u] for u in users}
         # Every user here has a user_seq row: the upsert only ever updates,
@@ -424,6 +460,67 @@ class Store:
             ],
         )
         return results, changed, groups
+
+    def _stale_groups(self, cur: Cursor, items: list[UpItem], state: dict[str, Any]) -> set[int]:
+        """Groups of the batch whose cached members may be out of date.
+
+        With one writer process every change goes through it, so the cache is
+        exact. With several, the batch locks the rows of its groups and
+        compares their versions with those the cache was read at: a change
+        committed by another node is seen here at once, not when its Redis
+        invalidation arrives.
+        """
+        if self.engine.single_writer:
+            return set()
+        gids = {i.op.group_id for i in items if i.op is not None}
+        gids.update(
+            i.message.receiver_id
+            for i in items
+            if i.message is not None and i.message.session_type == pb.ST_Group
+        )
+        gids = {g for g in gids if 0 < g <= MAX_ID}
+        if not gids:
+            return set()
+        versions = people.lock_group_versions(cur, gids, self.engine.lock_rows_suffix())
+        state["versions"] = versions
+        known = self._group_versions
+        return {g for g in gids if known.get(g) != versions.get(g)}
+
+    def _plan_op(
+        self,
+        cur: Cursor,
+        item: UpItem,
+        groups: dict[int, tuple[int, ...]],
+        stale: set[int],
+        now: int,
+        state: dict[str, Any],
+    ) -> tuple[UpItem, int, tuple[int, ...]]:
+        """Apply a group change where it stands among the batch's messages."""
+        op = item.op
+        assert op is not None
+        gid = op.group_id
+        members = groups.get(gid)
+        if members is None and gid not in stale:
+            members = self._group_cache.get(gid)
+        if members is None:
+            members = _group_members(cur, gid)
+        code, detail, after, recipients, event = people.apply_group_op(cur, op, members, now)
+        item.message = event
+        if detail:
+            state.setdefault("details", {})[id(item)] = detail
+        if code == codes.OK:
+            groups[gid] = after  # later messages of the batch see the new members
+            if "versions" in state and gid in state["versions"]:
+                state["versions"][gid] += 1
+            state.setdefault("changed_groups", set()).add(gid)
+        return item, code, recipients
+
+    def _groups_changed(self, group_ids: Any) -> None:
+        """Tell the other nodes (their caches are dropped; ours is already exact)."""
+        if self.on_group_changed is None:
+            return
+        for gid in group_ids:
+            self.on_group_changed(gid)
 
     def _current_seqs(self, cur: Cursor, users: list[int]) -> dict[int, int]:
         current: dict[int, int] = {}
@@ -492,6 +589,102 @@ class Store:
         self._group_generation += 1
         self._group_cache.clear()
 
+    # -- people, groups that change, conversations ----------------------------
+
+    def users_info(self, user_ids: list[int]) -> defer.Deferred:
+        """Fires with ``[(id, nickname)]`` of those that exist, by id."""
+        ids = sorted({u for u in user_ids if 0 < u <= MAX_ID})
+
+        def txn(cur: Cursor) -> list[tuple[int, str]]:
+            return _nicknames(cur, ids)
+
+        return self.db.run_interaction("users_info", txn, write=False)
+
+    def user_by_phone(self, phone: str) -> defer.Deferred:
+        """Fires with ``(id, nickname)`` or ``None``."""
+
+        def txn(cur: Cursor) -> tuple[int, str] | None:
+            cur.execute("SELECT id, nickname FROM users WHERE phone_number = ?", (phone,))
+            row = cur.fetchone()
+            return (int(row[0]), row[1]) if row else None
+
+        return self.db.run_interaction("user_by_phone", txn, write=False)
+
+    def set_nickname(self, user_id: int, nickname: str) -> defer.Deferred:
+        def txn(cur: Cursor) -> None:
+            cur.execute("UPDATE users SET nickname = ? WHERE id = ?", (nickname, user_id))
+
+        return self.db.run_interaction("set_nickname", txn)
+
+    def friends(self, user_id: int) -> defer.Deferred:
+        """Fires with ``[(id, nickname)]`` of the user's friends, by id."""
+
+        def txn(cur: Cursor) -> list[tuple[int, str]]:
+            cur.execute(
+                "SELECT u.id, u.nickname FROM friends f JOIN users u ON u.id = f.friend_id"
+                " WHERE f.user_id = ? ORDER BY u.id",
+                (user_id,),
+            )
+            return [(int(r[0]), r[1]) for r in cur.fetchall()]
+
+        return self.db.run_interaction("friends", txn, write=False)
+
+    def user_groups(self, user_id: int) -> defer.Deferred:
+        """Fires with ``[(id, name, owner_id, member_count)]`` of the user's groups."""
+
+        def txn(cur: Cursor) -> list[tuple[int, str, int, int]]:
+            cur.execute(
+                "SELECT g.id, g.name, g.owner_id, (SELECT COUNT(*) FROM group_members c"
+                " WHERE c.group_id = g.id) FROM group_members m JOIN chat_groups g"
+                " ON g.id = m.group_id WHERE m.user_id = ? ORDER BY g.id",
+                (user_id,),
+            )
+            return [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in cur.fetchall()]
+
+        return self.db.run_interaction("user_groups", txn, write=False)
+
+    def group_info(self, group_id: int) -> defer.Deferred:
+        """Fires with ``(name, owner_id, [(id, nickname)] in join order, read_count)`` or None."""
+
+        def txn(cur: Cursor) -> Any:
+            if not 0 < group_id <= MAX_ID:
+                return None
+            cur.execute("SELECT name, owner_id FROM chat_groups WHERE id = ?", (group_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                "SELECT u.id, u.nickname FROM group_members m JOIN users u ON u.id = m.user_id"
+                " WHERE m.group_id = ? ORDER BY m.joined_at, m.user_id",
+                (group_id,),
+            )
+            members = [(int(r[0]), r[1]) for r in cur.fetchall()]
+            if not members:
+                return None
+            return row[0], int(row[1]), members, people.read_count(cur, group_id)
+
+        return self.db.run_interaction("group_info", txn, write=False)
+
+    def conversations(self, user_id: int, limit: int, before: tuple | None) -> defer.Deferred:
+        """Fires with ``(conversations, next cursor or None)``, most recent first."""
+
+        def txn(cur: Cursor) -> Any:
+            return people.list_conversations(cur, user_id, limit, before)
+
+        return self.db.run_interaction("conversations", txn, write=False)
+
+    def mark_read(self, user_id: int, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+        """Move a read position forward; fires with a :class:`people.ReadOutcome`.
+
+        Fails with :class:`NotFound` (no such conversation) or ``ValueError``
+        (``seq`` is not a message of it in the user's list).
+        """
+
+        def txn(cur: Cursor) -> people.ReadOutcome:
+            return people.mark_read(cur, self.engine, user_id, session_type, peer_id, seq)
+
+        return self.db.run_with_retry("mark_read", txn)
+
 
 def _lock_devices(cur: Cursor, items: list[UpItem]) -> dict[tuple[int, str | None], int]:
     """Lock the device rows of a batch in a fixed order; ``{(user, device): last clientId}``."""
@@ -531,6 +724,16 @@ def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:
         cur.execute(f"SELECT id FROM users WHERE id IN ({marks})", chunk)
         found.update(int(r[0]) for r in cur.fetchall())
     return found
+
+
+def _nicknames(cur: Cursor, ids: list[int]) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cur.execute(f"SELECT id, nickname FROM users WHERE id IN ({marks}) ORDER BY id", chunk)
+        out.extend((int(r[0]), r[1]) for r in cur.fetchall())
+    return out
 
 
 def _group_members(cur: Cursor, group_id: int) -> tuple[int, ...]:
