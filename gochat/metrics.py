@@ -6,9 +6,11 @@ A custom registry keeps several nodes in one test process apart.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 STORE_LATENCY = Histogram(
     "gochat_store_interaction_seconds",
@@ -18,7 +20,10 @@ STORE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 STORE_ERRORS = Counter(
-    "gochat_store_errors_total", "Failed database interactions", ["name"], registry=REGISTRY
+    "gochat_store_errors_total",
+    "Failed database interactions (not refusals a client caused: a taken phone, an unknown id)",
+    ["name"],
+    registry=REGISTRY,
 )
 CONNECTIONS = Gauge("gochat_connections", "Open WebSocket connections", registry=REGISTRY)
 LOGINS = Counter("gochat_logins_total", "Login attempts by result", ["result"], registry=REGISTRY)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
@@ -30,15 +34,95 @@ REDIS_START_TIMEOUT = 10.0  # seconds a cluster node waits for Redis at start
 
 __all__ = ["Options", "makeService", "GoChatService"]
 
-SWITCH_INTERVAL = 0.0005  # seconds; see GoChatService.__init__
+#: Seconds a thread may hold the GIL while another waits (CPython's default:
+#: 5 ms). The database threads give the GIL up for each statement and wait up
+#: to this long to get it back from a busy reactor; at 5 ms a commit behind a
+#: burst of pushes takes seconds. Process-wide, so set by :func:`makeService`.
+SWITCH_INTERVAL = 0.0005
+
+
+class StartError(Exception):
+    """A one-line reason the node could not start."""
+
+
+class StoreService(service.Service):
+    """The database as a service: the schema is brought up to date at start,
+    the pool is closed at stop (the node stops it last, after the drain)."""
+
+    def __init__(self, database: Database, describe: str) -> None:
+        self.database = database
+        self.describe = describe
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:  # noqa: N802
+        super().startService()
+        try:
+            yield self.database.migrate()
+        except Exception as exc:
+            self.running = False
+            raise StartError(f"database {self.describe}: {exc}") from exc
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        self.database.close()
+
+
+class ListeningService(service.Service):
+    """One listening port, from an endpoint description.
+
+    Unlike :class:`twisted.application.internet.StreamServerEndpointService`,
+    :meth:`startService` returns the listening Deferred, so the node starts
+    its next child only once this port is open, and a port that cannot be
+    opened fails the start with the option's name and description.
+    """
+
+    def __init__(
+        self,
+        option: str,
+        description: str,
+        factory: Any,
+        reactor: Any,
+        wrap: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.option = option
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.wrap = wrap
+        self.port: Any = None
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:  # noqa: N802
+        super().startService()
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.description)
+            factory = self.wrap(self.factory) if self.wrap is not None else self.factory
+            self.port = yield endpoint.listen(factory)
+        except Exception as exc:
+            self.running = False
+            raise StartError(f"--{self.option} {self.description}: {exc}") from exc
+        return self.port
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield port.stopListening()
 
 
 class GoChatService(service.MultiService):
-    """Opens the store, then listens; stops in the reverse order.
+    """A node: its parts are child services, started in order, each once the
+    one before it is up, and stopped in an order that loses nothing.
 
-    Listening waits for the schema so no client reaches a half-made database.
-    A node that cannot start (database unreachable, port taken) says so in one
-    line and exits with status 1.
+    Start: the store (schema up to date), then in a cluster the PB port,
+    presence (the PB address must answer before presence publishes it) and
+    the peer pool, the heartbeat checker, and last the WebSocket and HTTP
+    ports, so no client reaches a half-made database. A node that cannot
+    start says so in one line and (under twistd) exits with status 1,
+    removing the pid file and the data directory if this start made them.
+
+    Stop: see :meth:`stopService`.
     """
 
     log = Logger()
@@ -49,6 +133,7 @@ class GoChatService(service.MultiService):
         reactor: Any = None,
         passwords: Passwords | None = None,
         exit_on_failure: bool = True,
+        hub_config: HubConfig | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -58,17 +143,16 @@ class GoChatService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.exit_on_failure = exit_on_failure
-        self.ports: dict[str, Any] = {}
         self.ready: defer.Deferred = defer.Deferred()
+        #: paths this start made, removed again if it fails (see makeService)
+        self.created: list[str] = []
+        if not os.path.isdir(config.data_dir):
+            os.makedirs(config.data_dir)
+            self.created.append(config.data_dir)
 
-        # The database threads give the GIL up for each statement and wait up
-        # to a switch interval to get it back from a busy reactor; 5 ms (the
-        # default) turns a commit behind a burst of pushes into seconds.
-        sys.setswitchinterval(SWITCH_INTERVAL)
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
         self.store = Store(self.database)
-        os.makedirs(config.data_dir, exist_ok=True)
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
         self.passwords = passwords or Passwords()
         self.presence: Any = LocalPresence()
@@ -79,16 +163,7 @@ class GoChatService(service.MultiService):
             self.store,
             self.signer,
             reactor,
-            HubConfig(
-                login_timeout=config.login_timeout,
-                sync_limit=config.sync_limit,
-                max_frame=config.max_frame,
-                msg_rate=config.msg_rate,
-                msg_burst=config.msg_burst,
-                push_retry_timeout=config.push_retry_timeout,
-                push_retries=config.push_retries,
-                push_window=config.push_window,
-            ),
+            hub_config or hub_config_from(config),
             presence=self.presence,
             remote=self.peers,
         )
@@ -120,9 +195,47 @@ class GoChatService(service.MultiService):
         self.site.resource.putChild(
             b"healthz", HealthResource(self.database, self.hub.presence, reactor)
         )
-        HeartbeatChecker(
-            self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
-        ).setServiceParent(self)
+
+        # The service tree: the order of addService is the start order.
+        self._add("store", StoreService(self.database, self.engine.describe()))
+        if config.cluster:
+            from gochat.rpc import build_rpc_factory
+
+            self._add(
+                "rpc",
+                ListeningService(
+                    "rpc",
+                    config.rpc,
+                    build_rpc_factory(self.hub, self.cluster_secret, self.presence),
+                    reactor,
+                    wrap=self.cluster_tls.wrap_server_factory if self.cluster_tls else None,
+                ),
+            )
+            # Stopped in reverse: the peer connections close while presence
+            # still takes its Redis round trips to leave the cluster.
+            self._add("presence", self.presence)
+            self._add("peers", self.peers)
+        self._add(
+            "heartbeat",
+            HeartbeatChecker(
+                self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
+            ),
+        )
+        self._add("ws", ListeningService("ws", config.ws, self.ws_factory, reactor))
+        self._add("http", ListeningService("http", config.http, self.site, reactor))
+
+    def _add(self, name: str, child: service.Service) -> None:
+        child.setName(name)
+        child.setServiceParent(self)
+
+    @property
+    def ports(self) -> dict[str, Any]:
+        """The open listening ports by option name (``http``, ``ws``, ``rpc``)."""
+        return {
+            child.option: child.port
+            for child in self
+            if isinstance(child, ListeningService) and child.port is not None
+        }
 
     def _build_cluster(self) -> None:
         """Redis presence, the PB peer pool, and group-cache invalidation between nodes."""
@@ -155,55 +268,36 @@ class GoChatService(service.MultiService):
         presence.on_group_changed = self.store.forget_group
         presence.on_groups_resubscribed = self.store.forget_all_groups
 
-    @defer.inlineCallbacks
-    def _start_cluster(self) -> Any:
-        """Listen on --rpc, then join presence (the address must answer before it is published)."""
-        from gochat.rpc import build_rpc_factory
-
-        config = self.config
-        try:
-            endpoint = endpoints.serverFromString(self.reactor, config.rpc)
-            factory = build_rpc_factory(self.hub, self.cluster_secret, self.presence)
-            if self.cluster_tls is not None:
-                factory = self.cluster_tls.wrap_server_factory(factory)
-            port = yield endpoint.listen(factory)
-        except Exception as exc:
-            raise StartError(f"--rpc {config.rpc}: {exc}") from exc
-        self.ports["rpc"] = port
-        self.peers.setServiceParent(self)
-        self.presence.address = config.advertise or f"{rpc_host(config.rpc)}:{port.getHost().port}"
-        self.presence.setServiceParent(self)
-        try:
-            yield self.presence.registered.addTimeout(REDIS_START_TIMEOUT, self.reactor)
-        except defer.TimeoutError:
-            raise StartError(
-                f"--redis {config.redis}: no answer within {REDIS_START_TIMEOUT:.0f}s"
-            ) from None
-
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        service.Service.startService(self)
         d = self._start()
         d.addCallbacks(self.ready.callback, self._cannot_start)
 
     @defer.inlineCallbacks
     def _start(self) -> Any:
-        try:
-            yield self.database.migrate()
-        except Exception as exc:
-            raise StartError(f"database {self.engine.describe()}: {exc}") from exc
-        if self.config.cluster:
-            yield self._start_cluster()
-        for name, desc, factory in (
-            ("ws", self.config.ws, self.ws_factory),
-            ("http", self.config.http, self.site),
-        ):
+        for child in self:
             try:
-                endpoint = endpoints.serverFromString(self.reactor, desc)
-                self.ports[name] = yield endpoint.listen(factory)
+                yield defer.maybeDeferred(child.startService)
+            except StartError:
+                raise
             except Exception as exc:
-                raise StartError(f"--{name} {desc}: {exc}") from exc
+                raise StartError(f"{child.name}: {exc}") from exc
+            if child.name == "rpc":
+                port = child.port.getHost().port
+                self.presence.address = (
+                    self.config.advertise or f"{rpc_host(self.config.rpc)}:{port}"
+                )
+            elif child.name == "presence":
+                try:
+                    yield self.presence.registered.addTimeout(REDIS_START_TIMEOUT, self.reactor)
+                except defer.TimeoutError:
+                    raise StartError(
+                        f"--redis {self.config.redis}: no answer within {REDIS_START_TIMEOUT:.0f}s"
+                    ) from None
         self.log.info(
-            "GoChat node ready: HTTP {http}, WebSocket {ws}, database {db}{cluster}",
+            "GoChat node ready: web page {web}, HTTP {http}, WebSocket {ws},"
+            " database {db}{cluster}",
+            web=self.web_url(),
             http=self.config.http,
             ws=self.config.ws,
             db=self.engine.describe(),
@@ -214,6 +308,20 @@ class GoChatService(service.MultiService):
             ),
         )
         return self
+
+    def web_url(self) -> str:
+        """Where a browser finds the web chat page (``/`` of the HTTP port)."""
+        port = self.ports.get("http")
+        address = port.getHost() if port is not None else None
+        if not isinstance(address, IPv4Address | IPv6Address):
+            return f"/ on {self.config.http}"
+        host = address.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.config.http.startswith("ssl:") else "http"
+        return f"{scheme}://{host}:{address.port}/"
 
     def _cannot_start(self, failure: Any) -> None:
         message = str(failure.value) if failure.check(StartError) else repr(failure.value)
@@ -228,22 +336,33 @@ class GoChatService(service.MultiService):
         stderr.flush()
         self.log.error("cannot start: {message}", message=message)
         if IReactorCore.providedBy(self.reactor):
-            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            # twistd stops this service (closing what did start) as the
+            # reactor stops; then what this start made goes, and the status is 1.
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._exit_after_failure)
             self.reactor.stop()
+
+    def _exit_after_failure(self) -> None:
+        remove_created(self.created)
+        os._exit(1)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         """Drain, in an order that never ACKs a message it then loses.
 
-        Stop accepting; stop reading frames (what is not read is not ACKed, so
-        clients resend it elsewhere); let the transaction in flight commit and
-        its ACKs go out; close every WebSocket with 1001 going away, which also
-        takes the users out of presence; only then stop the children (presence,
-        heartbeat) and close the database.
+        Stop accepting (every listening port closes); stop reading frames
+        (what is not read is not ACKed, so clients resend it elsewhere); let
+        the transaction in flight commit and its ACKs go out; close every
+        WebSocket with 1001 going away, which also takes the users out of
+        presence; only then stop the other children one by one, last first:
+        the heartbeat checker, the peer connections, presence (the node
+        leaves the cluster), and last the store, which closes the database.
         """
+        service.Service.stopService(self)
         self.hub.draining = True
-        for port in self.ports.values():
-            yield port.stopListening()
+        children = [child for child in reversed(list(self)) if child.running]
+        for child in children:
+            if isinstance(child, ListeningService):
+                yield child.stopService()
         yield self.hub.wait_idle()
         self.hub.router.flush()  # committed messages still owed their pushes
         closed = [
@@ -258,12 +377,33 @@ class GoChatService(service.MultiService):
             # closeHandshakeTimeout, so this wait is bounded.
             yield defer.DeferredList(closed, consumeErrors=True)
         self.hub.pushes.stop()
-        yield super().stopService()  # presence leaves the cluster, peer connections close
-        self.database.close()
+        for child in children:
+            if not isinstance(child, ListeningService):
+                yield defer.maybeDeferred(child.stopService)
 
 
-class StartError(Exception):
-    """A one-line reason the node could not start."""
+def hub_config_from(config: Config) -> HubConfig:
+    """The logic's settings out of the node's options."""
+    return HubConfig(
+        login_timeout=config.login_timeout,
+        sync_limit=config.sync_limit,
+        max_frame=config.max_frame,
+        msg_rate=config.msg_rate,
+        msg_burst=config.msg_burst,
+        push_retry_timeout=config.push_retry_timeout,
+        push_retries=config.push_retries,
+        push_window=config.push_window,
+    )
+
+
+def remove_created(paths: list[str]) -> None:
+    """Remove files and directories a failed start made (newest first)."""
+    for path in reversed(paths):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 #: Allocations between young-generation collections (CPython's default: 700).
@@ -282,13 +422,22 @@ def tune_gc() -> None:
 
 
 def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's name
+    """The node for ``twistd gochat``; also sets what is process-wide (GIL, collector)."""
     config = options.config
     assert config is not None
+    made_data_dir = not os.path.isdir(config.data_dir)
     try:
-        service = GoChatService(config)
+        node = GoChatService(config)
     except (OSError, ValueError) as exc:
         # An unusable data dir or secret file: one line, not a traceback.
+        if made_data_dir:
+            remove_created([config.data_dir])
         sys.stderr.write(f"gochat: cannot start: {exc}\n")
         raise SystemExit(1) from None
+    parent = getattr(options, "parent", None)
+    pidfile = parent.get("pidfile") if parent is not None else None
+    if pidfile and not os.path.exists(pidfile):
+        node.created.insert(0, os.path.abspath(pidfile))  # twistd writes it after this
+    sys.setswitchinterval(SWITCH_INTERVAL)
     tune_gc()
-    return service
+    return node

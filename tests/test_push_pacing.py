@@ -5,7 +5,6 @@ while too many pushes wait. Time is a Clock: a reactor turn is ``advance(0)``.""
 from __future__ import annotations
 
 from typing import Any
-from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gochat.logic import router as router_module
+from gochat.logic import HubConfig
 from gochat.logic.router import Router
 from gochat.logic.writer import MessageWriter
 from gochat.pb import pb
@@ -43,10 +42,8 @@ def delivery(sender: int, rows: list[tuple[int, int]]) -> Any:
 
 class RouterPacing(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(router_module, "PUSH_BUDGET", 4)
-        self.patch(router_module, "PUSH_BACKLOG_LIMIT", 8)
         self.clock = Clock()
-        self.router = Router(LocalPresence(), self.clock)
+        self.router = Router(LocalPresence(), self.clock, budget=4, backlog_limit=8)
         self.pushed: list[tuple[int, int]] = []
         for uid in (1, 2, 3):
             self.router.add(PushedTo(uid, self.pushed))
@@ -133,9 +130,10 @@ class WriterHold(unittest.TestCase):
 
 
 class AcksBeforePushes(LogicTestCase):
+    hub_config = HubConfig(push_budget=1)
+
     @defer.inlineCallbacks
     def test_a_batch_is_acked_before_pushes_past_the_budget_go_out(self):
-        self.patch(router_module, "PUSH_BUDGET", 1)
         alice, alice_token = yield self.user("alice")
         bob, bob_token = yield self.user("bob")
         sender, sender_conn = yield self.login(alice_token)
@@ -202,30 +200,26 @@ class PacingProperties(unittest.TestCase):
         ),
     )
     def test_every_push_goes_out_once_in_commit_order(self, budget, batches):
-        with (
-            patch.object(router_module, "PUSH_BUDGET", budget),
-            patch.object(router_module, "PUSH_BACKLOG_LIMIT", 2 * budget),
-        ):
-            clock = Clock()
-            router = Router(LocalPresence(), clock)
-            pushed: list[tuple[int, int]] = []
-            for uid in (1, 2, 3, 4):
-                router.add(PushedTo(uid, pushed))
-            seqs = dict.fromkeys((1, 2, 3, 4), 0)
-            expected: list[tuple[int, int]] = []
-            for messages, turn in batches:
-                batch = []
-                for recipients in messages:
-                    rows = []
-                    for uid in dict.fromkeys(recipients):  # each member once
-                        seqs[uid] += 1
-                        rows.append((uid, seqs[uid]))
-                    expected += rows
-                    batch.append(delivery(1, rows))
-                router.deliver_many(batch)
-                if turn:
-                    clock.advance(0)
-            while clock.getDelayedCalls():
+        clock = Clock()
+        router = Router(LocalPresence(), clock, budget=budget, backlog_limit=2 * budget)
+        pushed: list[tuple[int, int]] = []
+        for uid in (1, 2, 3, 4):
+            router.add(PushedTo(uid, pushed))
+        seqs = dict.fromkeys((1, 2, 3, 4), 0)
+        expected: list[tuple[int, int]] = []
+        for messages, turn in batches:
+            batch = []
+            for recipients in messages:
+                rows = []
+                for uid in dict.fromkeys(recipients):  # each member once
+                    seqs[uid] += 1
+                    rows.append((uid, seqs[uid]))
+                expected += rows
+                batch.append(delivery(1, rows))
+            router.deliver_many(batch)
+            if turn:
                 clock.advance(0)
-            self.assertEqual(pushed, expected)
-            self.assertFalse(router.congested)
+        while clock.getDelayedCalls():
+            clock.advance(0)
+        self.assertEqual(pushed, expected)
+        self.assertFalse(router.congested)

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from gochat import codec, codes, metrics
 from gochat.auth import TokenSigner
 from gochat.logic.pushes import PushTracker
-from gochat.logic.router import RemoteDeliverer, Router
+from gochat.logic.router import PUSH_BACKLOG_LIMIT, PUSH_BUDGET, RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
 from gochat.logic.writer import MessageWriter
 from gochat.pb import pb
@@ -43,6 +43,8 @@ class HubConfig:
     push_retry_timeout: float = 5.0
     push_retries: int = 3
     push_window: int = 512
+    push_budget: int = PUSH_BUDGET  # pushes per reactor turn
+    push_backlog_limit: int = PUSH_BACKLOG_LIMIT  # waiting pushes that hold the writer
 
 
 @dataclass(eq=False)
@@ -81,7 +83,13 @@ class Hub:
         self.clock = clock
         self.config = config or HubConfig()
         self.presence = presence or LocalPresence()
-        self.router = Router(self.presence, clock, remote)
+        self.router = Router(
+            self.presence,
+            clock,
+            remote,
+            budget=self.config.push_budget,
+            backlog_limit=self.config.push_backlog_limit,
+        )
         # Owners are (device, start time); the device orders its messages.
         self.writer = MessageWriter(
             store,

@@ -53,17 +53,26 @@ class Router:
     log = Logger()
 
     def __init__(
-        self, presence: Presence, clock: IReactorTime, remote: RemoteDeliverer | None = None
+        self,
+        presence: Presence,
+        clock: IReactorTime,
+        remote: RemoteDeliverer | None = None,
+        budget: int = PUSH_BUDGET,
+        backlog_limit: int = PUSH_BACKLOG_LIMIT,
     ) -> None:
         self.presence = presence
         self.clock = clock
         self.remote = remote
+        #: pushes made per reactor turn (see :data:`PUSH_BUDGET`)
+        self.budget = budget
+        #: waiting pushes past which the writer holds (see :data:`PUSH_BACKLOG_LIMIT`)
+        self.backlog_limit = backlog_limit
         self.online: dict[int, list[Session]] = {}
         #: committed messages whose pushes wait for the next reactor turn
         self._backlog: deque[Delivery] = deque()
         self._backlog_rows = 0
         self._drain_call: Any = None
-        #: called when the backlog falls below :data:`PUSH_BACKLOG_LIMIT` again
+        #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
 
     def add(self, session: Session) -> bool:
@@ -84,7 +93,7 @@ class Router:
         return False
 
     def deliver_many(self, deliveries: list[Delivery]) -> None:
-        """Push committed messages in commit order, :data:`PUSH_BUDGET` per reactor turn."""
+        """Push committed messages in commit order, ``budget`` pushes per reactor turn."""
         self._backlog.extend(deliveries)
         self._backlog_rows += sum(len(rows) for _, rows, _ in deliveries)
         if self._drain_call is None:
@@ -108,13 +117,13 @@ class Router:
     @property
     def congested(self) -> bool:
         """Too many pushes wait: the writer should not commit more for now."""
-        return self._backlog_rows >= PUSH_BACKLOG_LIMIT
+        return self._backlog_rows >= self.backlog_limit
 
     def _drain(self) -> None:
         self._drain_call = None
         backlog = self._backlog
         congested = self.congested
-        budget = PUSH_BUDGET
+        budget = self.budget
         pushed = 0
         while backlog and budget > 0:
             message, rows, origin = backlog.popleft()
@@ -122,7 +131,7 @@ class Router:
             budget -= len(rows)
         if pushed:  # counted once per turn: a counter's lock costs as much as a push
             _LOCAL_PUSHES.inc(pushed)
-        self._backlog_rows -= PUSH_BUDGET - budget
+        self._backlog_rows -= self.budget - budget
         if backlog:
             self._drain_call = self.clock.callLater(0, self._drain)
         if congested and not self.congested and self.on_drained is not None:

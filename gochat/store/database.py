@@ -25,6 +25,11 @@ T = TypeVar("T")
 SLOW_INTERACTION = 1.0  # seconds; slower interactions are logged by name
 
 
+class Refusal(Exception):
+    """An interaction refused what a client asked (a taken phone number, an
+    unknown user): the client's mistake, so not counted as a store error."""
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be used at all (pool closed, file gone)."""
 
@@ -123,7 +128,8 @@ class Database:
             return result
 
         def failed(failure: Any) -> Any:
-            metrics.STORE_ERRORS.labels(name).inc()
+            if not failure.check(Refusal):  # the client's doing, not the database's
+                metrics.STORE_ERRORS.labels(name).inc()
             return done(failure)
 
         return d.addCallbacks(done, failed)

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from gochat import codes
 from gochat.pb import pb
 from gochat.store import people
-from gochat.store.database import Cursor, Database
+from gochat.store.database import Cursor, Database, Refusal
 from gochat.store.people import GroupOp
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit in every supported database
@@ -31,11 +31,11 @@ DEVICE_ACK_HISTORY = 65536
 DEVICE_ACK_PRUNE_EVERY = 4096
 
 
-class NotFound(Exception):
+class NotFound(Refusal):
     """A referenced user or group does not exist."""
 
 
-class Conflict(Exception):
+class Conflict(Refusal):
     """A unique value (a phone number) is taken."""
 
 

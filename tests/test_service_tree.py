@@ -1,0 +1,130 @@
+"""The node is a tree of services: its parts start in the order the node
+needs and stop in an order that loses nothing; process-wide settings are made
+by ``makeService`` only; a failed start leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from gochat.config import Config, Options
+from gochat.tap import SWITCH_INTERVAL, GoChatService, ListeningService, makeService
+from tests.util import TWISTD, Node, NodeTestCase, TwistdProcess, cheap_passwords
+
+
+class Children(NodeTestCase):
+    def test_each_part_of_a_node_is_a_named_child_service_in_start_order(self):
+        names = [child.name for child in self.node.service]
+        self.assertEqual(names, ["store", "heartbeat", "ws", "http"])
+        self.assertTrue(all(child.running for child in self.node.service))
+
+    def test_ports_are_the_listening_children_ports(self):
+        service = self.node.service
+        self.assertEqual(set(service.ports), {"ws", "http"})
+        self.assertIs(service.ports["http"], service.getServiceNamed("http").port)
+
+    def test_the_ready_line_names_the_web_page(self):
+        port = self.node.service.ports["http"].getHost().port
+        self.assertEqual(self.node.service.web_url(), f"http://127.0.0.1:{port}/")
+
+    @defer.inlineCallbacks
+    def test_stop_closes_the_ports_before_the_database(self):
+        service = self.node.service
+        order: list[str] = []
+        store = service.getServiceNamed("store")
+        close = service.database.close
+        self.patch(service.database, "close", lambda: (order.append("database"), close())[1])
+        for child in service:
+            if isinstance(child, ListeningService):
+                stop = child.port.stopListening
+
+                def stopped(stop: Any = stop, name: str = child.name) -> Any:
+                    order.append(name)
+                    return stop()
+
+                self.patch(child.port, "stopListening", stopped)
+        yield self.node.stop()
+        self.assertEqual(order, ["http", "ws", "database"])
+        self.assertFalse(store.running)
+        self.assertEqual(service.ports, {})
+
+
+class StartOrder(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_nothing_listens_when_the_schema_cannot_be_made(self):
+        work = tempfile.mkdtemp(prefix="gochat-tree-")
+        os.mkdir(os.path.join(work, "gochat.db"))  # SQLite cannot open a directory
+        node = Node(work)
+        with self.assertRaises(Exception) as caught:
+            yield node.start()
+        self.assertIn("database", str(caught.exception))
+        self.assertEqual(node.service.ports, {})
+        self.assertEqual([c.name for c in node.service if c.running], [])
+
+
+class ProcessWideSettings(unittest.TestCase):
+    def setUp(self) -> None:
+        before = sys.getswitchinterval()
+        self.addCleanup(sys.setswitchinterval, before)
+        sys.setswitchinterval(0.005)
+
+    def test_the_constructor_leaves_the_switch_interval_alone(self):
+        GoChatService(
+            Config(data_dir=tempfile.mkdtemp()), reactor, cheap_passwords(), exit_on_failure=False
+        )
+        self.assertEqual(sys.getswitchinterval(), 0.005)
+
+    def test_make_service_sets_it(self):
+        import gc
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.addCleanup(gc.unfreeze)
+        options = Options()
+        options.parseOptions(["--data-dir", tempfile.mkdtemp()])
+        makeService(options)
+        self.assertAlmostEqual(sys.getswitchinterval(), SWITCH_INTERVAL)
+
+
+class FailedStart(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_a_failed_start_removes_the_pid_file_and_the_data_dir_it_made(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        work = tempfile.mkdtemp(prefix="gochat-failed-")
+        pidfile = os.path.join(work, "twistd.pid")
+        data_dir = os.path.join(work, "gochat-data")
+        proc = TwistdProcess()
+        http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        args = ["-n", f"--pidfile={pidfile}", "gochat", "--data-dir", data_dir, "--http", http]
+        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
+        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
+        self.assertEqual(status, 1, stderr)
+        self.assertIn(b"cannot start: --http", stderr)
+        self.assertEqual(sorted(os.listdir(work)), [])
+
+    @defer.inlineCallbacks
+    def test_a_failed_start_keeps_a_data_dir_that_was_there(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        work = tempfile.mkdtemp(prefix="gochat-failed-")
+        data_dir = os.path.join(work, "gochat-data")
+        os.mkdir(data_dir)
+        proc = TwistdProcess()
+        http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        args = ["-n", "--pidfile=", "gochat", "--data-dir", data_dir, "--http", http]
+        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
+        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
+        self.assertEqual(status, 1, stderr)
+        self.assertTrue(os.path.isdir(data_dir))
