@@ -393,8 +393,16 @@ class BrowserPeople(BrowserCase):
                 expect(item.locator(".name")).to_have_text("alice")
                 expect(item.locator(".preview")).to_have_text("hi bob")
                 expect(item.locator(".badge")).to_have_text("1")
+                # A second tab is a second device: reading in one clears the badge in both.
+                b2 = b.context.new_page()
+                b2.goto(base + "/")
+                expect(b2.locator("#status")).to_have_attribute("data-online", "yes")
+                other = b2.locator(f'[data-conversation="u{alice}"]')
+                expect(other.locator(".badge")).to_have_text("1")
                 item.click()
                 expect(item.locator(".badge")).to_have_count(0)
+                expect(other.locator(".badge")).to_have_count(0)
+                b2.close()
                 expect(b.locator("#messages li.theirs .who")).to_have_text(["alice"])
                 # Bob read it: alice's message says so.
                 expect(a.locator("#messages li.mine .seen-mark")).to_have_text("Seen")
@@ -402,6 +410,7 @@ class BrowserPeople(BrowserCase):
                 # Typing shows on the other side, and a message ends it.
                 b.locator("#text").press_sequentially("on my")
                 expect(a.locator("#typing")).to_have_text("bob is typing…")
+                shot(a, "desktop-typing")
                 b.locator("#text").press_sequentially(" way")
                 b.press("#text", "Enter")
                 expect(a.locator("#messages li.theirs", has_text="on my way")).to_have_count(1)
@@ -481,7 +490,10 @@ class BrowserPeople(BrowserCase):
                 m.click(f'[data-conversation="u{bob}"]')
                 expect(m.locator("#conv-title")).to_have_text("bob")
                 expect(m.locator("#messages li.mine .text").last).to_have_text("one more thing")
+                expect(m.locator("#back")).to_be_visible()
                 expect(m.locator("nav")).to_be_hidden()
+                say(m, "unbroken" * 40)  # wraps inside its bubble
+                no_sideways_scrolling(m)
                 for selector in ("#messages", "#text", "#send"):
                     box = m.locator(selector).bounding_box()
                     self.assertLessEqual(box["y"] + box["height"], phone["height"], selector)

@@ -22,7 +22,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.conch.insults.insults import ServerProtocol
@@ -227,7 +227,7 @@ class Names:
         for user in users:
             self.users[int(user["id"])] = str(user.get("nickname") or "")
 
-    def known(self, user_ids: list[int] = (), group_id: int | None = None) -> defer.Deferred:
+    def known(self, user_ids: Iterable[int] = (), group_id: int | None = None) -> defer.Deferred:
         """Fires once the given users and group have names (or never will)."""
         waits = [self._user(u) for u in set(user_ids) if u not in self.users]
         if group_id is not None and group_id not in self.groups:
