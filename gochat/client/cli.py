@@ -1,15 +1,20 @@
 """``gochat-cli``: chat from a terminal, on top of the client library.
 
-Register or log in over the HTTP API, then a line mode: ``/to ID`` and
-``/group ID`` pick who plain lines go to, ``/create NAME IDS…`` makes a group.
-Messages are printed as they arrive, while you type; what arrived while you
-were away is printed first (the client syncs at login). A dropped connection is
-reopened with backoff, and what you typed meanwhile is sent then, once.
+Register or log in over the HTTP API, then a line mode: ``/to ID``,
+``/find PHONE`` and ``/group ID`` pick who plain lines go to, ``/create``,
+``/members``, ``/add``, ``/remove``, ``/leave`` and ``/rename`` manage groups,
+``/read`` marks a conversation read (``HELP`` lists them all). People and
+groups are shown by name, asked of the node once each. Messages are printed
+as they arrive, while you type; what arrived while you were away is printed
+first (the client syncs at login). A dropped connection is reopened with
+backoff, and what you typed meanwhile is sent then, once.
 
 On a terminal the input line is edited in place (Twisted Conch's line
 editor), so a message that arrives while you type is printed above the line
-you are typing and the line is redrawn; through pipes it reads plain lines.
-It owns only the terminal: delivery, ACKs and sync are the library's.
+you are typing and the line is redrawn; the prompt names the target. Through
+pipes it reads plain lines and runs each once the one before it is done, so
+the output follows the input's order. It owns only the terminal: delivery,
+ACKs and sync are the library's.
 """
 
 from __future__ import annotations
