@@ -477,6 +477,11 @@ class BrowserPeople(BrowserCase):
                 expect(items.first.locator(".badge")).to_have_text("1")
                 expect(items.last.locator(".preview")).to_have_text("You left")
                 expect(items.last.locator(".badge")).to_have_count(0)
+                b.fill("#nick", "x" * 33)
+                expect(b.locator("#nick")).to_have_value("x" * 32)  # the field stops there
+                b.fill("#nick", "robert")
+                b.click("#save-nick")
+                expect(b.locator("#me")).to_have_text("You are robert")
                 shot(b, "desktop-list")
 
                 # A phone: one column; the list, then the conversation alone,
@@ -484,11 +489,12 @@ class BrowserPeople(BrowserCase):
                 phone = {"width": 390, "height": 844}
                 m = browser.new_context(viewport=phone, is_mobile=True, has_touch=True).new_page()
                 sign_in(m, "100")
-                expect(m.locator(f'[data-conversation="u{bob}"] .name')).to_have_text("bob")
+                # Bob's new nickname: the list's names come from the node.
+                expect(m.locator(f'[data-conversation="u{bob}"] .name')).to_have_text("robert")
                 no_sideways_scrolling(m)
                 shot(m, "phone-list")
                 m.click(f'[data-conversation="u{bob}"]')
-                expect(m.locator("#conv-title")).to_have_text("bob")
+                expect(m.locator("#conv-title")).to_have_text("robert")
                 expect(m.locator("#messages li.mine .text").last).to_have_text("one more thing")
                 expect(m.locator("#back")).to_be_visible()
                 expect(m.locator("nav")).to_be_hidden()

@@ -945,6 +945,7 @@
 
   function showMe() {
     const name = state.names.users[session.userId] || session.nickname;
+    if (!$("nick").value && document.activeElement !== $("nick")) $("nick").placeholder = name || "";
     $("me").dataset.userId = session.userId;
     $("me").textContent = name ? "You are " + name : "You are user " + session.userId;
   }
@@ -1072,6 +1073,23 @@
     }
   }
 
+  async function onNick(event) {
+    event.preventDefault();
+    const nickname = $("nick").value.trim();
+    $("nick-error").textContent = "";
+    try {
+      await api("POST", "/user/update", [["nickname", nickname]], session.token);
+      state.names.users[session.userId] = nickname;
+      session.nickname = nickname;
+      save("gochat:session", session);
+      $("nick").value = "";
+      saveState();
+      render();
+    } catch (e) {
+      $("nick-error").textContent = "Could not change it: " + e.message;
+    }
+  }
+
   function onSend(event) {
     event.preventDefault();
     const text = $("text").value;
@@ -1099,6 +1117,7 @@
     $("auth-form").addEventListener("submit", onAuth);
     $("group-form").addEventListener("submit", onCreateGroup);
     $("find-form").addEventListener("submit", onFind);
+    $("nick-form").addEventListener("submit", onNick);
     $("send-form").addEventListener("submit", onSend);
     $("text").addEventListener("input", sayTyping);
     $("back").addEventListener("click", close);
