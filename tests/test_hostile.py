@@ -87,7 +87,7 @@ class HostileWebSocket(NodeTestCase):
     @defer.inlineCallbacks
     def test_unknown_cmd_type_gets_1010(self):
         proto = yield self.raw(self.alice_token)
-        for cmd in (6, 99, 2**31 - 1, -1):
+        for cmd in (8, 99, 2**31 - 1, -1):  # 6 and 7 are CT_Read and CT_Typing
             out = yield self.ask(proto, cmd, b"whatever")
             self.assertEqual((out.type, out.code), (pb.CT_UnKnow, codes.UNKNOWN_COMMAND))
 
