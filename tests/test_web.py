@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from typing import Any
@@ -105,8 +104,8 @@ class ServedPage(NodeTestCase):
         self.assertEqual(response.code, 401)
 
 
-class BrowserChat(NodeTestCase):
-    """Two people chat through the page in headless Chromium."""
+class BrowserCase(NodeTestCase):
+    """A node and Debian's Chromium, driven by Playwright."""
 
     timeout = 240
     node_options = {"sync_limit": 2}  # catching up takes several sync pages
@@ -145,6 +144,10 @@ class BrowserChat(NodeTestCase):
         )
         item = UpItem(sender, "test-direct", 1, message)
         return self.node.service.store.commit_messages([item])
+
+
+class BrowserChat(BrowserCase):
+    """Two people chat through the page in headless Chromium."""
 
     @defer.inlineCallbacks
     def test_two_people_chat_one_to_one_and_in_a_group_and_catch_up_after_offline(self):
@@ -214,9 +217,10 @@ class BrowserChat(NodeTestCase):
                 alice = register(a, "100", "alice")
                 bob = register(b, "200", "bob")
 
-                # One to one, both ways.
-                a.fill("#open-id", str(bob))
-                a.click("#open")
+                # One to one, both ways: alice finds bob by his phone number.
+                a.fill("#find-phone", "200")
+                a.click("#find")
+                expect(a.locator("#conv-title")).to_have_text("bob")
                 say(a, "hello bob")
                 sees(b, f"u{alice}", "hello bob")
                 report["bob_seq_of_hello"] = int(
@@ -250,10 +254,10 @@ class BrowserChat(NodeTestCase):
 
                 # A group: alice creates it with bob, both write in it.
                 a.fill("#group-name", "team")
-                a.fill("#group-members", str(bob))
+                a.fill("#group-members", "200")
                 a.click("#create-group")
-                expect(a.locator("#conv-title")).to_have_text(re.compile(r"Group \d+"))
-                group = a.locator("#conv-title").inner_text().split()[-1]
+                expect(a.locator("#conv-title")).to_have_text("team")
+                group = a.evaluate("location.hash").removeprefix("#g")
                 say(a, "welcome to the team")
                 sees(b, f"g{group}", "welcome to the team")
                 say(b, "glad to be here")
@@ -302,6 +306,213 @@ class BrowserChat(NodeTestCase):
                         if f.type == pb.CT_Message
                     }
                 )
+            finally:
+                browser.close()
+        return report
+
+
+class BrowserPeople(BrowserCase):
+    """Names, the server's conversation list, groups, receipts and typing, at two sizes."""
+
+    @defer.inlineCallbacks
+    def test_names_groups_receipts_typing_and_the_list_at_desktop_and_phone_sizes(self):
+        carol = yield self.node.api().register("300", "correct horse", "carol")
+        report = yield threads.deferToThread(self.people, self.node.http_url, int(carol["id"]))
+        for path in report["screenshots"]:
+            self.assertGreater(os.path.getsize(path), 10000, path)
+        # The page asked for read and typing notices at login, and sent both.
+        logins = [pb.LoginMsg.FromString(f.data) for f in report["frames"] if f.type == pb.CT_Login]
+        self.assertTrue(logins and all(login.notices for login in logins))
+        reads = [pb.ReadMsg.FromString(f.data) for f in report["frames"] if f.type == pb.CT_Read]
+        self.assertTrue(reads)
+        self.assertTrue(any(f.type == pb.CT_Typing for f in report["frames"]))
+
+    def people(self, base: str, carol: int) -> dict[str, Any]:
+        from playwright.sync_api import expect, sync_playwright
+
+        expect.set_options(timeout=20000)
+        report: dict[str, Any] = {"frames": [], "screenshots": []}
+        out = artifacts_dir()
+
+        def shot(page: Any, name: str) -> None:
+            path = os.path.join(out, f"web-people-{name}.png")
+            page.screenshot(path=path)
+            report["screenshots"].append(path)
+
+        def no_sideways_scrolling(page: Any) -> None:
+            width = page.evaluate("document.documentElement.scrollWidth")
+            self.assertLessEqual(width, page.viewport_size["width"])
+
+        def sign_in(page: Any, phone: str, nickname: str = "") -> int:
+            page.on(
+                "websocket",
+                lambda ws: ws.on(
+                    "framesent", lambda data: report["frames"].append(pb.Input.FromString(data))
+                ),
+            )
+            page.goto(base + "/")
+            page.fill("#phone", phone)
+            page.fill("#password", "correct horse")
+            if nickname:
+                page.fill("#nickname", nickname)
+                page.click("#register")
+            else:
+                page.click("#login")
+            expect(page.locator("#status")).to_have_attribute("data-online", "yes")
+            return int(page.locator("#me").get_attribute("data-user-id"))
+
+        def say(page: Any, text: str) -> None:
+            page.fill("#text", text)
+            page.press("#text", "Enter")
+            expect(page.locator("#messages li.mine", has_text=text)).to_have_count(1)
+            expect(page.locator("#messages li.pending")).to_have_count(0)
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=self.chromium, args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                desktop = {"width": 1280, "height": 800}
+                a = browser.new_context(viewport=desktop).new_page()
+                b = browser.new_context(viewport=desktop).new_page()
+                alice = sign_in(a, "100", "alice")
+                bob = sign_in(b, "200", "bob")
+                expect(a.locator("#me")).to_have_text("You are alice")
+
+                # Find by phone number starts a chat, titled by nickname.
+                a.fill("#find-phone", "999")
+                a.click("#find")
+                expect(a.locator("#find-error")).to_contain_text("Nobody has the phone number")
+                a.fill("#find-phone", "200")
+                a.click("#find")
+                expect(a.locator("#conv-title")).to_have_text("bob")
+                say(a, "hi bob")
+
+                # Bob's list: the name, the last message and an unread badge.
+                item = b.locator(f'[data-conversation="u{alice}"]')
+                expect(item.locator(".name")).to_have_text("alice")
+                expect(item.locator(".preview")).to_have_text("hi bob")
+                expect(item.locator(".badge")).to_have_text("1")
+                # A second tab is a second device: reading in one clears the badge in both.
+                b2 = b.context.new_page()
+                b2.goto(base + "/")
+                expect(b2.locator("#status")).to_have_attribute("data-online", "yes")
+                other = b2.locator(f'[data-conversation="u{alice}"]')
+                expect(other.locator(".badge")).to_have_text("1")
+                item.click()
+                expect(item.locator(".badge")).to_have_count(0)
+                expect(other.locator(".badge")).to_have_count(0)
+                b2.close()
+                expect(b.locator("#messages li.theirs .who")).to_have_text(["alice"])
+                # Bob read it: alice's message says so.
+                expect(a.locator("#messages li.mine .seen-mark")).to_have_text("Seen")
+
+                # Typing shows on the other side, and a message ends it.
+                b.locator("#text").press_sequentially("on my")
+                expect(a.locator("#typing")).to_have_text("bob is typing…")
+                shot(a, "desktop-typing")
+                b.locator("#text").press_sequentially(" way")
+                b.press("#text", "Enter")
+                expect(a.locator("#messages li.theirs", has_text="on my way")).to_have_count(1)
+                expect(a.locator("#typing")).to_have_text("")
+
+                # A group, its panel, and changes as events in the chat.
+                a.fill("#group-name", "team")
+                a.fill("#group-members", "200")
+                a.click("#create-group")
+                expect(a.locator("#conv-title")).to_have_text("team")
+                group = int(a.evaluate("location.hash").removeprefix("#g"))
+                a.click("#group-toggle")
+                members = a.locator("#members li .member-name")
+                expect(members).to_have_text(["alice (you)", "bob"])
+                a.fill("#add-phone", "300")
+                a.click("#add")
+                expect(members).to_have_text(["alice (you)", "bob", "carol"])
+                conv = b.locator(f'[data-conversation="g{group}"]')
+                expect(conv.locator(".name")).to_have_text("team")
+                conv.click()
+                expect(b.locator("#messages li.event")).to_have_text(["Alice added carol"])
+                a.fill("#rename-name", "crew")
+                a.click("#rename")
+                expect(a.locator("#conv-title")).to_have_text("crew")
+                expect(b.locator("#conv-title")).to_have_text("crew")
+                expect(b.locator("#messages li.event").last).to_have_text(
+                    "Alice renamed the group to “crew”"
+                )
+                say(b, "hello crew")
+                # Bob is a member, not the owner: he may add and leave, not remove or rename.
+                b.click("#group-toggle")
+                expect(b.locator("#members li")).to_have_count(3)
+                expect(b.locator("#members .remove")).to_have_count(0)
+                expect(b.locator("#rename-form")).to_be_hidden()
+                expect(b.locator("#add-form")).to_be_visible()
+                a.click(f'[data-member-id="{carol}"] .remove')
+                expect(members).to_have_text(["alice (you)", "bob"])
+                expect(b.locator("#messages li.event").last).to_have_text("Alice removed carol")
+                shot(a, "desktop-group")
+                b.click("#leave")
+                expect(b.locator("#left-note")).to_be_visible()
+                expect(b.locator("#text")).to_be_disabled()
+                expect(a.locator("#messages li.event").last).to_have_text("Bob left")
+                expect(members).to_have_text(["alice (you)"])
+                no_sideways_scrolling(a)
+
+                # A reload keeps the open conversation.
+                a.reload()
+                expect(a.locator("#status")).to_have_attribute("data-online", "yes")
+                expect(a.locator("#conv-title")).to_have_text("crew")
+                expect(a.locator("#messages li.theirs .text")).to_have_text(["hello crew"])
+
+                # A new browser: the list, its names, last messages and badges
+                # come from the node.
+                a.click(f'[data-conversation="u{bob}"]')
+                say(a, "one more thing")
+                b.context.close()
+                b = browser.new_context(viewport=desktop).new_page()
+                sign_in(b, "200")
+                expect(b.locator("#me")).to_have_text("You are bob")
+                items = b.locator("#conversations button")
+                expect(items.locator(".name")).to_have_text(["alice", "crew"])
+                expect(items.first.locator(".preview")).to_have_text("one more thing")
+                expect(items.first.locator(".badge")).to_have_text("1")
+                expect(items.last.locator(".preview")).to_have_text("You left")
+                expect(items.last.locator(".badge")).to_have_count(0)
+                b.fill("#nick", "x" * 33)
+                expect(b.locator("#nick")).to_have_value("x" * 32)  # the field stops there
+                b.fill("#nick", "robert")
+                b.click("#save-nick")
+                expect(b.locator("#me")).to_have_text("You are robert")
+                shot(b, "desktop-list")
+
+                # A phone: one column; the list, then the conversation alone,
+                # with no sideways scrolling and the message box in view.
+                phone = {"width": 390, "height": 844}
+                m = browser.new_context(viewport=phone, is_mobile=True, has_touch=True).new_page()
+                sign_in(m, "100")
+                # Bob's new nickname: the list's names come from the node.
+                expect(m.locator(f'[data-conversation="u{bob}"] .name')).to_have_text("robert")
+                no_sideways_scrolling(m)
+                shot(m, "phone-list")
+                m.click(f'[data-conversation="u{bob}"]')
+                expect(m.locator("#conv-title")).to_have_text("robert")
+                expect(m.locator("#messages li.mine .text").last).to_have_text("one more thing")
+                expect(m.locator("#back")).to_be_visible()
+                expect(m.locator("nav")).to_be_hidden()
+                say(m, "unbroken" * 40)  # wraps inside its bubble
+                no_sideways_scrolling(m)
+                for selector in ("#messages", "#text", "#send"):
+                    box = m.locator(selector).bounding_box()
+                    self.assertLessEqual(box["y"] + box["height"], phone["height"], selector)
+                    self.assertGreaterEqual(box["y"], 0, selector)
+                no_sideways_scrolling(m)
+                shot(m, "phone-chat")
+                m.click("#back")
+                expect(m.locator("nav")).to_be_visible()
+                m.click(f'[data-conversation="g{group}"]')
+                m.click("#group-toggle")
+                expect(m.locator("#members li .member-name")).to_have_text(["alice (you)"])
+                no_sideways_scrolling(m)
+                shot(m, "phone-group")
             finally:
                 browser.close()
         return report

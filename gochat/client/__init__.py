@@ -7,6 +7,6 @@ use it.
 """
 
 from gochat.client.http import ApiError, HttpApi
-from gochat.client.ws import GoChatClient, SendError, connect
+from gochat.client.ws import GoChatClient, SendError, connect, system_event
 
-__all__ = ["ApiError", "GoChatClient", "HttpApi", "SendError", "connect"]
+__all__ = ["ApiError", "GoChatClient", "HttpApi", "SendError", "connect", "system_event"]

@@ -113,3 +113,77 @@ class HttpApi:
 
     def group_users(self, token: str, group_id: int) -> defer.Deferred:
         return self.call("GET", "/group_user/list", [("group_id", str(group_id))], token)
+
+    # -- people, groups and conversations ----------------------------------------
+
+    def user_info(self, token: str, ids: list[int]) -> defer.Deferred:
+        """Fires with ``{"users": [{"id", "nickname"}]}``; at most 500 ids, unknown left out."""
+        return self.call("GET", "/user/info", [("ids", str(i)) for i in ids], token)
+
+    def search_user(self, token: str, phone: str) -> defer.Deferred:
+        """Fires with ``{"id", "nickname"}`` of the user with exactly this phone number.
+
+        Fails with :class:`ApiError` 404 when nobody has it (and 429 past the
+        node's per-address budget: the search cannot enumerate the users).
+        """
+        return self.call("GET", "/user/search", [("phone_number", phone)], token)
+
+    def update_user(self, token: str, nickname: str) -> defer.Deferred:
+        """Change the caller's nickname (1-32 characters, no control characters)."""
+        return self.call("POST", "/user/update", [("nickname", nickname)], token)
+
+    def friends(self, token: str) -> defer.Deferred:
+        """Fires with ``{"friends": [{"id", "nickname"}]}``."""
+        return self.call("GET", "/friend/list", None, token)
+
+    def groups(self, token: str) -> defer.Deferred:
+        """Fires with ``{"groups": [{"id", "name", "owner_id", "member_count"}]}``: the caller's."""
+        return self.call("GET", "/group/list", None, token)
+
+    def group_info(self, token: str, group_id: int) -> defer.Deferred:
+        """Fires with ``{"id", "name", "owner_id", "members": [{"id", "nickname"}]}``.
+
+        Members only: anyone else gets :class:`ApiError` 403.
+        """
+        return self.call("GET", "/group/info", [("group_id", str(group_id))], token)
+
+    def add_members(self, token: str, group_id: int, ids: list[int]) -> defer.Deferred:
+        """Any member may add; each member gets a ``members_added`` system message."""
+        params = [("group_id", str(group_id))] + [("ids", str(i)) for i in ids]
+        return self.call("POST", "/group/members/add", params, token)
+
+    def remove_members(self, token: str, group_id: int, ids: list[int]) -> defer.Deferred:
+        """The owner only (403 otherwise); the removed get the removal, then nothing more."""
+        params = [("group_id", str(group_id))] + [("ids", str(i)) for i in ids]
+        return self.call("POST", "/group/members/remove", params, token)
+
+    def leave_group(self, token: str, group_id: int) -> defer.Deferred:
+        """Leave; an owner who leaves hands the group to the longest-standing member."""
+        return self.call("POST", "/group/leave", [("group_id", str(group_id))], token)
+
+    def rename_group(self, token: str, group_id: int, name: str) -> defer.Deferred:
+        """The owner only; the name is 1-64 characters."""
+        return self.call(
+            "POST", "/group/update", [("group_id", str(group_id)), ("name", name)], token
+        )
+
+    def conversations(
+        self, token: str, limit: int | None = None, before: str | int | None = None
+    ) -> defer.Deferred:
+        """Fires with ``{"conversations": [...]}``, most recent first.
+
+        Each has ``session_type``, ``peer_id``, ``name``, ``last_message`` (the
+        Message fields), ``unread`` and ``read_seq``. ``before`` pages on (the
+        node's paging key, as its docs say).
+        """
+        params: list[tuple[str, str]] = []
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        if before is not None:
+            params.append(("before", str(before)))
+        return self.call("GET", "/conversations", params, token)
+
+    def mark_read(self, token: str, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+        """Everything of the conversation up to ``seq`` (the caller's own seq) is read."""
+        params = [("session_type", str(session_type)), ("peer_id", str(peer_id)), ("seq", str(seq))]
+        return self.call("POST", "/conversation/read", params, token)

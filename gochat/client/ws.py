@@ -17,6 +17,7 @@ caller can reconnect.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class GoChatClient:
         seq: int = 0,
         login_timeout: float = 10.0,
         on_message: Callable[[pb.Message], None] | None = None,
+        notices: bool = False,
+        on_read: Callable[[pb.ReadMsg], None] | None = None,
+        on_typing: Callable[[pb.TypingMsg], None] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -84,6 +88,11 @@ class GoChatClient:
         self.login_timeout = login_timeout
         self.seq = seq  # every message up to here has been handed over, in order
         self.on_message = on_message
+        # notices: ask at login for CT_Read and CT_Typing frames (GoChat's clients never do).
+        self.notices = notices
+        self.on_read = on_read
+        self.on_typing = on_typing
+        self._reads: list[tuple[tuple[int, int, int], defer.Deferred]] = []
         self.on_output: Callable[[pb.Output], None] | None = None
         self.received: list[pb.Message] = []  # what on_message was given, for tests
         self.last_client_id = 0
@@ -110,7 +119,10 @@ class GoChatClient:
         self.disconnected = defer.Deferred()
         self._login = defer.Deferred()
         login = pb.LoginMsg(
-            token=self.token.encode(), device_id=self.device_id, push_ack=self.push_ack
+            token=self.token.encode(),
+            device_id=self.device_id,
+            push_ack=self.push_ack,
+            notices=self.notices,
         )
         self._send(pb.CT_Login, login.SerializeToString())
         self._login_timer = self.reactor.callLater(self.login_timeout, self._login_timed_out)
@@ -136,6 +148,9 @@ class GoChatClient:
         syncing, self._syncing = self._syncing, None
         if syncing is not None:
             self._finish_sync(ConnectionError("connection lost during sync"))
+        reads, self._reads = self._reads, []
+        for _, waiter in reads:
+            waiter.errback(ConnectionError("connection lost before the read was answered"))
         self.disconnected.callback((code, reason))
 
     def _cancel_timers(self) -> None:
@@ -267,6 +282,8 @@ class GoChatClient:
                 self._catch_up()
         elif out.type == pb.CT_Sync:
             self._on_sync(out.code, pb.SyncOutputMsg.FromString(out.data))
+        elif out.type in (pb.CT_Read, pb.CT_Typing):
+            self._on_notice(out)
 
     def _ack_pushes(self) -> None:
         """Cumulative: every message up to the held seq has arrived."""
@@ -413,6 +430,84 @@ class GoChatClient:
             if self.on_message is not None:
                 self.on_message(msg)
         self._own = {s for s in self._own if s > self.seq}
+
+    # -- read positions and typing -------------------------------------------
+
+    def send_read(self, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+        """Say the conversation is read up to ``seq`` (this user's own seq).
+
+        Fires with the node's answer (a ``ReadMsg`` whose ``seq`` is the read
+        position now, never lower than before) or fails with
+        :class:`SendError` (1001: ``seq`` is not a message of that
+        conversation; 1005: no such conversation). The user's other devices
+        and, one to one, the peer are told by the node. Not retransmitted: a
+        read position lost with the connection is covered by the next read.
+        """
+        key = (session_type, peer_id, seq)
+        waiter: defer.Deferred = defer.Deferred()
+        if not self.logged_in:
+            waiter.errback(SendError(codes.NOT_LOGGED_IN, "read"))
+            return waiter
+        self._reads.append((key, waiter))
+        read = pb.ReadMsg(session_type=session_type, peer_id=peer_id, seq=seq)
+        self._send(pb.CT_Read, read.SerializeToString())
+        return waiter
+
+    def send_typing(self, session_type: int, peer_id: int) -> None:
+        """Tell the conversation's online devices that this user is typing.
+
+        Not stored and not answered; the node drops notices past one a second
+        (a burst of 5) with a 1013, which this client ignores.
+        """
+        if self.logged_in:
+            typing = pb.TypingMsg(session_type=session_type, peer_id=peer_id)
+            self._send(pb.CT_Typing, typing.SerializeToString())
+
+    def _on_notice(self, out: pb.Output) -> None:
+        """A CT_Read or CT_Typing frame: the answer to a send_read, or a notice."""
+        try:
+            body: Any = (pb.ReadMsg if out.type == pb.CT_Read else pb.TypingMsg).FromString(
+                out.data
+            )
+        except DecodeError:
+            self.log.warn("undecodable notice from the server")
+            return
+        if out.type == pb.CT_Read:
+            # A peer's receipt names the reader as the peer; an answer to this
+            # device names this user, who is never their own peer.
+            receipt = body.session_type == pb.ST_Single and body.reader_id == body.peer_id
+            for i, (wanted, waiter) in enumerate(self._reads):
+                answers = (body.session_type, body.peer_id) == wanted[:2] and body.seq >= wanted[2]
+                # A refusal may come without the fields: the node answers in order.
+                if out.code != codes.OK or (answers and not receipt):
+                    del self._reads[i]
+                    if out.code == codes.OK:
+                        waiter.callback(body)
+                    else:
+                        waiter.errback(SendError(out.code, "read"))
+                    return
+            if out.code == codes.OK and self.on_read is not None:
+                self.on_read(body)
+        elif out.code == codes.OK and self.on_typing is not None:
+            self.on_typing(body)
+
+
+def system_event(msg: pb.Message) -> dict[str, Any] | None:
+    """The JSON of an ``MT_System`` message (a group event), or None for any other.
+
+    Keys: ``event`` (``members_added``, ``members_removed``, ``member_left``,
+    ``group_renamed``), ``group_id``, ``actor_id``, ``user_ids``, ``name``,
+    ``owner_id``; ids as the node writes them (decimal strings or numbers).
+    Content that is not a JSON object gives ``{}``, so a caller can still
+    show that something happened.
+    """
+    if msg.message_type != pb.MT_System:
+        return None
+    try:
+        event = json.loads(msg.content)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 class _ClientProtocol(WebSocketClientProtocol):
