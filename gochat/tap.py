@@ -290,11 +290,13 @@ class GoChatService(service.MultiService):
                         f"--redis {self.config.redis}: no answer within {REDIS_START_TIMEOUT:.0f}s"
                     ) from None
         self.log.info(
-            "GoChat node ready: web page {web}, HTTP {http}, WebSocket {ws},"
-            " database {db}{cluster}",
+            "GoChat node ready: web page {web}, HTTP {http} on {http_address},"
+            " WebSocket {ws} on {ws_address}, database {db}{cluster}",
             web=self.web_url(),
             http=self.config.http,
+            http_address=self._address("http"),
             ws=self.config.ws,
+            ws_address=self._address("ws"),
             db=self.engine.describe(),
             cluster=(
                 f", cluster node {self.presence.node_id} at {self.presence.address}"
@@ -303,6 +305,15 @@ class GoChatService(service.MultiService):
             ),
         )
         return self
+
+    def _address(self, name: str) -> str:
+        """Where a port listens (``host:port``, or a Unix socket's path): with
+        ``tcp:0`` the log names the port the system chose."""
+        port = self.ports.get(name)
+        address = port.getHost() if port is not None else None
+        if isinstance(address, IPv4Address | IPv6Address):
+            return f"{address.host}:{address.port}"
+        return str(getattr(address, "name", address))
 
     def web_url(self) -> str:
         """Where a browser finds the web chat page (``/`` of the HTTP port)."""

@@ -15,7 +15,8 @@ from twisted.trial import unittest
 
 from gochat.config import Config, Options
 from gochat.tap import SWITCH_INTERVAL, GoChatService, ListeningService, makeService
-from tests.util import TWISTD, Node, NodeTestCase, TwistdProcess, cheap_passwords
+from tests.processes import ANY_PORT, spawn_twistd
+from tests.util import Node, NodeTestCase, cheap_passwords
 
 
 class Children(NodeTestCase):
@@ -103,11 +104,13 @@ class FailedStart(unittest.TestCase):
         work = tempfile.mkdtemp(prefix="gochat-failed-")
         pidfile = os.path.join(work, "twistd.pid")
         data_dir = os.path.join(work, "gochat-data")
-        proc = TwistdProcess()
         http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        args = ["-n", f"--pidfile={pidfile}", "gochat", "--data-dir", data_dir, "--http", http]
-        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
-        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
+        proc = spawn_twistd(
+            ["--data-dir", data_dir, "--http", http, "--ws", ANY_PORT],
+            cwd=work,
+            twistd_args=("-n", f"--pidfile={pidfile}"),
+        )
+        status, _, stderr = yield proc.ended
         self.assertEqual(status, 1, stderr)
         self.assertIn(b"cannot start: --http", stderr)
         self.assertEqual(sorted(os.listdir(work)), [])
@@ -121,10 +124,8 @@ class FailedStart(unittest.TestCase):
         work = tempfile.mkdtemp(prefix="gochat-failed-")
         data_dir = os.path.join(work, "gochat-data")
         os.mkdir(data_dir)
-        proc = TwistdProcess()
         http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        args = ["-n", "--pidfile=", "gochat", "--data-dir", data_dir, "--http", http]
-        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
-        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
+        proc = spawn_twistd(["--data-dir", data_dir, "--http", http, "--ws", ANY_PORT], cwd=work)
+        status, _, stderr = yield proc.ended
         self.assertEqual(status, 1, stderr)
         self.assertTrue(os.path.isdir(data_dir))
