@@ -1,8 +1,14 @@
 """Tokens and passwords.
 
 Tokens are JWTs signed with HS256 only (the algorithm is pinned, so an
-unsigned or differently signed token is refused) and carry the user id and an
-expiry. Passwords are hashed with argon2id off the reactor thread.
+unsigned or differently signed token is refused). They carry the user id, an
+expiry and the account they were issued for: the account's creation time and
+its token generation. :meth:`TokenSigner.verify` checks the signature and the
+expiry; :func:`check_account` then checks the binding against the account row,
+so a token of a deleted or re-created account (a database reset with the same
+secret) is refused, and ``POST /logout_all`` (a generation bump) revokes every
+token issued before it. Passwords are hashed with argon2id off the reactor
+thread.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.internet import defer, threads
 
+from gochat.inputs import MAX_ID
+
 ALGORITHM = "HS256"
 
 
@@ -30,7 +38,7 @@ def load_or_create_secret(path: str) -> bytes:
         with open(path, "rb") as f:
             secret = f.read().strip()
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         secret = secrets.token_hex(32).encode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -41,22 +49,73 @@ def load_or_create_secret(path: str) -> bytes:
     return secret
 
 
+@dataclass(frozen=True)
+class Account:
+    """What a token is bound to: the user row's identity and token generation."""
+
+    user_id: int
+    created_at: int  # ms; tells a re-created account with the same id apart
+    token_generation: int  # bumped by POST /logout_all
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a valid token says.
+
+    ``generation``/``created_at`` are ``None`` for a token that is not bound to
+    an account (a verifier of another token format may produce those): then
+    :func:`check_account` only checks that the account exists.
+    """
+
+    user_id: int
+    expires: float  # Unix time the token stops being valid
+    generation: int | None = None
+    created_at: int | None = None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_account(claims: Claims, account: Account | None) -> None:
+    """Raise :class:`BadToken` unless ``claims`` still belong to ``account``."""
+    if account is None or account.user_id != claims.user_id:
+        raise BadToken("no such user")
+    if claims.generation is None and claims.created_at is None:
+        return
+    if claims.created_at != account.created_at:
+        raise BadToken("token of another account")
+    if claims.generation != account.token_generation:
+        raise BadToken("token revoked")
+
+
 @dataclass
 class TokenSigner:
     secret: bytes
     ttl: float = 7 * 86400
     clock: object = time
 
-    def issue(self, user_id: int) -> str:
+    def issue(self, account: Account) -> str:
+        """A token for ``account``, valid for ``ttl`` seconds or until its next generation."""
         now = int(self.clock.time())
         return jwt.encode(
-            {"user_id": user_id, "iat": now, "exp": now + int(self.ttl)},
+            {
+                "user_id": account.user_id,
+                "iat": now,
+                "exp": now + int(self.ttl),
+                "gen": account.token_generation,
+                "acct": account.created_at,
+            },
             self.secret,
             algorithm=ALGORITHM,
         )
 
-    def verify(self, token: str | bytes) -> int:
-        """Return the user id in a valid token, else raise :class:`BadToken`."""
+    def verify(self, token: str | bytes) -> Claims:
+        """The claims of a validly signed, unexpired token, else raise :class:`BadToken`.
+
+        The account binding is checked by the caller (:func:`check_account`),
+        which needs the database.
+        """
         if isinstance(token, bytes):
             try:
                 token = token.decode("ascii")
@@ -77,9 +136,13 @@ class TokenSigner:
         if not isinstance(exp, int) or exp <= self.clock.time():
             raise BadToken("token expired")
         user_id = claims.get("user_id")
-        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+        if not _is_int(user_id) or not 0 < user_id <= MAX_ID:
             raise BadToken("token carries no user id")
-        return user_id
+        generation, created_at = claims.get("gen"), claims.get("acct")
+        if not _is_int(generation) or not _is_int(created_at):
+            # Tokens of this node are always bound (older unbound ones are refused).
+            raise BadToken("token is not bound to an account")
+        return Claims(user_id, float(exp), generation, created_at)
 
 
 class Passwords:

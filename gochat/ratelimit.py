@@ -44,6 +44,12 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return allowed
 
+    def refund(self, key: str) -> None:
+        """Give back a token taken by :meth:`allow` (the attempt turned out legitimate)."""
+        state = self._buckets.get(key)
+        if state is not None:
+            self._buckets[key] = (min(self.burst, state[0] + 1), state[1])
+
     def exhausted(self, key: str) -> bool:
         """True when ``key`` has no token now (nothing is taken)."""
         return self.retry_after(key) > 0

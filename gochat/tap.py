@@ -146,7 +146,8 @@ class GoChatService(service.MultiService):
         #: paths this start made, removed again if it fails (see makeService)
         self.created: list[str] = []
         if not os.path.isdir(config.data_dir):
-            os.makedirs(config.data_dir)
+            # 0700: it holds the SQLite database (password hashes) and the signing secret.
+            os.makedirs(config.data_dir, mode=0o700)
             self.created.append(config.data_dir)
 
         self.engine = engine_from_url(config.db_url, config.data_dir)
@@ -185,6 +186,7 @@ class GoChatService(service.MultiService):
             WebSocketResource(self.ws_factory),
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
+            on_logout_all=self._logged_out_everywhere,
         )
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
@@ -232,6 +234,13 @@ class GoChatService(service.MultiService):
             if isinstance(child, ListeningService) and child.port is not None
         }
 
+    def _logged_out_everywhere(self, user_id: int, generation: int) -> None:
+        """After ``/logout_all``: close the user's sessions here, and on every node of a cluster."""
+        self.hub.revoke_tokens(user_id, generation)
+        publish = getattr(self.presence, "publish_logout", None)
+        if publish is not None:
+            publish(user_id, generation)
+
     def _build_cluster(self) -> None:
         """Redis presence, the PB peer pool, and group-cache invalidation between nodes."""
         from gochat.presence.redis import RedisPresence
@@ -262,6 +271,11 @@ class GoChatService(service.MultiService):
         self.store.on_group_changed = presence.publish_group_changed
         presence.on_group_changed = self.store.forget_group
         presence.on_groups_resubscribed = self.store.forget_all_groups
+        presence.on_logout = self.hub_revoke_tokens
+
+    def hub_revoke_tokens(self, user_id: int, generation: int) -> None:
+        """A node published a ``/logout_all`` (built before the hub exists, hence late-bound)."""
+        self.hub.revoke_tokens(user_id, generation)
 
     def startService(self) -> None:  # noqa: N802
         service.Service.startService(self)

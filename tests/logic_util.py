@@ -113,8 +113,8 @@ class LogicTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def user(self, name: str) -> Any:
         """Fires with ``(user_id, token)`` of a new user."""
-        user_id = yield self.store.create_user(name, name, "not-a-hash")
-        return user_id, self.signer.issue(user_id)
+        account = yield self.store.create_account(name, name, "not-a-hash")
+        return account.user_id, self.signer.issue(account)
 
     @defer.inlineCallbacks
     def login(self, token: str, device_id: str = "", push_ack: bool = False) -> Any:

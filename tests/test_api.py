@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from gochat.auth import TokenSigner
+from gochat.auth import Account, TokenSigner
 from gochat.client.http import _Body
 from gochat.pb import pb
 from tests.util import Node, NodeTestCase, query, raw_connect
@@ -68,7 +68,7 @@ class Register(Api):
         self.assertEqual(sorted(reply["data"]), ["id", "token"])
         self.assertIsInstance(reply["data"]["id"], str)
         self.assertTrue(reply["data"]["id"].isdigit())
-        uid = self.node.service.signer.verify(reply["data"]["token"])
+        uid = self.node.service.signer.verify(reply["data"]["token"]).user_id
         self.assertEqual(str(uid), reply["data"]["id"])
 
     @defer.inlineCallbacks
@@ -149,7 +149,9 @@ class Login(Api):
         )
         self.assertEqual(status, 200)
         self.assertEqual(reply["data"]["user_id"], data["id"])
-        self.assertEqual(self.node.service.signer.verify(reply["data"]["token"]), int(data["id"]))
+        self.assertEqual(
+            self.node.service.signer.verify(reply["data"]["token"]).user_id, int(data["id"])
+        )
 
     @defer.inlineCallbacks
     def test_wrong_password_is_401(self):
@@ -205,7 +207,7 @@ class Authenticated(Api):
 
     @defer.inlineCallbacks
     def test_token_signed_with_another_secret_is_401(self):
-        forged = TokenSigner(os.urandom(32)).issue(int(self.a["id"]))
+        forged = TokenSigner(os.urandom(32)).issue(Account(int(self.a["id"]), 0, 0))
         status, _ = yield self.http(
             "POST", "/friend/add", [("friend_id", self.b["id"])], headers={"token": forged}
         )
@@ -218,7 +220,7 @@ class Authenticated(Api):
                 return 1000.0
 
         expired = TokenSigner(self.node.service.signer.secret, ttl=60, clock=Past()).issue(
-            int(self.a["id"])
+            Account(int(self.a["id"]), 0, 0)
         )
         status, reply = yield self.http(
             "POST", "/friend/add", [("friend_id", self.b["id"])], headers={"token": expired}
@@ -346,8 +348,11 @@ class Routing(Api):
 class SharedSecret(Api):
     @defer.inlineCallbacks
     def test_nodes_sharing_a_secret_file_accept_each_other_s_tokens(self):
+        # Nodes sharing a secret share the users too (a token is bound to its account row).
         secret = os.path.join(self.node.data_dir, "secret.key")
-        other = Node(secret_file=secret)
+        other = Node(
+            secret_file=secret, db="sqlite:" + os.path.join(self.node.data_dir, "gochat.db")
+        )
         yield other.start()
         self.addCleanup(other.stop)
         data = yield self.register("800")

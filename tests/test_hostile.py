@@ -166,6 +166,8 @@ class HostileWebSocket(NodeTestCase):
     def test_sql_metacharacters_are_stored_and_returned_verbatim(self):
         api = self.node.api()
         for i, nasty in enumerate(SQL_NASTIES):
+            if "\x00" in nasty:
+                continue  # NUL in text is a 400 (tests/test_bad_input.py); in content it is fine
             phone = f"{i}{nasty}"[:32]
             data = yield api.register(phone, nasty, nasty[:64] or "x")
             login = yield api.login(phone, nasty)

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gochat.auth import TokenSigner
+from gochat.auth import Account, TokenSigner
 from gochat.gateway import HeartbeatChecker
 from gochat.logic import Hub, HubConfig
 from gochat.pb import pb
@@ -102,7 +102,8 @@ class LogicTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def logged_in(self, user_id: int, device_id: str = "") -> Any:
         conn = self.connect()
-        login = pb.LoginMsg(token=self.signer.issue(user_id).encode(), device_id=device_id)
+        account = yield self.store.account(user_id)
+        login = pb.LoginMsg(token=self.signer.issue(account).encode(), device_id=device_id)
         conn.session.frame_received(frame(pb.CT_Login, login))
         out = yield conn.next_output()
         self.assertEqual((out.type, out.code), (pb.CT_ACK, 200))
@@ -263,7 +264,7 @@ class BeforeLogin(LogicTestCase):
 
     def test_expired_token_gets_1003(self):
         conn = self.connect()
-        expired = TokenSigner(self.signer.secret, ttl=60, clock=_At(0)).issue(7)
+        expired = TokenSigner(self.signer.secret, ttl=60, clock=_At(0)).issue(Account(7, 0, 0))
         conn.session.frame_received(frame(pb.CT_Login, pb.LoginMsg(token=expired.encode())))
         self.assertEqual((conn.frames[0].type, conn.frames[0].code), (pb.CT_ACK, 1003))
 

@@ -18,10 +18,10 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from gochat import metrics, web
-from gochat.auth import BadToken, Passwords, TokenSigner
+from gochat.auth import BadToken, Claims, Passwords, TokenSigner, check_account
+from gochat.inputs import parse_id_value, text_problem
 from gochat.ratelimit import RateLimiter
 from gochat.store import Conflict, NotFound, Store
-from gochat.store.store import MAX_ID
 
 MAX_BODY = 64 * 1024
 MAX_PHONE = 32
@@ -116,10 +116,16 @@ def write_json(request: Request, status: int, msg: str, data: Any = None) -> Non
 
 
 class Params:
-    """Request parameters from the query string, a form body or a JSON body."""
+    """Request parameters from the query string, a form body or a JSON body.
+
+    Every accessor is strict (see :mod:`gochat.inputs`): bad text or a bad id
+    is a 400 naming the parameter, never a 500 from the database.
+    """
 
     def __init__(self, request: Request) -> None:
         self.values: dict[str, list[Any]] = {}
+        #: parameters that came as a JSON list: not acceptable as a single value
+        self._lists: set[str] = set()
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
@@ -141,43 +147,80 @@ class Params:
                 if not isinstance(parsed, dict):
                     raise ApiError(400, "JSON body must be an object")
                 for key, value in parsed.items():
-                    self.values[key] = value if isinstance(value, list) else [value]
+                    if isinstance(value, list):
+                        self._lists.add(key)
+                        self.values[key] = value
+                    else:
+                        self.values[key] = [value]
 
-    def text(self, name: str, max_len: int, required: bool = True) -> str:
+    def _scalar(self, name: str) -> Any:
+        """The parameter's last value (``None`` when absent); a JSON list is a 400."""
         values = self.values.get(name)
-        if not values or values[-1] is None or str(values[-1]) == "":
+        if name in self._lists:
+            raise ApiError(400, f"parameter {name} must be a single value, not a list")
+        if not values:
+            return None
+        return values[-1]
+
+    def text(
+        self,
+        name: str,
+        max_len: int,
+        required: bool = True,
+        min_len: int = 1,
+        controls: bool = False,
+    ) -> str:
+        """A text parameter checked by :func:`check_text` (``controls``: see there)."""
+        value = self._scalar(name)
+        if value is None or value == "":
             if required:
                 raise ApiError(400, f"missing parameter {name}")
             return ""
-        value = values[-1]
-        if not isinstance(value, str | int) or isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, str | int):
             raise ApiError(400, f"parameter {name} must be a string")
-        value = str(value)
-        if len(value) > max_len:
-            raise ApiError(400, f"parameter {name} longer than {max_len} characters")
-        return value
+        return check_text(str(value), name, max_len, min_len, controls)
 
     def id(self, name: str) -> int:
-        return parse_id(self.text(name, 20), name)
+        """A single id: a JSON integer or an ASCII decimal string in 1..2**63-1."""
+        value = self._scalar(name)
+        if value is None or value == "":
+            raise ApiError(400, f"missing parameter {name}")
+        return parse_id(value, name)
 
     def ids(self, name: str) -> list[int]:
+        """Ids given repeated, as a JSON list, or comma-separated; each as strict as :meth:`id`."""
         raw = self.values.get(name)
         if raw is None:
             raw = self.values.get(name + "[]", [])
         out = []
         for value in raw:
-            for part in str(value).split(","):
-                if part.strip():
-                    out.append(parse_id(part.strip(), name))
+            if isinstance(value, str) and "," in value:
+                out.extend(parse_id(part, name) for part in value.split(","))
+            elif value != "":
+                out.append(parse_id(value, name))
         return out
 
 
-def parse_id(value: str, name: str) -> int:
-    if not value.isdigit():
-        raise ApiError(400, f"parameter {name} must be a decimal id")
-    number = int(value)
-    if not 0 < number <= MAX_ID:
-        raise ApiError(400, f"parameter {name} is out of range")
+def check_text(
+    value: str, name: str, max_len: int, min_len: int = 1, controls: bool = False
+) -> str:
+    """``value`` if it is acceptable text for parameter ``name``, else a 400.
+
+    No lone surrogates, no NUL, no control characters (unless ``controls``:
+    then only NUL is refused), ``min_len``..``max_len`` characters. Every text
+    an endpoint stores goes through this (nicknames, group names, ...).
+    """
+    problem = text_problem(value, max_len, min_len, controls)
+    if problem is not None:
+        raise ApiError(400, f"parameter {name} {problem}")
+    return value
+
+
+def parse_id(value: Any, name: str) -> int:
+    """An id from a JSON integer or an ASCII decimal string in 1..2**63-1, else a 400."""
+    number = parse_id_value(value)
+    if number is None:
+        raise ApiError(400, f"parameter {name} must be a decimal id in 1..2^63-1")
     return number
 
 
@@ -191,9 +234,12 @@ class Endpoint(resource.Resource):
         self,
         method: bytes,
         handler: Callable[..., Any],
-        signer: TokenSigner | None = None,
+        signer: TokenAuth | None = None,
     ) -> None:
         super().__init__()
+        if signer is not None and not isinstance(signer, TokenAuth):
+            # A bare TokenSigner would skip the account check (revoked tokens).
+            raise TypeError("Endpoint needs a TokenAuth (build_root's auth), not a TokenSigner")
         self.method = method
         self.handler = handler
         self.signer = signer  # set: the call needs a token
@@ -214,13 +260,16 @@ class Endpoint(resource.Resource):
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return server.NOT_DONE_YET
 
+    @defer.inlineCallbacks
     def _call(self, request: Request) -> Any:
         user_id = 0
         if self.signer is not None:
-            user_id = self._authenticate(request)
-        return self.handler(request, Params(request), user_id)
+            user_id = yield self._authenticate(request)
+        result = yield self.handler(request, Params(request), user_id)
+        return result
 
-    def _authenticate(self, request: Request) -> int:
+    @defer.inlineCallbacks
+    def _authenticate(self, request: Request) -> Any:
         token = request.getHeader(b"token")
         if not token:
             auth = request.getHeader(b"authorization") or b""
@@ -230,9 +279,10 @@ class Endpoint(resource.Resource):
         if not token:
             raise ApiError(401, "missing token")
         try:
-            return self.signer.verify(token)  # type: ignore[union-attr]
+            claims = yield self.signer.authenticate(token)  # type: ignore[union-attr]
         except BadToken as exc:
             raise ApiError(401, f"bad token: {exc}") from None
+        return claims.user_id
 
     def _error(self, request: Request, failure: Any) -> None:
         if request.finished or request._disconnected:
@@ -251,6 +301,27 @@ class Endpoint(resource.Resource):
             write_json(request, 500, "server error")
 
 
+class TokenAuth:
+    """Checks a token's signature and expiry, then its account binding in the store.
+
+    Every authenticated endpoint takes one of these, so a token of a user that
+    does not exist, of a re-created account or revoked by ``/logout_all`` is
+    a 401 on every call.
+    """
+
+    def __init__(self, signer: TokenSigner, store: Store) -> None:
+        self.signer = signer
+        self.store = store
+
+    @defer.inlineCallbacks
+    def authenticate(self, token: str | bytes) -> Any:
+        """Fires with the token's :class:`~gochat.auth.Claims`, or fails with BadToken."""
+        claims: Claims = self.signer.verify(token)
+        account = yield self.store.account(claims.user_id)
+        check_account(claims, account)
+        return claims
+
+
 class Api:
     """The handlers of the Go server's calls."""
 
@@ -261,12 +332,15 @@ class Api:
         passwords: Passwords,
         auth_limiter: RateLimiter | None = None,
         register_limiter: RateLimiter | None = None,
+        on_logout_all: Callable[[int, int], Any] | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.passwords = passwords
         self.auth_limiter = auth_limiter  # failed logins: password guessing
         self.register_limiter = register_limiter  # sign-ups
+        #: ``(user_id, new generation)`` after /logout_all: close the user's live sessions
+        self.on_logout_all = on_logout_all
 
     @staticmethod
     def _address(request: Request) -> str:
@@ -278,47 +352,57 @@ class Api:
         metrics.REFUSED.labels(reason).inc()
         return ApiError(429, "too many attempts, slow down", limiter.retry_after(address))
 
-    def _failed_login(self, request: Request) -> None:
-        """Charge a failed login to the caller's address."""
-        if self.auth_limiter is not None:
-            self.auth_limiter.allow(self._address(request))
-
     @defer.inlineCallbacks
     def register(self, request: Request, params: Params, _: int) -> Any:
         limiter = self.register_limiter
         if limiter is not None and not limiter.allow(address := self._address(request)):
             raise self._refuse(limiter, address, "register_rate")
         phone = params.text("phone_number", MAX_PHONE)
-        password = params.text("password", MAX_PASSWORD)
+        password = params.text("password", MAX_PASSWORD, controls=True)
         nickname = params.text("nickname", MAX_NAME)
         hashed = yield self.passwords.hash(password)
         try:
-            user_id = yield self.store.create_user(phone, nickname, hashed)
+            account = yield self.store.create_account(phone, nickname, hashed)
         except Conflict:
             raise ApiError(409, "phone number already registered") from None
-        return {"token": self.signer.issue(user_id), "id": str(user_id)}
+        return {"token": self.signer.issue(account), "id": str(account.user_id)}
 
     @defer.inlineCallbacks
     def login(self, request: Request, params: Params, _: int) -> Any:
-        # Only failed attempts use up the budget, so a guesser is stopped while
-        # a load test logging in thousands of users from one address is not.
-        limiter = self.auth_limiter
-        if limiter is not None and limiter.exhausted(address := self._address(request)):
-            raise self._refuse(limiter, address, "auth_rate")
+        # Every attempt takes a token from the address's bucket BEFORE the
+        # password is checked, so concurrent guesses cannot all be evaluated
+        # against one remaining token; a successful login gives it back, so a
+        # guesser is stopped while a load test logging in thousands of users
+        # one after another from one address is not.
         phone = params.text("phone_number", MAX_PHONE)
-        password = params.text("password", MAX_PASSWORD)
-        row = yield self.store.get_user_by_phone(phone)
+        password = params.text("password", MAX_PASSWORD, controls=True)
+        limiter = self.auth_limiter
+        address = self._address(request)
+        if limiter is not None and not limiter.allow(address):
+            raise self._refuse(limiter, address, "auth_rate")
+        row = yield self.store.login_record(phone)
         if row is None:
             # Hash anyway so an unknown number takes as long as a wrong password.
             yield self.passwords.hash(password)
-            self._failed_login(request)
             raise ApiError(401, "wrong phone number or password")
-        user_id, stored = row
+        account, stored = row
         ok = yield self.passwords.verify(stored, password)
         if not ok:
-            self._failed_login(request)
             raise ApiError(401, "wrong phone number or password")
-        return {"token": self.signer.issue(user_id), "user_id": str(user_id)}
+        if limiter is not None:
+            limiter.refund(address)
+        return {"token": self.signer.issue(account), "user_id": str(account.user_id)}
+
+    @defer.inlineCallbacks
+    def logout_all(self, request: Request, params: Params, user_id: int) -> Any:
+        """Revoke every token of the caller (this one too) and close their live sessions."""
+        try:
+            account = yield self.store.bump_token_generation(user_id)
+        except NotFound:
+            raise ApiError(401, "bad token: no such user") from None
+        if self.on_logout_all is not None:
+            self.on_logout_all(user_id, account.token_generation)
+        return {}
 
     @defer.inlineCallbacks
     def add_friend(self, request: Request, params: Params, user_id: int) -> Any:
@@ -380,20 +464,23 @@ def build_root(
     passwords: Passwords,
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
+    on_logout_all: Callable[[int, int], Any] | None = None,
 ) -> Root:
-    api = Api(store, signer, passwords, auth_limiter, register_limiter)
+    api = Api(store, signer, passwords, auth_limiter, register_limiter, on_logout_all)
+    auth = TokenAuth(signer, store)  # every authenticated Endpoint takes this
     root = Root()
     root.putChild(b"register", Endpoint(b"POST", api.register))
     root.putChild(b"login", Endpoint(b"POST", api.login))
     friend = Root()
-    friend.putChild(b"add", Endpoint(b"POST", api.add_friend, signer))
+    friend.putChild(b"add", Endpoint(b"POST", api.add_friend, auth))
     root.putChild(b"friend", friend)
     group = Root()
-    group.putChild(b"create", Endpoint(b"POST", api.create_group, signer))
+    group.putChild(b"create", Endpoint(b"POST", api.create_group, auth))
     root.putChild(b"group", group)
     group_user = Root()
-    group_user.putChild(b"list", Endpoint(b"GET", api.group_users, signer))
+    group_user.putChild(b"list", Endpoint(b"GET", api.group_users, auth))
     root.putChild(b"group_user", group_user)
+    root.putChild(b"logout_all", Endpoint(b"POST", api.logout_all, auth))
     return root
 
 
@@ -404,8 +491,9 @@ def build_site(
     ws_resource: resource.Resource | None = None,
     auth_limiter: RateLimiter | None = None,
     register_limiter: RateLimiter | None = None,
+    on_logout_all: Callable[[int, int], Any] | None = None,
 ) -> server.Site:
-    root = build_root(store, signer, passwords, auth_limiter, register_limiter)
+    root = build_root(store, signer, passwords, auth_limiter, register_limiter, on_logout_all)
     if ws_resource is not None:
         root.putChild(b"ws", ws_resource)
     web.mount(root, NotFoundResource())

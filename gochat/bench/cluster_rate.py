@@ -108,11 +108,11 @@ def make_users(args: argparse.Namespace, n: int, run: str, secret: bytes) -> Any
     store = Store(db)
     yield db.migrate()
     signer = TokenSigner(secret)
-    ids = []
+    accounts = []
     for i in range(n):
-        uid = yield store.create_user(f"bench-{run}-{i}", f"b{i}", "!")  # no password login
-        ids.append(uid)
-    return store, db, ids, [signer.issue(u) for u in ids]
+        account = yield store.create_account(f"bench-{run}-{i}", f"b{i}", "!")  # no password
+        accounts.append(account)
+    return store, db, [a.user_id for a in accounts], [signer.issue(a) for a in accounts]
 
 
 @defer.inlineCallbacks

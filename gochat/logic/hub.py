@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
-from gochat.auth import TokenSigner
+from gochat.auth import Claims, TokenSigner, check_account
 from gochat.logic.pushes import PushTracker
 from gochat.logic.router import PUSH_BACKLOG_LIMIT, PUSH_BUDGET, RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
@@ -141,6 +141,27 @@ class Hub:
             )
 
     @defer.inlineCallbacks
+    def check_account(self, claims: Claims) -> Any:
+        """Fires when the token's account exists and still matches; fails with BadToken."""
+        account = yield self.store.account(claims.user_id)
+        check_account(claims, account)
+
+    def revoke_tokens(self, user_id: int, generation: int) -> int:
+        """Close this node's sessions of ``user_id`` whose token is older than ``generation``.
+
+        Called after ``POST /logout_all`` (here, or on another node through
+        the cluster's pub/sub); returns how many were closed. Sessions still
+        logging in count too (their account check may have read the row
+        before the bump): a walk over every session, for a rare call.
+        """
+        closed = 0
+        for session in list(self.sessions):
+            claims = session.claims
+            if claims is not None and claims.user_id == user_id:
+                closed += session.revoke(generation)
+        return closed
+
+    @defer.inlineCallbacks
     def login(self, session: Session, user_id: int, device_id: str | None, push_ack: bool) -> Any:
         """Attach ``session`` to the user; fires with ``(last clientId, latest seq)``."""
         if device_id is None:
@@ -154,7 +175,7 @@ class Hub:
                 if device is None:
                     device = self.devices[key] = DeviceState(user_id, device_id, accepted=last)
         seq = yield self.store.latest_seq(user_id)
-        if session.closed:
+        if session.closed or session.revoked:
             if device_id is not None:
                 self._maybe_forget(device)
             return (device.accepted, seq)

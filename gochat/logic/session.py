@@ -14,7 +14,8 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
-from gochat.auth import BadToken
+from gochat.auth import BadToken, Claims
+from gochat.inputs import text_problem
 from gochat.pb import pb
 from gochat.store import UpItem
 from gochat.store.store import MAX_ID
@@ -68,6 +69,10 @@ class Session:
         self.closed = False
         self.authenticated = False  # has logged in once (the hub counts the others)
         self._logging_in = False
+        #: the claims of the token this session logs (or logged) in with
+        self.claims: Claims | None = None
+        self._revoked = False  # closed by /logout_all: a login in flight must not complete
+        self._expiry_timer: Any = None
         self.last_active = self.clock.seconds()
         self._allowance = float(hub.config.msg_burst)
         self._rate_time = self.last_active
@@ -84,6 +89,11 @@ class Session:
     @property
     def logged_in(self) -> bool:
         return self.device is not None
+
+    @property
+    def revoked(self) -> bool:
+        """Closing because of ``/logout_all``: a login in flight must not complete."""
+        return self._revoked
 
     # -- transport side ------------------------------------------------------
 
@@ -180,6 +190,9 @@ class Session:
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
+        if self._expiry_timer is not None and self._expiry_timer.active():
+            self._expiry_timer.cancel()
+        self._expiry_timer = None
         self.hub.session_closed(self)
 
     def close(self, reason: str, going_away: bool = False) -> None:
@@ -190,6 +203,29 @@ class Session:
         self._login_timer = None
         if not self.logged_in and not self.closed:
             self.close("no login within the login timeout")
+
+    def _token_expired(self) -> None:
+        """The token the session logged in with expired: close (1000), the client logs in anew.
+
+        Closing rather than renewing in place keeps the protocol the Go
+        server's: a client gets a fresh token from ``/login`` and reconnects,
+        and with a ``device_id`` no message is lost or duplicated across it.
+        """
+        self._expiry_timer = None
+        if not self.closed:
+            metrics.LOGINS.labels("expired").inc()
+            self.close("token expired")
+
+    def revoke(self, generation: int) -> bool:
+        """Close the session if it logs or logged in with a token older than ``generation``."""
+        claims = self.claims
+        if self.closed or self._revoked or claims is None or claims.generation is None:
+            return False
+        if claims.generation >= generation:
+            return False
+        self._revoked = True
+        self.close("logged out everywhere")
+        return True
 
     # -- commands ------------------------------------------------------------
 
@@ -208,36 +244,52 @@ class Session:
         except DecodeError:
             reply(codes.PARAM_ILLEGAL)
             return
-        if len(login.device_id) > MAX_DEVICE_ID:
+        if login.device_id and text_problem(login.device_id, MAX_DEVICE_ID) is not None:
+            # NUL, control characters, over-long: a client bug, not worth a retry (1004).
             reply(codes.PARAM_ILLEGAL)
             return
         try:
-            user_id = self.hub.signer.verify(login.token)
+            claims = self.hub.signer.verify(login.token)
         except BadToken as exc:
-            metrics.LOGINS.labels("bad_token").inc()
-            reply(codes.UNAUTHORIZED)
-            self.close(f"bad token: {exc}")
+            self._bad_token(exc)
             return
+        user_id = claims.user_id
         self._logging_in = True
+        # Set now: a /logout_all while the account is being checked closes this session too.
+        self.claims = claims
 
         def ok(result: tuple[int, int]) -> None:
             self._logging_in = False
-            if self.closed:
+            if self.closed or self._revoked:
                 return
             if self._login_timer is not None and self._login_timer.active():
                 self._login_timer.cancel()
             self._login_timer = None
+            # On the hub clock: at expiry the session ends even if it keeps heartbeating.
+            delay = max(0.0, claims.expires - self.clock.seconds())
+            self._expiry_timer = self.clock.callLater(delay, self._token_expired)
             metrics.LOGINS.labels("ok").inc()
             reply(codes.OK, *result)
 
         def failed(failure: Any) -> None:
             self._logging_in = False
+            if failure.check(BadToken):
+                self._bad_token(failure.value)
+                return
             metrics.LOGINS.labels("error").inc()
             self.log.failure("login of user {uid} failed", failure, uid=user_id)
             reply(codes.SERVER_ERROR)
 
-        d = self.hub.login(self, user_id, login.device_id or None, login.push_ack)
+        device_id = login.device_id or None
+        d = self.hub.check_account(claims)
+        d.addCallback(lambda _: self.hub.login(self, user_id, device_id, login.push_ack))
         d.addCallbacks(ok, failed)
+
+    def _bad_token(self, exc: Exception) -> None:
+        """1003 and a close: a bad, expired, revoked token or one of no (longer) existing user."""
+        metrics.LOGINS.labels("bad_token").inc()
+        self.send(codec.ack_frame(pb.AT_Login, codes.UNAUTHORIZED))
+        self.close(f"bad token: {exc}")
 
     def _on_message(self, data: bytes, too_large: bool) -> None:
         try:

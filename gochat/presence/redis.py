@@ -9,7 +9,8 @@ one Redis:
 ``user:<uid>``       set of node ids holding a connection of the user
 ``nodeusers:<id>``   set of user ids a node holds (so its entries can be swept)
 ``device:<uid>:<d>`` node of the newest login of a device (a late kick is ignored)
-``groups`` channel   ids of groups whose membership changed (cache invalidation)
+``groups`` channel   ids of groups whose membership changed (cache invalidation),
+                     and ``logout:<uid>:<generation>`` after a ``/logout_all``
 
 Lookups ignore a node whose lease is gone, at once; every node also sweeps
 dead nodes' entries out of the user sets on each renewal, so an entry of a
@@ -163,6 +164,8 @@ class RedisPresence(service.Service):
         self.on_group_changed: Callable[[int], Any] | None = None
         #: called when the invalidation channel was (re)subscribed: changes may have been missed
         self.on_groups_resubscribed: Callable[[], Any] | None = None
+        #: called with ``(user_id, generation)`` when a node published a /logout_all
+        self.on_logout: Callable[[int, int], Any] | None = None
         self.registered: defer.Deferred = defer.Deferred()
         self._dirty = True  # the next renewal re-registers everything
         self._redis: Any = None
@@ -313,6 +316,17 @@ class RedisPresence(service.Service):
             lambda f: self.log.failure("presence: publishing group {gid} change", f, gid=group_id)
         )
 
+    def publish_logout(self, user_id: int, generation: int) -> defer.Deferred:
+        """Tell every node to close the user's sessions with tokens older than ``generation``.
+
+        Best effort: a node that misses it keeps such a session until its
+        token expires; every new login and HTTP call is refused anyway.
+        """
+        d = self._call(self._redis.publish(self.channel, f"logout:{user_id}:{generation}"))
+        return d.addErrback(
+            lambda f: self.log.failure("presence: publishing logout of {uid}", f, uid=user_id)
+        )
+
     # -- internals -----------------------------------------------------------
 
     def _key(self, kind: str, name: str) -> str:
@@ -375,13 +389,27 @@ class RedisPresence(service.Service):
             self.log.warn("presence: renewal failed: {exc!r}", exc=exc)
 
     def _group_message(self, message: Any) -> None:
+        text = _text(message)
+        if text.startswith("logout:"):
+            self._logout_message(text)
+            return
         try:
-            group_id = int(_text(message))
+            group_id = int(text)
         except ValueError:
             self.log.warn("presence: bad group invalidation {m!r}", m=message)
             return
         if self.on_group_changed is not None:
             self.on_group_changed(group_id)
+
+    def _logout_message(self, text: str) -> None:
+        try:
+            _, user_id, generation = text.split(":")
+            uid, gen = int(user_id), int(generation)
+        except ValueError:
+            self.log.warn("presence: bad logout message {m!r}", m=text)
+            return
+        if self.on_logout is not None:
+            self.on_logout(uid, gen)
 
     def _resubscribed(self) -> None:
         if self.on_groups_resubscribed is not None:

@@ -108,7 +108,8 @@ class Database:
         }
         if isinstance(engine, SQLiteEngine):
             directory = os.path.dirname(os.path.abspath(engine.path))
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            private_sqlite_files(engine.path)
             self.write_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=1, **common)
             self.read_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=3, **common)
         else:
@@ -186,6 +187,25 @@ class Database:
         for pool in {id(p): p for p in (self.write_pool, self.read_pool)}.values():
             if pool.running:
                 pool.close()
+
+
+def private_sqlite_files(path: str) -> None:
+    """Make the SQLite database (it holds password hashes) readable by this user only.
+
+    The file is created 0600 before SQLite opens it; SQLite gives its
+    ``-wal`` and ``-shm`` files the database file's mode. Files an older
+    version left 0644 are tightened too.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(name, mode & 0o700)
 
 
 def schema_deltas() -> list[tuple[int, str, str]]:

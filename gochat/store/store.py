@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer
 
 from gochat import codes
+from gochat.auth import Account
 from gochat.pb import pb
 from gochat.store.database import Cursor, Database, Refusal
 
@@ -83,20 +84,26 @@ class Store:
 
     def create_user(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred:
         """Insert a user; fires with its id, or fails with :class:`Conflict`."""
+        d = self.create_account(phone, nickname, password_hash)
+        return d.addCallback(lambda account: account.user_id)
 
-        def txn(cur: Cursor) -> int:
+    def create_account(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred:
+        """Insert a user; fires with its :class:`~gochat.auth.Account` (to issue a token)."""
+
+        def txn(cur: Cursor) -> Account:
             cur.execute("SELECT id FROM users WHERE phone_number = ?", (phone,))
             if cur.fetchone():
                 raise Conflict("phone number already registered")
+            created_at = _now_ms()
             cur.execute(
                 "INSERT INTO users (phone_number, nickname, password_hash, created_at)"
                 " VALUES (?, ?, ?, ?)",
-                (phone, nickname, password_hash, _now_ms()),
+                (phone, nickname, password_hash, created_at),
             )
             cur.execute("SELECT id FROM users WHERE phone_number = ?", (phone,))
             user_id = cur.fetchone()[0]
             cur.execute("INSERT INTO user_seq (user_id, seq) VALUES (?, 0)", (user_id,))
-            return int(user_id)
+            return Account(int(user_id), created_at, 0)
 
         def unique(failure: Any) -> Any:
             if self.engine.is_unique_violation(failure.value):
@@ -104,6 +111,54 @@ class Store:
             return failure
 
         return self.db.run_interaction("create_user", txn).addErrback(unique)
+
+    def account(self, user_id: int) -> defer.Deferred:
+        """Fires with the user's :class:`~gochat.auth.Account`, or ``None`` if there is none.
+
+        Read on every authenticated call and WebSocket login (one primary-key
+        lookup), so a revoked token is refused on every node at once.
+        """
+        if not 0 < user_id <= MAX_ID:
+            return defer.succeed(None)
+
+        def txn(cur: Cursor) -> Account | None:
+            cur.execute("SELECT created_at, token_generation FROM users WHERE id = ?", (user_id,))
+            row = cur.fetchone()
+            return Account(user_id, int(row[0]), int(row[1])) if row else None
+
+        return self.db.run_interaction("account", txn, write=False)
+
+    def login_record(self, phone: str) -> defer.Deferred:
+        """Fires with ``(Account, password_hash)`` of the phone number's user, or ``None``."""
+
+        def txn(cur: Cursor) -> tuple[Account, str] | None:
+            cur.execute(
+                "SELECT id, created_at, token_generation, password_hash FROM users"
+                " WHERE phone_number = ?",
+                (phone,),
+            )
+            row = cur.fetchone()
+            if not row:
+                return None
+            return Account(int(row[0]), int(row[1]), int(row[2])), row[3]
+
+        return self.db.run_interaction("login_record", txn, write=False)
+
+    def bump_token_generation(self, user_id: int) -> defer.Deferred:
+        """Revoke every token of the user; fires with the new :class:`~gochat.auth.Account`."""
+
+        def txn(cur: Cursor) -> Account:
+            cur.execute(
+                "UPDATE users SET token_generation = token_generation + 1 WHERE id = ?",
+                (user_id,),
+            )
+            cur.execute("SELECT created_at, token_generation FROM users WHERE id = ?", (user_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"user {user_id} not found")
+            return Account(user_id, int(row[0]), int(row[1]))
+
+        return self.db.run_with_retry("bump_token_generation", txn)
 
     def get_user_by_phone(self, phone: str) -> defer.Deferred:
         """Fires with ``(id, password_hash)`` or ``None``."""
