@@ -27,33 +27,50 @@ def unique_name(prefix: str = "gochat_test") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
+def _fresh_database(
+    test: Any, what: str, connect: Any, errors: Any, create: str, drop: str, url: str
+) -> str:
+    """Create a database named ``unique_name()`` with ``create`` (a format string
+    for the name), drop it with ``drop`` after ``test``; returns ``url`` with the name."""
+    name = unique_name()
+    try:
+        conn = connect(connect_timeout=3)
+    except errors as exc:
+        missing_service(f"{what}: {exc}".strip())
+
+    def run(conn: Any, sql: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute(sql.format(name))
+        conn.close()
+
+    run(conn, create)
+    test.addCleanup(lambda: run(connect(), drop))
+    return url.format(name)
+
+
 def postgres_database(test: Any) -> str:
     """Create a fresh PostgreSQL database; returns its ``postgresql://`` URL."""
     try:
         import psycopg2
     except ImportError:
         missing_service("psycopg2 is not installed (pip install '.[postgresql]')")
-    name = unique_name()
-    try:
+
+    def connect(**kwargs: Any) -> Any:
         conn = psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", **kwargs
         )
-    except psycopg2.OperationalError as exc:
-        missing_service(f"PostgreSQL at {PG_HOST}:{PG_PORT}: {exc}".strip())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-
-    def drop() -> None:
-        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+        return conn
 
-    test.addCleanup(drop)
-    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    return _fresh_database(
+        test,
+        f"PostgreSQL at {PG_HOST}:{PG_PORT}",
+        connect,
+        psycopg2.OperationalError,
+        'CREATE DATABASE "{}"',
+        'DROP DATABASE IF EXISTS "{}" WITH (FORCE)',
+        f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{{}}",
+    )
 
 
 def mysql_database(test: Any) -> str:
@@ -62,23 +79,19 @@ def mysql_database(test: Any) -> str:
         import pymysql
     except ImportError:
         missing_service("PyMySQL is not installed (pip install '.[mysql]')")
-    name = unique_name()
-    try:
-        conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user=MY_USER, connect_timeout=3)
-    except pymysql.err.OperationalError as exc:
-        missing_service(f"MariaDB/MySQL at {MY_HOST}:{MY_PORT}: {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    conn.close()
 
-    def drop() -> None:
-        conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user=MY_USER)
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
+    def connect(**kwargs: Any) -> Any:
+        return pymysql.connect(host=MY_HOST, port=MY_PORT, user=MY_USER, **kwargs)
 
-    test.addCleanup(drop)
-    return f"mysql://{MY_USER}@{MY_HOST}:{MY_PORT}/{name}"
+    return _fresh_database(
+        test,
+        f"MariaDB/MySQL at {MY_HOST}:{MY_PORT}",
+        connect,
+        pymysql.err.OperationalError,
+        "CREATE DATABASE `{}` CHARACTER SET utf8mb4",
+        "DROP DATABASE IF EXISTS `{}`",
+        f"mysql://{MY_USER}@{MY_HOST}:{MY_PORT}/{{}}",
+    )
 
 
 def redis_prefix(test: Any) -> tuple[str, str]:

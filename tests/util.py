@@ -88,6 +88,21 @@ class Node:
         return connect(self.ws_url, token, **kwargs)
 
 
+@defer.inlineCallbacks
+def open_client(test: unittest.TestCase, node: Any, token: str | None, **kwargs: Any) -> Any:
+    """A :class:`gochat.client.GoChatClient` logged in to ``node`` (``client=`` reconnects
+    one), closed after ``test``."""
+    client = yield node.connect(token, **kwargs)
+
+    @defer.inlineCallbacks
+    def close() -> Any:
+        if client.proto is not None:
+            yield client.close()
+
+    test.addCleanup(close)
+    return client
+
+
 class NodeTestCase(unittest.TestCase):
     """A test with a fresh node; clients made with :meth:`client` are closed after."""
 
@@ -103,15 +118,9 @@ class NodeTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def client(self, token: str, **kwargs: Any) -> Any:
-        client = yield self.node.connect(token, **kwargs)
+        client = yield open_client(self, self.node, token, **kwargs)
         self._clients.append(client)
-        self.addCleanup(self._close, client)
         return client
-
-    @defer.inlineCallbacks
-    def _close(self, client: Any) -> Any:
-        if client.proto is not None:
-            yield client.close()
 
     @defer.inlineCallbacks
     def raw(self, token: str | None = None, device_id: str = "", push_ack: bool = False) -> Any:
