@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
@@ -17,6 +17,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+from twisted.web import resource
 
 from gochat import metrics
 from gochat.api import build_site
@@ -142,7 +143,7 @@ class GoChatService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.exit_on_failure = exit_on_failure
-        self.ready: defer.Deferred = defer.Deferred()
+        self.ready: defer.Deferred[Any] = defer.Deferred()
         #: paths this start made, removed again if it fails (see makeService)
         self.created: list[str] = []
         if not os.path.isdir(config.data_dir):
@@ -183,7 +184,7 @@ class GoChatService(service.MultiService):
             self.store,
             self.signer,
             self.passwords,
-            WebSocketResource(self.ws_factory),
+            cast(resource.Resource, WebSocketResource(self.ws_factory)),  # an IResource
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
             on_logout_all=self._logged_out_everywhere,
@@ -210,8 +211,8 @@ class GoChatService(service.MultiService):
             )
             # Stopped in reverse: the peer connections close while presence
             # still takes its Redis round trips to leave the cluster.
-            self._add("presence", self.presence)
-            self._add("peers", self.peers)
+            self._add("presence", cast(service.Service, self.presence))
+            self._add("peers", cast(service.Service, self.peers))
         self._add(
             "heartbeat",
             HeartbeatChecker(
@@ -386,9 +387,9 @@ class GoChatService(service.MultiService):
         yield self.hub.wait_idle()
         self.hub.router.flush()  # committed messages still owed their pushes
         closed = [
-            session.conn.is_closed
+            is_closed
             for session in self.hub.sessions
-            if isinstance(getattr(session.conn, "is_closed", None), defer.Deferred)
+            if isinstance(is_closed := getattr(session.conn, "is_closed", None), defer.Deferred)
         ]
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)

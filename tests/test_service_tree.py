@@ -60,7 +60,8 @@ class StartOrder(unittest.TestCase):
     @defer.inlineCallbacks
     def test_nothing_listens_when_the_schema_cannot_be_made(self):
         work = tempfile.mkdtemp(prefix="gochat-tree-")
-        os.mkdir(os.path.join(work, "gochat.db"))  # SQLite cannot open a directory
+        with open(os.path.join(work, "gochat.db"), "wb") as f:
+            f.write(b"not a database" * 1000)  # SQLite refuses it at the first query
         node = Node(work)
         with self.assertRaises(Exception) as caught:
             yield node.start()
