@@ -109,7 +109,6 @@ class Database:
         if isinstance(engine, SQLiteEngine):
             directory = os.path.dirname(os.path.abspath(engine.path))
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            private_sqlite_files(engine.path)
             self.write_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=1, **common)
             self.read_pool = adbapi.ConnectionPool(engine.driver, cp_min=1, cp_max=3, **common)
         else:
@@ -180,6 +179,13 @@ class Database:
         return self.run_interaction("ping", probe, write=False)
 
     def migrate(self) -> defer.Deferred:
+        if isinstance(self.engine, SQLiteEngine):
+            # Before the first connection opens the file; a failure here (a
+            # directory in the file's place) is a start error like any other.
+            try:
+                private_sqlite_files(self.engine.path)
+            except OSError as exc:
+                return defer.fail(exc)
         return self.run_interaction("apply_schema", apply_schema, self.engine)
 
     def close(self) -> None:
