@@ -92,3 +92,15 @@ class OptionTable(unittest.TestCase):
 
     def test_markup_in_help_text_is_escaped(self):
         self.assertEqual(docgen._escape("a *b* `c` |d| e_"), r"a \*b\* \`c\` \|d\| e\_")
+
+
+class OwnWords(unittest.TestCase):
+    def test_the_docs_name_no_contract_outside_the_project(self):
+        found = []
+        for folder, _dirs, files in os.walk(os.path.join(ROOT, "docs")):
+            for name in files:
+                if name.endswith((".rst", ".py")):
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        if "DESIGN.md" in f.read():
+                            found.append(name)
+        self.assertEqual(found, [])
