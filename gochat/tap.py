@@ -286,6 +286,9 @@ class GoChatService(service.MultiService):
     @defer.inlineCallbacks
     def _start(self) -> Any:
         for child in self:
+            if not self.running:
+                # Stopped while starting (SIGTERM during the migration): open nothing more.
+                raise StartError("stopped while starting")
             try:
                 yield defer.maybeDeferred(child.startService)
             except StartError:
@@ -350,6 +353,8 @@ class GoChatService(service.MultiService):
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
+        if not self.running:
+            return  # stopped while starting: the reactor is already on its way down
         # twistd has replaced sys.stderr with the log by now; the operator's
         # terminal (or service manager) should still see the one line.
         stderr = sys.__stderr__ or sys.stderr

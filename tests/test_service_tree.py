@@ -130,3 +130,29 @@ class FailedStart(unittest.TestCase):
         status, _, stderr = yield proc.ended
         self.assertEqual(status, 1, stderr)
         self.assertTrue(os.path.isdir(data_dir))
+
+
+class StopWhileStarting(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_node_stopped_during_its_migration_never_listens(self):
+        node = GoChatService(
+            Config(
+                data_dir=tempfile.mkdtemp(),
+                http="tcp:0:interface=127.0.0.1",
+                ws="tcp:0:interface=127.0.0.1",
+            ),
+            reactor,
+            cheap_passwords(),
+            exit_on_failure=False,
+        )
+        migrate = node.database.migrate
+        held: defer.Deferred[Any] = defer.Deferred()
+        self.patch(node.database, "migrate", lambda: held.addCallback(lambda _: migrate()))
+        node.startService()
+        yield node.stopService()
+        held.callback(None)
+        with self.assertRaises(Exception) as caught:
+            yield node.ready
+        self.assertIn("stopped while starting", str(caught.exception))
+        self.assertEqual(node.ports, {})
+        self.assertEqual([c.name for c in node if c.running], [])
