@@ -97,14 +97,13 @@ class FailedStart(unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
-    def test_a_failed_start_removes_the_pid_file_and_the_data_dir_it_made(self):
+    def start_on_a_taken_port(self, work: str, data_dir: str, pidfile: str = "") -> Any:
+        """Run ``twistd gochat`` in ``work`` with ``--http`` on a port already taken;
+        fires with its stderr once it has exited with status 1."""
         taken = socket.socket()
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        work = tempfile.mkdtemp(prefix="gochat-failed-")
-        pidfile = os.path.join(work, "twistd.pid")
-        data_dir = os.path.join(work, "gochat-data")
         http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
         proc = spawn_twistd(
             ["--data-dir", data_dir, "--http", http, "--ws", ANY_PORT],
@@ -114,21 +113,21 @@ class FailedStart(unittest.TestCase):
         status, _, stderr = yield proc.ended
         self.assertEqual(status, 1, stderr)
         self.assertIn(b"cannot start: --http", stderr)
+        return stderr
+
+    @defer.inlineCallbacks
+    def test_a_failed_start_removes_the_pid_file_and_the_data_dir_it_made(self):
+        work = tempfile.mkdtemp(prefix="gochat-failed-")
+        pidfile = os.path.join(work, "twistd.pid")
+        yield self.start_on_a_taken_port(work, os.path.join(work, "gochat-data"), pidfile)
         self.assertEqual(sorted(os.listdir(work)), [])
 
     @defer.inlineCallbacks
     def test_a_failed_start_keeps_a_data_dir_that_was_there(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
         work = tempfile.mkdtemp(prefix="gochat-failed-")
         data_dir = os.path.join(work, "gochat-data")
         os.mkdir(data_dir)
-        http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        proc = spawn_twistd(["--data-dir", data_dir, "--http", http, "--ws", ANY_PORT], cwd=work)
-        status, _, stderr = yield proc.ended
-        self.assertEqual(status, 1, stderr)
+        yield self.start_on_a_taken_port(work, data_dir)
         self.assertTrue(os.path.isdir(data_dir))
 
 
