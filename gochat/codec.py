@@ -16,6 +16,7 @@ from gochat.pb import pb
 __all__ = [
     "DecodeError",
     "decode_input",
+    "decode_up",
     "encode_output",
     "ack_frame",
     "push_frame",
@@ -33,6 +34,20 @@ def decode_input(payload: bytes) -> pb.Input:
     frame = pb.Input()
     frame.ParseFromString(payload)
     return frame
+
+
+def decode_up(data: bytes) -> pb.UpMsg:
+    """Parse an ``UpMsg``, dropping fields the contract does not define.
+
+    The message is stored from the parsed fields but pushed from its
+    serialization, which would carry a sender's extra fields to every
+    recipient while sync (from the database) does not: push and sync must be
+    the same message. Raises :class:`DecodeError` on garbage.
+    """
+    up = pb.UpMsg()
+    up.ParseFromString(data)
+    up.DiscardUnknownFields()
+    return up
 
 
 def encode_output(cmd: int, code: int = codes.OK, data: bytes = b"", msg: str = "") -> bytes:

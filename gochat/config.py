@@ -59,6 +59,8 @@ class Config:
     push_window: int = 512
     log_format: str = "text"
     log_file: str | None = None
+    max_unauthenticated_per_address: int = 100
+    http_read_timeout: float = 10.0
 
     @property
     def db_url(self) -> str:
@@ -114,6 +116,18 @@ _PARAMS = [
     ["push-window", None, "512", "unacknowledged pushes kept per push_ack device"],
     ["log-format", None, "text", "text (twistd's own) or json (one JSON object per line)"],
     ["log-file", None, None, "with --log-format json: file to append to [stdout]"],
+    [
+        "max-unauthenticated-per-address",
+        None,
+        "100",
+        "connections one address may hold waiting to log in once the pool is 3/4 full (503)",
+    ],
+    [
+        "http-read-timeout",
+        None,
+        "10",
+        "seconds an HTTP client has to send a whole request (headers and body)",
+    ],
 ]
 
 
@@ -209,6 +223,10 @@ def build_config(opts: dict) -> Config:
         push_window=int(_number(opts, "push-window", int, 1)),
         log_format=opts["log-format"],
         log_file=opts["log-file"] or None,
+        max_unauthenticated_per_address=int(
+            _number(opts, "max-unauthenticated-per-address", int, 1)
+        ),
+        http_read_timeout=_number(opts, "http-read-timeout", float, 0.1),
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")

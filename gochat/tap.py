@@ -22,6 +22,7 @@ from twisted.web import resource
 from gochat import metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
+from gochat.api.resource import set_read_timeout
 from gochat.auth import Passwords, TokenSigner, load_or_create_secret
 from gochat.config import Config, Options, rpc_host
 from gochat.gateway import GatewayFactory, HeartbeatChecker
@@ -175,6 +176,7 @@ class GoChatService(service.MultiService):
             max_unauthenticated=config.max_unauthenticated,
             max_send_buffer=config.max_send_buffer,
             reactor=reactor,
+            max_unauthenticated_per_address=config.max_unauthenticated_per_address,
         )
         self.auth_limiter = RateLimiter(config.auth_rate / 60.0, config.auth_burst, reactor)
         self.register_limiter = RateLimiter(
@@ -189,6 +191,7 @@ class GoChatService(service.MultiService):
             register_limiter=self.register_limiter,
             on_logout_all=self._logged_out_everywhere,
         )
+        set_read_timeout(self.site, config.http_read_timeout)
         self.site.resource.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
         self.site.resource.putChild(
             b"healthz", HealthResource(self.database, self.hub.presence, reactor)

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 from twisted.web.server import Request
 
 from gochat import metrics, web
@@ -104,6 +104,88 @@ class BoundedRequest(server.Request):
             write_json(self, 413, f"request body over {self.max_body} bytes")
             return
         super().process()
+
+
+#: Seconds an HTTP client has to send a whole request (--http-read-timeout).
+READ_TIMEOUT = 10.0
+#: Seconds a client cut at its read deadline has to take the 408 before it is aborted.
+ABORT_AFTER = 5.0
+
+
+class ReadDeadlineChannel(http.HTTPChannel):
+    """An HTTP channel that gives each request ``site.read_timeout`` seconds to arrive.
+
+    twisted.web's own timeout is an idle timeout, reset by every byte, so a
+    client sending its headers a byte a second (slowloris) holds a connection
+    for ever. Here the clock runs from the connection's start (and, on a
+    keep-alive connection, from the end of the previous response) until the
+    whole request, headers and body, is read; a ``/ws`` upgrade is a read
+    request too, after which the WebSocket gateway's own timers apply. A
+    client past the deadline gets 408 (or, if it sent nothing, is closed).
+    """
+
+    _deadline: Any = None
+    _request_started = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - twisted.web's API
+        super().connectionMade()
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._request_started = False
+        timeout = getattr(getattr(self, "site", None), "read_timeout", READ_TIMEOUT)
+        self._deadline = self.callLater(timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._deadline is not None and data:
+            self._request_started = True
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        self._disarm()  # read in time; answering it is not the client's to hurry
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802
+        if self.persistent:
+            self._arm()  # before the buffered next request, which may complete at once
+        super().requestDone(request)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if transport is None:
+            return
+        metrics.REFUSED.labels("http_read_timeout").inc()
+        if self._request_started:
+            body = _json_body(408, "request not received within the read timeout")
+            transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\n"
+                b"content-type: application/json; charset=utf-8\r\n"
+                b"connection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        # The channel's own loseConnection: it also unregisters the channel
+        # as the transport's producer, without which the transport waits.
+        self.loseConnection()
+        # A client that does not read the 408 either is not waited for.
+        self._deadline = self.callLater(ABORT_AFTER, transport.abortConnection)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self._disarm()
+        super().connectionLost(reason)
+
+
+def set_read_timeout(site: server.Site, seconds: float) -> None:
+    """Give every request on ``site`` ``seconds`` to arrive (see :class:`ReadDeadlineChannel`)."""
+    site.protocol = ReadDeadlineChannel
+    site.read_timeout = seconds
 
 
 def write_json(request: Request, status: int, msg: str, data: Any = None) -> None:
@@ -499,4 +581,5 @@ def build_site(
     web.mount(root, NotFoundResource())
     site = server.Site(root, requestFactory=BoundedRequest)
     site.displayTracebacks = False
+    set_read_timeout(site, READ_TIMEOUT)
     return site

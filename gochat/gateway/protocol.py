@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
-from pprint import pformat
 from typing import Any
 
-import autobahn.websocket.protocol as _autobahn_protocol
-import txaio
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
+from gochat.gateway._autobahn import ServerProtocol, use_clock, valid_close_code
 from gochat.logic import Hub, Session
+
+__all__ = ["GatewayFactory", "GatewayProtocol", "frame_header", "unmask", "valid_close_code"]
 
 #: Frames up to this many times --max-frame are read so an oversized message
 #: can still get its ACK; larger ones fail the connection (1009) at once.
@@ -22,23 +23,33 @@ OVERSIZE_FACTOR = 4
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 _OPEN = WebSocketProtocol.STATE_OPEN
+#: The part of --max-unauthenticated open to any address; in the rest, an
+#: address that holds its --max-unauthenticated-per-address share is refused,
+#: so a quarter of the pool always stays for the others.
+SHARED_PART = 0.75
 _log = Logger()
 
 
-def _pformat_when_debugging(obj: Any) -> str:
-    """Autobahn's ``pformat``, but only at debug level.
+def client_address(peer: Any) -> str | None:
+    """The address a connection counts against: its IP, an IPv6 client's /64.
 
-    Every new connection pretty-prints its 29 options for a debug log line
-    whose argument is built even when debug is off: about 0.5 ms of the
-    reactor per connection, a quarter of a node's CPU while 20,000 clients
-    connect. Autobahn only uses the text in debug output.
+    This is the TCP peer; behind a reverse proxy it is the proxy's. One IPv6
+    host usually holds a whole /64, so that is what counts as one address.
+    None for peers without an IP (Unix sockets): they have no share.
     """
-    if txaio.get_global_log_level() in ("debug", "trace"):
-        return pformat(obj)
-    return ""
+    host = getattr(peer, "host", None)
+    if not host:
+        return None
+    if ":" in host:
+        try:
+            ip = ipaddress.IPv6Address(host)
+        except ValueError:
+            return host
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
 
-
-_autobahn_protocol.pformat = _pformat_when_debugging
 
 _SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # a lookup, not a bytes() per push
 
@@ -52,11 +63,6 @@ def frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
-def valid_close_code(code: int) -> bool:
-    """Close codes a peer may send (RFC 6455 section 7.4)."""
-    return code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED or 3000 <= code <= 4999
-
-
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """XOR a client frame's payload with its 4-byte mask, as one big integer."""
     n = len(payload)
@@ -66,7 +72,7 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-class GatewayProtocol(WebSocketServerProtocol):
+class GatewayProtocol(ServerProtocol):
     """A client connection; also the streaming producer of its transport.
 
     The transport pauses us when its write buffer is full (the client is not
@@ -78,7 +84,11 @@ class GatewayProtocol(WebSocketServerProtocol):
     # Autobahn's own ``log`` (txaio, level "info") stays: a twisted Logger in
     # its place would format and write a debug line for every frame read.
     session: Session | None = None
+    #: what the connection counts against in --max-unauthenticated-per-address
+    address: str | None = None
     _paused = False
+    #: the hub paused reading (the writer's queue is over its high-water mark)
+    _reads_held = False
     _backlog = 0  # bytes written since the transport paused us
     backlog_peak = 0  # the most ever queued while paused (for tests and logs)
     #: frames written this reactor iteration, flushed by the factory in one write
@@ -96,12 +106,24 @@ class GatewayProtocol(WebSocketServerProtocol):
         if len(hub.sessions) >= factory.max_connections:
             metrics.REFUSED.labels("max_connections").inc()
             raise ConnectionDeny(503, "node at its connection limit")
-        if hub.unauthenticated >= factory.max_unauthenticated:
+        waiting = hub.unauthenticated
+        if waiting >= factory.max_unauthenticated:
             metrics.REFUSED.labels("max_unauthenticated").inc()
             raise ConnectionDeny(503, "too many connections waiting to log in")
+        address = self.address = client_address(self.transport.getPeer())
+        if (
+            address is not None
+            and hub.waiting_from(address) >= factory.address_share
+            and waiting >= factory.max_unauthenticated * SHARED_PART
+        ):
+            metrics.REFUSED.labels("max_unauthenticated_per_address").inc()
+            raise ConnectionDeny(503, "too many connections from this address waiting to log in")
         return None
 
-    def onOpen(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        # We are the transport's producer from the start, so the handshake
+        # reply is counted against the send budget too.
         transport = self.transport
         try:
             transport.registerProducer(self, True)
@@ -110,7 +132,11 @@ class GatewayProtocol(WebSocketServerProtocol):
             # transport is still registered as its producer.
             transport.unregisterProducer()
             transport.registerProducer(self, True)
+
+    def onOpen(self) -> None:  # noqa: N802
         self.session = self.factory.hub.open_session(self)
+        if self.factory.hub.reading_paused:
+            self.pause_reading()
 
     # -- IPushProducer: the transport tells us when the client stops reading --
 
@@ -126,6 +152,38 @@ class GatewayProtocol(WebSocketServerProtocol):
     def stopProducing(self) -> None:  # noqa: N802
         self._paused = False
 
+    # -- backpressure: the hub stops reading while its writer is behind -------
+
+    def pause_reading(self) -> None:
+        """Read nothing more from this client until :meth:`resume_reading`.
+
+        The socket stops being read, and frames of a read already made wait in
+        ``_held`` (at most one read), so TCP pushes back on the client.
+        """
+        if not self._reads_held:
+            self._reads_held = True
+            if self.transport is not None:
+                self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._reads_held:
+            self._reads_held = False
+            if self.transport is not None and self.state != self.STATE_CLOSED:
+                self.transport.resumeProducing()
+                if self._held:
+                    self.factory.reactor.callLater(0, self._read_held)
+
+    def _read_held(self) -> None:
+        if self._held and not self._reads_held and self.state == _OPEN:
+            self.dataReceived(b"")
+
+    def counted(self, written: int) -> bool:
+        """Autobahn writes (pongs, close frames, handshake replies) count too."""
+        if self._paused:
+            self._stalled(written)
+            return self.state != self.STATE_CLOSED
+        return True
+
     def _stalled(self, written: int) -> None:
         self._backlog += written
         if self._backlog > self.backlog_peak:
@@ -137,54 +195,17 @@ class GatewayProtocol(WebSocketServerProtocol):
                 peer=self.peer,
                 n=self._backlog,
             )
-            self.wasClean = False
-            self.wasNotCleanReason = "client stopped reading"
-            self.dropConnection(abort=True)
+            self.drop("client stopped reading")
 
-    def onMessageFrameBegin(self, length: int) -> None:  # noqa: N802
-        total = self.message_data_total_length + length
-        if total > self.factory.max_frame * OVERSIZE_FACTOR and not self.failedByMe:
-            self.send(codec.error_frame(codes.TOO_LARGE))
-            self.flush()
-            self._fail_connection(CLOSE_TOO_BIG, "message too big")
-            return
-        super().onMessageFrameBegin(length)
+    @property
+    def max_message_bytes(self) -> int:  # type: ignore[override]
+        return self.factory.max_frame * OVERSIZE_FACTOR
 
-    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:  # noqa: N802
-        # Autobahn answers a bad close frame with 1002/1007 but then takes the
-        # same frame for the reply to that close and aborts the socket, which
-        # discards the close it just queued. Fail first, then await the reply.
-        frame = self.current_frame
-        if frame is not None and (not frame.fin or frame.rsv or frame.length > 125):
-            # An invalid close frame (Autobahn already failed the connection
-            # for it) is never the peer's reply to our close.
-            if self.state == WebSocketProtocol.STATE_OPEN:
-                self._fail_connection(1002, "invalid close frame")
-            return True
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            if code is not None and not valid_close_code(code):
-                self._fail_connection(1002, f"invalid close code {code}")
-                return True
-            if reasonRaw:
-                try:
-                    reasonRaw.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._fail_connection(1007, "close reason is not UTF-8")
-                    return True
-        return super().onCloseFrame(code, reasonRaw)
-
-    def processControlFrame(self) -> bool:  # noqa: N802
-        # A close body is empty or holds at least a 2-byte code. Autobahn fails
-        # a 1-byte body with 1002 when it reads the header, then takes the same
-        # frame for the reply to that close and aborts, losing the 1002.
-        if (
-            self.current_frame.opcode == 8
-            and sum(len(chunk) for chunk in self.control_frame_data) == 1
-        ):
-            self.control_frame_data = None
-            self._fail_connection(1002, "close frame with a 1-byte body")
-            return False
-        return super().processControlFrame()
+    def message_refused(self, reason: str) -> None:
+        """Over the byte or fragment bound of one message: 1012, then close 1009."""
+        self.send(codec.error_frame(codes.TOO_LARGE))
+        self.flush()
+        self.fail(CLOSE_TOO_BIG, reason)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         # Once open, whole masked binary frames within --max-frame are read
@@ -198,12 +219,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         if held:
             data = held + data
             self._held = b""
-        if (
-            self.state != _OPEN
-            or self.data
-            or self.current_frame is not None
-            or self.inside_message
-        ):
+        if self._reads_held and self.state == _OPEN:
+            self._held = data  # a read already under way when the hub paused us
+            return
+        if self.state != _OPEN or not self.reader_idle():
             super().dataReceived(data)
             return
         limit = self.factory.max_frame
@@ -242,6 +261,10 @@ class GatewayProtocol(WebSocketServerProtocol):
                 session.frame_received(unmask(data[start + 4 : end], data[start : start + 4]))
             if self.state != _OPEN:
                 return  # the session closed the connection
+            if self._reads_held:
+                if pos < size:
+                    self._held = data[pos:]  # read again once the hub resumes
+                return
         if pos < size:
             super().dataReceived(data[pos:] if pos else data)
 
@@ -251,12 +274,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802
         self._out = None
-        # Autobahn can leave its close-handshake timer behind once the socket is gone.
-        for name in ("closeHandshakeTimeoutCall", "openHandshakeTimeoutCall"):
-            timer = getattr(self, name, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
+        self.cancel_timers()
         session, self.session = self.session, None
         if session is not None:
             session.connection_lost()
@@ -268,7 +286,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         # Autobahn's sendMessage costs several times the frame itself. Frames
         # of one reactor iteration (a group fan-out puts hundreds on one
         # connection) go out in one transport write.
-        if self.state == _OPEN and not self.send_queue:
+        if self.state == _OPEN and not self.queued_writes:
             n = len(frame)
             head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
             if self._paused:
@@ -320,6 +338,7 @@ class GatewayFactory(WebSocketServerFactory):
         max_unauthenticated: int = 1000,
         max_send_buffer: int = 4 * 1024 * 1024,
         reactor: Any = None,
+        max_unauthenticated_per_address: int = 100,
     ) -> None:
         super().__init__(url)
         if reactor is None:
@@ -329,12 +348,23 @@ class GatewayFactory(WebSocketServerFactory):
         self.reactor = reactor
         # Autobahn's handshake/close timers on the hub's clock, cancelled for
         # real when they are cancelled (its batched timer leaves them behind).
-        self._batched_timer = _ClockTimers(hub.clock)
+        use_clock(self, hub.clock)
         self.hub = hub
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.max_unauthenticated = max_unauthenticated
         self.max_send_buffer = max_send_buffer
+        self.max_unauthenticated_per_address = max_unauthenticated_per_address
+        #: An address's share, never more than the part kept for the others,
+        #: so that even with a small --max-unauthenticated one host cannot
+        #: hold the whole pool.
+        self.address_share = max(
+            1,
+            min(
+                max_unauthenticated_per_address,
+                int(max_unauthenticated * (1 - SHARED_PART)),
+            ),
+        )
         self._dirty: list[GatewayProtocol] = []
         self._flush_call: Any = None
         self.setProtocolOptions(
@@ -361,13 +391,3 @@ class GatewayFactory(WebSocketServerFactory):
         protos, self._dirty = self._dirty, []
         for proto in protos:
             proto.flush()
-
-
-class _ClockTimers:
-    """The ``call_later`` Autobahn's factory asks of its timer, on an injected clock."""
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-
-    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.clock.callLater(delay, func, *args, **kwargs)

@@ -97,6 +97,7 @@ class Hub:
             key=lambda owner: id(owner[0]),
             on_batch_end=self._batch_end,
             may_start=lambda: not self.router.congested,
+            on_backlog=self._writer_backlog,
         )
         self.router.on_drained = self.writer.resume
         #: committed messages of the batch being answered, pushed once its ACKs are out
@@ -111,6 +112,11 @@ class Hub:
         self.sessions: set[Session] = set()
         self.devices: dict[tuple[int, str], DeviceState] = {}
         self.unauthenticated = 0  # open sessions that have not logged in yet
+        #: of those, how many per client address (see GatewayProtocol.address)
+        self.unauthenticated_by_address: dict[str, int] = {}
+        self._waiting_address: dict[Session, str] = {}
+        #: the writer's queue is over its high-water mark: clients are not read
+        self.reading_paused = False
         self.draining = False  # shutting down: frames are no longer read
 
     # -- sessions ------------------------------------------------------------
@@ -119,13 +125,47 @@ class Hub:
         session = Session(self, conn)
         self.sessions.add(session)
         self.unauthenticated += 1
+        address = getattr(conn, "address", None)
+        if address is not None:
+            self._waiting_address[session] = address
+            by_address = self.unauthenticated_by_address
+            by_address[address] = by_address.get(address, 0) + 1
         metrics.CONNECTIONS.set(len(self.sessions))
         return session
+
+    def waiting_from(self, address: str) -> int:
+        """Open sessions from ``address`` that have not logged in yet."""
+        return self.unauthenticated_by_address.get(address, 0)
+
+    def _stopped_waiting(self, session: Session) -> None:
+        """``session`` logged in or closed before it did: it no longer waits."""
+        self.unauthenticated -= 1
+        address = self._waiting_address.pop(session, None)
+        if address is not None:
+            by_address = self.unauthenticated_by_address
+            left = by_address[address] - 1
+            if left:
+                by_address[address] = left
+            else:
+                del by_address[address]
+
+    def _writer_backlog(self, backlogged: bool) -> None:
+        """Stop (or resume) reading from every client while the writer is behind.
+
+        What is not read is not queued: TCP pushes back on the clients, and
+        the node's memory stays bounded however slow the database is.
+        """
+        self.reading_paused = backlogged
+        for session in self.sessions:
+            name = "pause_reading" if backlogged else "resume_reading"
+            action = getattr(session.conn, name, None)
+            if action is not None:
+                action()
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         if not session.authenticated:
-            self.unauthenticated -= 1
+            self._stopped_waiting(session)
         metrics.CONNECTIONS.set(len(self.sessions))
         self.pushes.forget(session)
         device = session.device
@@ -192,7 +232,7 @@ class Hub:
         session.device = device
         if not session.authenticated:
             session.authenticated = True
-            self.unauthenticated -= 1
+            self._stopped_waiting(session)
         session.push_ack = push_ack
         if self.router.add(session):
             yield self.presence.user_online(user_id)
@@ -209,9 +249,10 @@ class Hub:
 
     # -- upstream ------------------------------------------------------------
 
-    def submit(self, item: UpItem, device: DeviceState) -> None:
+    def submit(self, item: UpItem, device: DeviceState, size: int = 0) -> None:
+        """Queue an upstream message (``size`` bytes on the wire) for the writer."""
         item_started = self.clock.seconds()
-        self.writer.submit(item, (device, item_started))
+        self.writer.submit(item, (device, item_started), size)
 
     def _committed(self, item: UpItem, owner: tuple[DeviceState, float], result: UpResult) -> None:
         device, started = owner

@@ -124,7 +124,8 @@ class Session:
             return
         handler = self._handlers.get(frame.type)
         if handler is None:
-            self.send(codec.error_frame(codes.UNKNOWN_COMMAND))
+            # Junk over --max-frame can parse as some Input: its size is the error.
+            self.send(codec.error_frame(codes.TOO_LARGE if too_large else codes.UNKNOWN_COMMAND))
             return
         if too_large and frame.type != pb.CT_Message:
             # An upstream message still gets its ACK (and consumes its clientId).
@@ -293,9 +294,10 @@ class Session:
 
     def _on_message(self, data: bytes, too_large: bool) -> None:
         try:
-            up = pb.UpMsg.FromString(data)
+            up = codec.decode_up(data)
         except DecodeError:
-            self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
+            code = codes.TOO_LARGE if too_large else codes.PARAM_ILLEGAL
+            self.send(codec.ack_frame(pb.AT_Up, code))
             return
         cid = up.clientId
         if not self.logged_in:
@@ -304,7 +306,9 @@ class Session:
         device = self.device
         assert device is not None
         if cid == 0:
-            self.send(codec.ack_frame(pb.AT_Up, codes.PARAM_ILLEGAL))
+            self.send(
+                codec.ack_frame(pb.AT_Up, codes.TOO_LARGE if too_large else codes.PARAM_ILLEGAL)
+            )
             return
         if cid <= device.accepted:
             low, high = self.inherited
@@ -325,7 +329,7 @@ class Session:
             message=up.msg if code == codes.OK else None,
             reject_code=code,
         )
-        self.hub.submit(item, device)
+        self.hub.submit(item, device, len(data))
 
     def _check(self, up: pb.UpMsg) -> int:
         """Permanent rejections that need no database; fills in defaults."""

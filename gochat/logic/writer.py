@@ -5,6 +5,12 @@ and go together in the next one. That keeps every device's messages in
 clientId order, lets a transient failure stop a device's later messages from
 being stored before the failed one, and turns a burst of messages into a few
 large transactions instead of many small ones.
+
+While the database is slow (or the router holds batches back) the queue
+grows; past :attr:`MessageWriter.high_water` messages or
+:attr:`MessageWriter.high_water_bytes` bytes the writer says so
+(``on_backlog(True)``) and the hub stops reading from the clients, until the
+queue is down to half of both (``on_backlog(False)``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,17 @@ from twisted.python.failure import Failure
 
 from gochat.store import Store, UpItem, UpResult
 
+#: Queued messages (waiting for a transaction) past which reading stops: ten
+#: full batches, a few seconds of a busy node's commits.
+HIGH_WATER = 10_000
+#: Queued upstream bytes past which reading stops (256 messages of 64 KiB).
+HIGH_WATER_BYTES = 16 * 1024 * 1024
+
 
 class MessageWriter:
     log = Logger()
+    high_water = HIGH_WATER
+    high_water_bytes = HIGH_WATER_BYTES
 
     def __init__(
         self,
@@ -31,6 +45,7 @@ class MessageWriter:
         key: Callable[[Any], Any] = id,
         on_batch_end: Callable[[], None] | None = None,
         may_start: Callable[[], bool] = lambda: True,
+        on_backlog: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.on_result = on_result
@@ -43,19 +58,55 @@ class MessageWriter:
         self.max_batch = max_batch
         #: Which queued items come from the same device as a failed one.
         self.key = key
-        self._queue: list[tuple[UpItem, Any]] = []
+        #: called with True once the queue passes a high-water mark, False once
+        #: it is back under half of both
+        self.on_backlog = on_backlog
+        self.backlogged = False
+        self.queued_bytes = 0
+        self.queue_peak = 0  # the most messages ever queued (for tests and logs)
+        self._queue: list[tuple[UpItem, Any, int]] = []
         self._busy = False
         self._idle_waiters: list[Any] = []
 
-    def submit(self, item: UpItem, owner: Any) -> None:
-        """Queue ``item``; ``owner`` is handed back with the outcome.
+    def submit(self, item: UpItem, owner: Any, size: int = 0) -> None:
+        """Queue ``item`` (``size`` bytes on the wire); ``owner`` is handed back with the outcome.
 
         ``key(owner)`` names the device: when a batch fails, queued items with
         the key of a failed one fail too, so none is stored before it.
         """
-        self._queue.append((item, owner))
+        queue = self._queue
+        queue.append((item, owner, size))
+        self.queued_bytes += size
         if not self._busy and self.may_start():
             self._flush()
+            return
+        n = len(queue)
+        if n > self.queue_peak:
+            self.queue_peak = n
+        if not self.backlogged and (
+            n >= self.high_water or self.queued_bytes >= self.high_water_bytes
+        ):
+            self._set_backlogged(True)
+
+    def _set_backlogged(self, backlogged: bool) -> None:
+        self.backlogged = backlogged
+        self.log.info(
+            "writer queue {state}: {n} messages, {b} bytes waiting",
+            state="over its high-water mark, reading paused" if backlogged else "drained",
+            n=len(self._queue),
+            b=self.queued_bytes,
+        )
+        if self.on_backlog is not None:
+            self.on_backlog(backlogged)
+
+    def _dequeued(self, entries: list[tuple[UpItem, Any, int]]) -> None:
+        self.queued_bytes -= sum(entry[2] for entry in entries)
+        if (
+            self.backlogged
+            and len(self._queue) <= self.high_water // 2
+            and self.queued_bytes <= self.high_water_bytes // 2
+        ):
+            self._set_backlogged(False)
 
     def resume(self) -> None:
         """Start the queued batch that :attr:`may_start` held back."""
@@ -70,10 +121,11 @@ class MessageWriter:
         batch = self._queue[: self.max_batch]
         del self._queue[: self.max_batch]
         self._busy = True
-        d = self.store.commit_messages([item for item, _ in batch])
+        self._dequeued(batch)
+        d = self.store.commit_messages([entry[0] for entry in batch])
         d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _committed(self, results: list[UpResult], batch: list[tuple[UpItem, Any]]) -> None:
+    def _committed(self, results: list[UpResult], batch: list[tuple[UpItem, Any, int]]) -> None:
         # The next transaction starts before this batch's ACKs and pushes go
         # out, so the database thread commits while the reactor pushes. It
         # holds only later messages, so every device's order is kept.
@@ -81,7 +133,7 @@ class MessageWriter:
         if started_next:
             self._next(None)
         try:
-            for (item, owner), result in zip(batch, results, strict=True):
+            for (item, owner, _), result in zip(batch, results, strict=True):
                 try:
                     self.on_result(item, owner, result)
                 except Exception:
@@ -95,18 +147,19 @@ class MessageWriter:
             if not started_next:
                 self._next(None)  # idle waiters fire only after the outcomes went out
 
-    def _failed(self, failure: Failure, batch: list[tuple[UpItem, Any]]) -> None:
+    def _failed(self, failure: Failure, batch: list[tuple[UpItem, Any, int]]) -> None:
         self.log.error(
             "storing {n} messages failed, ACKed 1004: {error}",
             n=len(batch),
             error=failure.getErrorMessage(),
         )
         key = self.key
-        owners = {key(owner) for _, owner in batch}
+        owners = {key(entry[1]) for entry in batch}
         # Later messages of the same devices must not be stored before these.
         later = [entry for entry in self._queue if key(entry[1]) in owners]
         self._queue = [entry for entry in self._queue if key(entry[1]) not in owners]
-        for item, owner in batch + later:
+        self._dequeued(later)
+        for item, owner, _ in batch + later:
             try:
                 self.on_failure(item, owner)
             except Exception:
