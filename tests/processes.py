@@ -39,6 +39,16 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
+#: the name tests used before; the same helper
+free_port = unused_port
+
+
+def twistd() -> str:
+    """The twistd script next to this interpreter, or "" (then use :data:`TWISTD`)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return candidate if os.path.exists(candidate) else ""
+
+
 class TwistdProcess(protocol.ProcessProtocol):
     """``twistd ARGS`` as a child process.
 
@@ -288,7 +298,10 @@ __all__ = [
     "NodeProcess",
     "ProcessDone",
     "ProcessTerminated",
+    "TWISTD",
     "TwistdProcess",
+    "free_port",
     "spawn_twistd",
+    "twistd",
     "unused_port",
 ]

@@ -82,8 +82,25 @@ class Frame:
     def output(self) -> pb.Output:
         return pb.Output.FromString(self.payload)
 
+    def __iter__(self) -> Any:
+        """``payload, is_binary = frame``, for tests that only read data frames."""
+        return iter((self.payload, self.opcode == OP_BINARY))
+
     def __repr__(self) -> str:
         return f"Frame(op={self.opcode}, fin={self.fin}, {self.payload[:40]!r})"
+
+
+class LoginReply(tuple):  # type: ignore[type-arg]
+    """The answer to a login: unpacks as ``(code, ACKMsg)`` and reads as the
+    ``Output`` itself (``reply.code``, ``reply.type``, ``reply.data``)."""
+
+    def __new__(cls, out: pb.Output) -> LoginReply:
+        reply = super().__new__(cls, (out.code, ack_of(out)))
+        reply.output = out
+        return reply
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.output, name)
 
 
 class RawWebSocket(protocol.Protocol):
@@ -198,6 +215,10 @@ class RawWebSocket(protocol.Protocol):
         """One whole WebSocket message, binary or text."""
         self.send(build_frame(OP_BINARY if is_binary else OP_TEXT, payload))
 
+    def sendMessage(self, payload: bytes, isBinary: bool = True) -> None:  # noqa: N802, N803
+        """:meth:`send_message` under Autobahn's name."""
+        self.send_message(payload, isBinary)
+
     def send_input(self, cmd: int, body: bytes | Message = b"") -> None:
         self.send(input_frame(cmd, body))
 
@@ -209,11 +230,11 @@ class RawWebSocket(protocol.Protocol):
         self.send_input(pb.CT_Message, pb.UpMsg(msg=msg, clientId=client_id))
 
     def login(self, token: str, device_id: str = "", push_ack: bool = False) -> defer.Deferred:
-        """Send a login; fires with ``(code, ACKMsg)`` of the answer."""
+        """Send a login; fires with the :class:`LoginReply` (``code, ack = reply``)."""
         self.send_input(
             pb.CT_Login, pb.LoginMsg(token=token.encode(), device_id=device_id, push_ack=push_ack)
         )
-        return self.next_output().addCallback(lambda out: (out.code, ack_of(out)))
+        return self.next_output().addCallback(LoginReply)
 
     # -- receiving ----------------------------------------------------------
 

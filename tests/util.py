@@ -16,7 +16,7 @@ from gochat.client import HttpApi, connect
 from gochat.config import Config
 from gochat.pb import pb
 from gochat.tap import GoChatService
-from tests.rawws import open_raw
+from tests.rawws import ack_of, open_raw
 
 REQUIRE_SERVICES = os.environ.get("GOCHAT_REQUIRE_SERVICES") == "1"
 
@@ -171,3 +171,16 @@ def query(node: Node, sql: str, args: tuple = ()) -> list[tuple]:
         return [tuple(r) for r in conn.execute(sql, args).fetchall()]
     finally:
         conn.close()
+
+
+__all__ = [
+    "Node",
+    "NodeTestCase",
+    "ack_of",
+    "cheap_passwords",
+    "missing_service",
+    "open_client",
+    "query",
+    "raw_connect",
+    "text",
+]
