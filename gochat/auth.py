@@ -8,7 +8,7 @@ expiry; :func:`check_account` then checks the binding against the account row,
 so a token of a deleted or re-created account (a database reset with the same
 secret) is refused, and ``POST /logout_all`` (a generation bump) revokes every
 token issued before it. Passwords are hashed with argon2id off the reactor
-thread.
+thread, in a small pool of its own.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 
 from gochat.inputs import MAX_ID
 
@@ -146,16 +148,64 @@ class TokenSigner:
 
 
 class Passwords:
-    """argon2id hashing, run in the reactor's thread pool."""
+    """argon2id hashing in a small thread pool of its own.
 
-    def __init__(self, time_cost: int = 2, memory_cost: int = 19 * 1024, parallelism: int = 1):
+    Each hash holds ``memory_cost`` KiB while it runs, so the pool's size is
+    the most memory hashing can hold at once (2 threads: 38 MiB at the
+    defaults); a burst of sign-ups or logins queues rather than growing the
+    node, and the reactor's own pool (DNS, other work) is never taken.
+    """
+
+    def __init__(
+        self,
+        time_cost: int = 2,
+        memory_cost: int = 19 * 1024,
+        parallelism: int = 1,
+        threads: int = 2,
+        reactor: Any = None,
+    ) -> None:
         # OWASP's argon2id minimum (19 MiB, t=2, p=1): slow for attackers, not for a login burst.
         self._hasher = _Argon2(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism
         )
+        if threads < 1:
+            raise ValueError("password hashing needs at least one thread")
+        self.threads = threads
+        self._reactor = reactor
+        self._pool: ThreadPool | None = None
+
+    def _run(self, func: Any, *args: Any) -> defer.Deferred:
+        if self._pool is None:
+            if self._reactor is None:
+                from twisted.internet import reactor
+
+                self._reactor = reactor
+            self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="gochat-argon2")
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        return threads.deferToThreadPool(self._reactor, self._pool, func, *args)
+
+    def stop(self) -> None:
+        """Stop the pool's threads (at reactor shutdown); a later hash starts it again."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
 
     def hash(self, password: str) -> defer.Deferred:
-        return threads.deferToThread(self._hasher.hash, password)
+        return self._run(self._hasher.hash, password)
+
+    def service(self) -> Any:
+        """A service that stops the hashing threads when the node stops."""
+        from twisted.application import service
+
+        passwords = self
+
+        class PasswordThreads(service.Service):
+            def stopService(self) -> Any:  # noqa: N802
+                passwords.stop()
+                return super().stopService()
+
+        return PasswordThreads()
 
     def verify(self, stored: str, password: str) -> defer.Deferred:
         """Fires True or False; comparison is constant-time inside argon2."""
@@ -166,4 +216,4 @@ class Passwords:
             except (VerificationError, InvalidHashError):
                 return False
 
-        return threads.deferToThread(check)
+        return self._run(check)

@@ -61,6 +61,9 @@ class Config:
     log_file: str | None = None
     max_unauthenticated_per_address: int = 100
     http_read_timeout: float = 10.0
+    hash_threads: int = 2
+    cache_users: int = 100_000
+    cache_group_members: int = 200_000
 
     @property
     def db_url(self) -> str:
@@ -128,6 +131,9 @@ _PARAMS = [
         "10",
         "seconds an HTTP client has to send a whole request (headers and body)",
     ],
+    ["hash-threads", None, "2", "threads hashing passwords (19 MiB each while hashing)"],
+    ["cache-users", None, "100000", "users whose seq and existence the store keeps in memory"],
+    ["cache-group-members", None, "200000", "group member ids the store keeps in memory"],
 ]
 
 
@@ -227,6 +233,9 @@ def build_config(opts: dict) -> Config:
             _number(opts, "max-unauthenticated-per-address", int, 1)
         ),
         http_read_timeout=_number(opts, "http-read-timeout", float, 0.1),
+        hash_threads=int(_number(opts, "hash-threads", int, 1)),
+        cache_users=int(_number(opts, "cache-users", int, 1)),
+        cache_group_members=int(_number(opts, "cache-group-members", int, 1)),
     )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not text or json")

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.web import resource
 
-from gochat import metrics
+from gochat import malloc, metrics
 from gochat.api import build_site
 from gochat.api.health import HealthResource
 from gochat.api.resource import set_read_timeout
@@ -154,9 +154,13 @@ class GoChatService(service.MultiService):
 
         self.engine = engine_from_url(config.db_url, config.data_dir)
         self.database = Database(self.engine)
-        self.store = Store(self.database)
+        self.store = Store(
+            self.database,
+            cache_users=config.cache_users,
+            cache_group_members=config.cache_group_members,
+        )
         self.signer = TokenSigner(load_or_create_secret(config.secret_path), ttl=config.token_ttl)
-        self.passwords = passwords or Passwords()
+        self.passwords = passwords or Passwords(threads=config.hash_threads)
         self.presence: Any = LocalPresence()
         self.peers: Any = None
         if config.cluster:
@@ -199,6 +203,7 @@ class GoChatService(service.MultiService):
 
         # The service tree: the order of addService is the start order.
         self._add("store", StoreService(self.database, self.engine.describe()))
+        self._add("passwords", self.passwords.service())
         if config.cluster:
             from gochat.rpc import build_rpc_factory
 
@@ -222,6 +227,7 @@ class GoChatService(service.MultiService):
                 self.hub, reactor, config.heartbeat_timeout, config.heartbeat_interval
             ),
         )
+        self._add("malloc-trim", malloc.TrimService(reactor))
         self._add("ws", ListeningService("ws", config.ws, self.ws_factory, reactor))
         self._add("http", ListeningService("http", config.http, self.site, reactor))
 
@@ -469,4 +475,5 @@ def makeService(options: Options) -> GoChatService:  # noqa: N802 - twistd's nam
         node.created.insert(0, os.path.abspath(pidfile))  # twistd writes it after this
     sys.setswitchinterval(SWITCH_INTERVAL)
     tune_gc()
+    malloc.tune()
     return node

@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from gochat import codec
-from gochat.bench import cli, runner
+from gochat.bench import cli, runner, stats
 from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
 from gochat.bench.wire import BenchSocket, mask_frame
 from gochat.bench.worker import Conn, Worker
@@ -203,6 +203,34 @@ class Scenarios(NodeTestCase):
         self.assertEqual(report["processes"], 2)
 
     @defer.inlineCallbacks
+    def test_group_set_up_in_the_database_logs_in_with_signed_tokens(self):
+        target = self.target(processes=2)
+        target.setup_db = "sqlite:" + os.path.join(self.node.data_dir, "gochat.db")
+        target.setup_secret = os.path.join(self.node.data_dir, "secret.key")
+        report = yield runner.run_group(
+            reactor, target, members=40, online=6, senders=3, rounds=2, interval=0
+        )
+        self.assert_clean(report)
+        self.assertEqual(report["setup"], "database")
+        self.assertEqual(report["expected"], 3 * 5 * 2)  # 3 senders to 5 online others
+        members = yield self.node.service.store.group_members(1)
+        self.assertEqual(len(members), 40)
+
+    @defer.inlineCallbacks
+    def test_group_members_placed_over_several_nodes_urls(self):
+        target = self.target(processes=2)
+        # one node here, reached under two URLs: every member gets its own
+        target.ws_nodes = [self.node.ws_url, self.node.ws_url.replace("127.0.0.1", "localhost")]
+        target.pids = [os.getpid(), os.getpid()]
+        report = yield runner.run_group(
+            reactor, target, members=6, online=6, senders=6, rounds=2, interval=0
+        )
+        self.assert_clean(report)
+        self.assertIsNotNone(report["node_cpu_s"])
+        self.assertGreater(report["node_rss_end_kb"], 0)  # both "nodes" are this process
+        self.assertIn("node RSS at the end", stats.format_table(report))
+
+    @defer.inlineCallbacks
     def test_single_pipelined(self):
         report = yield runner.run_single(reactor, self.target(), pairs=3, messages=20, window=5)
         self.assert_clean(report)
@@ -249,3 +277,68 @@ class LocalNodeForStandardRun(unittest.TestCase):
         # More than the 10 at once that a shared login/sign-up limit once allowed.
         users = yield runner.register_users(HttpApi(node.http, reactor), 15, "bench-pass")
         self.assertEqual(len({user_id for user_id, _ in users}), 15)
+
+
+class BulkSetup(unittest.TestCase):
+    """``Store.create_users``: thousands of accounts in one transaction."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_users_come_back_in_order_with_a_seq_row_each(self):
+        from gochat.store import Database, Store, engine_from_url
+
+        url = "sqlite:" + tempfile.mkdtemp(prefix="gochat-bulk-") + "/gochat.db"
+        database = Database(engine_from_url(url, ""))
+        self.addCleanup(database.close)
+        yield database.migrate()
+        store = Store(database)
+        accounts = yield store.create_users([(f"p{i}", f"n{i}", "!") for i in range(1200)])
+        ids = [a.user_id for a in accounts]
+        self.assertEqual(len(set(ids)), 1200)
+        self.assertEqual({a.token_generation for a in accounts}, {0})
+        found = yield store.get_user_by_phone("p1199")
+        self.assertEqual(found, (ids[-1], "!"))
+        seqs = yield defer.gatherResults([store.latest_seq(u) for u in ids[:3]])
+        self.assertEqual(seqs, [0, 0, 0])
+
+    @defer.inlineCallbacks
+    def test_a_taken_phone_number_inserts_nothing(self):
+        from gochat.store import Conflict, Database, Store, engine_from_url
+
+        url = "sqlite:" + tempfile.mkdtemp(prefix="gochat-bulk-") + "/gochat.db"
+        database = Database(engine_from_url(url, ""))
+        self.addCleanup(database.close)
+        yield database.migrate()
+        store = Store(database)
+        yield store.create_user("taken", "t", "!")
+        yield self.assertFailure(
+            store.create_users([("new", "n", "!"), ("taken", "t", "!")]), Conflict
+        )
+        self.assertIsNone((yield store.get_user_by_phone("new")))
+
+
+class ClusterRateOptions(unittest.TestCase):
+    def test_node_counts_take_a_list(self):
+        from gochat.bench import cluster_rate
+
+        args = cluster_rate.parse(["--db", "postgresql://x/y", "--nodes", "1,2,3"])
+        self.assertEqual((args.nodes, args.messages, args.senders), ([1, 2, 3], 10, 500))
+        self.assertEqual(cluster_rate.parse(["--db", "x", "--scenario", "single"]).messages, 40)
+
+    def test_cpu_growth_is_the_largest_cluster_over_the_smallest(self):
+        from gochat.bench import cluster_rate
+
+        results = [
+            {"nodes": 1, "node_cpu_ms_per_1000": 4.0},
+            {"nodes": 3, "node_cpu_ms_per_1000": 5.0},
+        ]
+        self.assertAlmostEqual(cluster_rate.cpu_growth(results), 1.25)
+        self.assertIsNone(cluster_rate.cpu_growth(results[:1]))
+
+    def test_the_standard_run_includes_the_10000_member_group(self):
+        big = [full for name, full, _ in cli.STANDARD if "--setup-db" in full]
+        self.assertEqual(len(big), 1)
+        args = big[0]
+        self.assertEqual(args[args.index("--members") + 1], "10000")
+        self.assertEqual(args[args.index("--online") + 1], "2000")

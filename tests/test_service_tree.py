@@ -22,7 +22,7 @@ from tests.util import Node, NodeTestCase, cheap_passwords
 class Children(NodeTestCase):
     def test_each_part_of_a_node_is_a_named_child_service_in_start_order(self):
         names = [child.name for child in self.node.service]
-        self.assertEqual(names, ["store", "heartbeat", "ws", "http"])
+        self.assertEqual(names, ["store", "passwords", "heartbeat", "malloc-trim", "ws", "http"])
         self.assertTrue(all(child.running for child in self.node.service))
 
     def test_ports_are_the_listening_children_ports(self):

@@ -1,4 +1,4 @@
-"""``gochat-bench group|single|connections|capacity|standard``: the command line."""
+"""``gochat-bench group|single|connections|capacity|standard|cluster``: the command line."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between rounds; 0: each sender sends its next as soon as the last is ACKed",
     )
+    g.add_argument(
+        "--setup-db",
+        metavar="URL",
+        help="create the users and group straight in the node's database (sqlite:PATH, ...)",
+    )
+    g.add_argument(
+        "--setup-secret", metavar="PATH", help="with --setup-db: the node's token signing key"
+    )
 
     s = sub.add_parser("single", help="one-to-one chat, pipelined")
     _common(s)
@@ -91,6 +99,8 @@ def _target(args: argparse.Namespace) -> runner.Target:
         timeout=args.timeout,
         password=args.password,
         progress=not args.no_progress,
+        setup_db=getattr(args, "setup_db", None),
+        setup_secret=getattr(args, "setup_secret", None),
     )
 
 
@@ -139,6 +149,11 @@ STANDARD = [
     ("single", ["--pairs", "10", "--messages", "500", "--rate", "1000"],
      ["--pairs", "5", "--messages", "40", "--rate", "200"]),
     ("connections", ["--count", "20000"], ["--count", "500"]),
+    # the big group: users and group made in the node's database (--setup-db)
+    ("group", ["--members", "10000", "--online", "2000", "--senders", "50", "--rounds", "10",
+               "--interval", "1", "--setup-db"],
+     ["--members", "1000", "--online", "200", "--senders", "10", "--rounds", "3",
+      "--interval", "1", "--setup-db"]),
 ]  # fmt: skip
 
 
@@ -169,7 +184,7 @@ def run_standard(reactor: Any, args: argparse.Namespace) -> Any:
     node = None
     try:
         for index, (name, full, quick) in enumerate(STANDARD):
-            if node is None or name == "connections":
+            if node is None or name == "connections" or "--setup-db" in full:
                 if node is not None:
                     node.stop()
                 node = start_local_node()
@@ -177,6 +192,11 @@ def run_standard(reactor: Any, args: argparse.Namespace) -> Any:
             argv = [name, *(quick if args.quick else full)]
             if name == "connections" and not args.quick:
                 argv[argv.index("--count") + 1] = str(connections_that_fit(20000))
+            if "--setup-db" in argv:
+                db = "sqlite:" + os.path.join(node.data_dir, "gochat.db")
+                secret = os.path.join(node.data_dir, "secret.key")
+                argv[argv.index("--setup-db") + 1 : argv.index("--setup-db") + 1] = [db]
+                argv += ["--setup-secret", secret]
             argv += ["--http", node.http, "--ws", node.ws, "--pid", str(node.pid)]
             argv += ["--processes", str(args.processes)]
             if args.json_dir:
@@ -203,6 +223,12 @@ def run_standard(reactor: Any, args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:  # its own options: python -m gochat.bench.cluster_rate --help
+        from gochat.bench import cluster_rate
+
+        cluster_rate.main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     if args.command == "capacity":
         try:

@@ -1,8 +1,13 @@
 """Messages per second of a cluster against one node alone, with the same script.
 
     python -m gochat.bench.cluster_rate --db postgresql://postgres@127.0.0.1/gochat_bench \\
-        --redis redis://127.0.0.1:6379/0 --nodes 3 --scenario single
-    python -m gochat.bench.cluster_rate ... --nodes 1 --scenario single
+        --redis redis://127.0.0.1:6379/0 --nodes 1,2,3 --scenario group
+    python -m gochat.bench.cluster_rate ... --nodes 3 --scenario single
+
+``--nodes`` is a node count or a list of them: each count gets a cluster of
+its own, one after the other, and a line of figures (``group``: deliveries/s
+and node CPU per 1,000 deliveries, all nodes' CPU added up, so a cluster that
+spends more per delivery than one node shows it).
 
 It starts ``--nodes`` real ``twistd gochat`` processes on free loopback ports
 (one shared database, one Redis key prefix of its own), creates its users
@@ -13,10 +18,12 @@ nodes, and measures:
 ``single``  ``--pairs`` senders each pipelining ``--messages`` one-to-one
             messages to a receiver on the next node; rate = messages received
             per second, from the first send to the last push.
-``group``   a group of ``--members`` spread over the nodes; ``--senders``
-            members each send ``--messages``; rate = group messages per second
-            until every member holds every message, and deliveries (one per
-            member per message) per second.
+``group``   the seed's group scenario (``gochat-bench group``, by default
+            500 members, all online, 500 senders, ``--messages`` 10 rounds at
+            ``--interval`` 0) with the members placed round robin over the
+            nodes and driven by the benchmark's own workers
+            (``--processes``); every push is counted once, losses and
+            duplicates reported.
 
 It owns nothing but its own processes, Redis prefix and users; a number from
 a busy machine is only comparable with one taken right beside it.
@@ -51,6 +58,7 @@ class _Node(protocol.ProcessProtocol):
     def __init__(self, log_path: str) -> None:
         self.log_path = log_path
         self.ws = ""
+        self.http = ""
         self.transport: Any = None
         self.ended: defer.Deferred = defer.Deferred()
 
@@ -71,10 +79,10 @@ class _Node(protocol.ProcessProtocol):
 
 
 @defer.inlineCallbacks
-def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str) -> Any:
+def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str, count: int) -> Any:
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     nodes = []
-    for i in range(args.nodes):
+    for i in range(count):
         ws, http, rpc = _free_port(), _free_port(), _free_port()
         data_dir = os.path.join(work, f"node{i}")
         os.makedirs(data_dir)
@@ -91,6 +99,7 @@ def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str) 
             f"--data-dir={data_dir}",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
+        node.http = f"http://127.0.0.1:{http}"
         node.transport = reactor.spawnProcess(node, twistd, argv, env=env, path=data_dir)
         nodes.append(node)
         if i == 0:  # the first one migrates the schema
@@ -108,10 +117,9 @@ def make_users(args: argparse.Namespace, n: int, run: str, secret: bytes) -> Any
     store = Store(db)
     yield db.migrate()
     signer = TokenSigner(secret)
-    accounts = []
-    for i in range(n):
-        account = yield store.create_account(f"bench-{run}-{i}", f"b{i}", "!")  # no password
-        accounts.append(account)
+    accounts = yield store.create_users(
+        [(f"bench-{run}-{i}", f"b{i}", "!") for i in range(n)]  # no password login
+    )
     return store, db, [a.user_id for a in accounts], [signer.issue(a) for a in accounts]
 
 
@@ -177,29 +185,42 @@ def run_single(reactor: Any, args: argparse.Namespace, nodes: list, run: str, se
 
 
 @defer.inlineCallbacks
-def run_group(reactor: Any, args: argparse.Namespace, nodes: list, run: str, secret: bytes) -> Any:
-    store, db, ids, tokens = yield make_users(args, args.members, run, secret)
-    gid = yield store.create_group(ids[0], "bench", ids[1:])
-    k = len(nodes)
-    clients = yield connect_all(nodes, tokens, [i % k for i in range(len(ids))])
-    senders = clients[: args.senders]
-    total = args.senders * args.messages
-    started = reactor.seconds()
-    sends = [s.send_text(gid, f"g{m}", group=True) for m in range(args.messages) for s in senders]
-    yield defer.gatherResults(sends)
-    complete = yield wait_until(reactor, lambda: all(c.seq >= total for c in clients), args.timeout)
-    elapsed = reactor.seconds() - started
-    yield close_all(clients)
-    db.close()
+def run_group(
+    reactor: Any, args: argparse.Namespace, nodes: list, run: str, secret: bytes, work: str
+) -> Any:
+    from gochat.bench import runner
+
+    target = runner.Target(
+        http=nodes[0].http,
+        ws=nodes[0].ws,
+        ws_nodes=[n.ws for n in nodes],
+        pids=[n.transport.pid for n in nodes],
+        processes=args.processes,
+        timeout=args.timeout,
+        progress=False,
+        setup_db=args.db,
+        setup_secret=os.path.join(work, "token.key"),
+    )
+    report = yield runner.run_group(
+        reactor, target, args.members, args.members, args.senders, args.messages, args.interval
+    )
+    deliveries = report["received"]
+    cpu = report["node_cpu_s"]
     return {
         "scenario": "group",
-        "nodes": k,
-        "members": len(ids),
-        "messages": total,
-        "complete": complete,
-        "seconds": round(elapsed, 3),
-        "messages_per_second": round(total / elapsed, 1),
-        "deliveries_per_second": round(total * len(ids) / elapsed, 1),
+        "nodes": len(nodes),
+        "members": args.members,
+        "senders": args.senders,
+        "rounds": args.messages,
+        "deliveries": deliveries,
+        "lost": report["lost"],
+        "duplicated": report["duplicated"],
+        "seconds": round(report["elapsed_ms"] / 1000, 3),
+        "deliveries_per_second": round(report["deliveries_per_s"], 1),
+        "node_cpu_s": round(cpu, 2),
+        "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
+        "push_p50_ms": round(report["push_p50_ms"], 1),
+        "push_p99_ms": round(report["push_p99_ms"], 1),
     }
 
 
@@ -210,8 +231,8 @@ def close_all(clients: list) -> defer.Deferred:
 
 
 @defer.inlineCallbacks
-def main_async(reactor: Any, argv: list[str]) -> Any:
-    args = parser().parse_args(argv)
+def run_cluster(reactor: Any, args: argparse.Namespace, count: int) -> Any:
+    """Start ``count`` nodes on a Redis prefix of their own, run the scenario, stop them."""
     run = uuid.uuid4().hex[:8]
     prefix = f"gochat-bench-{run}:"
     work = tempfile.mkdtemp(prefix="gochat-bench-")
@@ -220,31 +241,79 @@ def main_async(reactor: Any, argv: list[str]) -> Any:
         f.write(os.urandom(24).hex().encode())
     with open(os.path.join(work, "token.key"), "wb") as f:
         f.write(secret)
-    nodes = yield start_nodes(reactor, args, work, prefix)
+    nodes = yield start_nodes(reactor, args, work, prefix, count)
     try:
-        scenario = run_single if args.scenario == "single" else run_group
-        result = yield scenario(reactor, args, nodes, run, secret)
-        load = os.getloadavg()
-        result["load_average"] = [round(x, 2) for x in load]
-        print(" ".join(f"{key}={value}" for key, value in result.items()))
+        if args.scenario == "single":
+            result = yield run_single(reactor, args, nodes, run, secret)
+        else:
+            result = yield run_group(reactor, args, nodes, run, secret, work)
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for node in nodes:
             node.transport.signalProcess("TERM")
         yield defer.gatherResults([n.ended for n in nodes])
+    return result
+
+
+def node_counts(text: str) -> list[int]:
+    """``3`` or ``1,2,3``: the cluster sizes to run, in order."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node count or a list") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("node counts are at least 1")
+    return counts
+
+
+def cpu_growth(results: list[dict]) -> float | None:
+    """Node CPU per delivery of the largest cluster over that of the smallest."""
+    per = [(r["nodes"], r.get("node_cpu_ms_per_1000")) for r in results]
+    per = [(n, c) for n, c in per if c]
+    if len(per) < 2:
+        return None
+    return max(per)[1] / min(per)[1]
+
+
+@defer.inlineCallbacks
+def main_async(reactor: Any, argv: list[str]) -> Any:
+    args = parse(argv)
+    results = []
+    for count in args.nodes:
+        result = yield run_cluster(reactor, args, count)
+        results.append(result)
+        print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+    growth = cpu_growth(results) if args.scenario == "group" else None
+    if growth is not None:
+        print(f"node CPU per delivery, {max(args.nodes)} nodes vs {min(args.nodes)}: x{growth:.2f}")
+    bad = [r for r in results if r.get("lost") or r.get("duplicated") or r.get("complete") is False]
+    if bad:
+        raise SystemExit("cluster_rate: lost or duplicated deliveries")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True, help="postgresql://… or mysql://… (shared)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--scenario", choices=("single", "group"), default="single")
+    p.add_argument("--nodes", type=node_counts, default=[3], help="a count, or a list: 1,2,3")
+    p.add_argument("--scenario", choices=("single", "group"), default="group")
     p.add_argument("--pairs", type=int, default=50, help="single: sender/receiver pairs")
-    p.add_argument("--messages", type=int, default=40, help="messages per sender")
-    p.add_argument("--members", type=int, default=500, help="group: members")
-    p.add_argument("--senders", type=int, default=5, help="group: members that send")
+    p.add_argument(
+        "--messages", type=int, default=None, help="per sender [single: 40; group: 10 rounds]"
+    )
+    p.add_argument("--members", type=int, default=500, help="group: members, all online")
+    p.add_argument("--senders", type=int, default=500, help="group: members that send")
+    p.add_argument("--interval", type=float, default=0.0, help="group: seconds between rounds")
+    p.add_argument("--processes", type=int, default=2, help="group: client processes")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for pushes")
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    args = parser().parse_args(argv)
+    if args.messages is None:
+        args.messages = 40 if args.scenario == "single" else 10
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

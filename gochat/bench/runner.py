@@ -33,6 +33,14 @@ class Target:
     timeout: float = 60.0  # seconds without progress before the run is called over
     password: str = "bench-password"
     progress: bool = True
+    #: Create users and the group straight in this database (the node's own,
+    #: on this machine) instead of over HTTP; tokens signed with setup_secret.
+    setup_db: str | None = None
+    setup_secret: str | None = None
+    #: A cluster run: every node's WebSocket URL (members are placed round
+    #: robin) and process id (node CPU is their sum).
+    ws_nodes: list[str] | None = None
+    pids: list[int] | None = None
 
 
 # -- the node's /proc ---------------------------------------------------------
@@ -48,6 +56,14 @@ def node_cpu_seconds(pid: int | None) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def nodes_cpu_seconds(target: Target) -> float | None:
+    """CPU seconds of the target's node, or the sum over a cluster's nodes."""
+    if not target.pids:
+        return node_cpu_seconds(target.pid)
+    times = [node_cpu_seconds(pid) for pid in target.pids]
+    return None if None in times else sum(t for t in times if t is not None)
 
 
 def node_rss_kb(pid: int | None) -> int | None:
@@ -154,7 +170,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             errors = [e for i in infos for e in i["errors"]]
             raise RuntimeError(f"{failed} clients could not connect and log in: {errors[:3]}")
         load = load_average()
-        node_cpu0 = node_cpu_seconds(target.pid)
+        node_cpu0 = nodes_cpu_seconds(target)
         own_cpu0 = cpu_seconds()
         wall0 = time.time()
         t0 = wall0 + 0.2
@@ -173,7 +189,8 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
                 ticker.stop()
                 bar.end()
         wall = time.time() - wall0
-        node_cpu1 = node_cpu_seconds(target.pid)
+        node_cpu1 = nodes_cpu_seconds(target)
+        node_rss = [node_rss_kb(pid) for pid in (target.pids or [target.pid])]
         client_cpu = sum(r["cpu_s"] for r in results)
         if target.processes > 1:
             client_cpu += cpu_seconds() - own_cpu0  # the runner's own share
@@ -185,6 +202,8 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             node_cpu_s=None if node_cpu0 is None else node_cpu1 - node_cpu0,
             node_cpu_pct=None if node_cpu0 is None else 100.0 * (node_cpu1 - node_cpu0) / wall,
             load=load,
+            # the node's resident memory at the end of the run (summed over a cluster)
+            node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
         )
         return report
     finally:
@@ -248,13 +267,40 @@ def run_group(
         raise ValueError("need 1 <= --senders <= --online <= --members")
     if rounds < 1:
         raise ValueError("--rounds must be at least 1")
-    api = HttpApi(target.http, reactor)
     out = sys.stderr if target.progress else None
-    users = yield register_users(api, members, target.password, out)
-    owner_token = users[0][1]
-    group = yield api.create_group(owner_token, "bench", [uid for uid, _ in users[1:]])
-    group_id = int(group["id"])
-    plan = [(uid, token, i < senders) for i, (uid, token) in enumerate(users[:online])]
+    started = time.time()
+    if target.setup_db:
+        from gochat.bench import setup
+
+        if not target.setup_secret:
+            raise ValueError("--setup-db needs --setup-secret (the node's token signing key)")
+        users = yield setup.create_users(target.setup_db, target.setup_secret, members)
+        signed_up = time.time()
+        group_id = yield setup.create_group(
+            target.setup_db, users[0][0], [uid for uid, _ in users[1:]]
+        )
+    else:
+        api = HttpApi(target.http, reactor)
+        users = yield register_users(api, members, target.password, out)
+        signed_up = time.time()
+        owner_token = users[0][1]
+        group = yield api.create_group(owner_token, "bench", [uid for uid, _ in users[1:]])
+        group_id = int(group["id"])
+    grouped = time.time()
+    if out is not None:
+        how = "in the database" if target.setup_db else "over HTTP"
+        out.write(
+            f"{members:,} users {how} in {signed_up - started:.1f} s,"
+            f" their group in {grouped - signed_up:.1f} s\n"
+        )
+    if target.ws_nodes:
+        nodes = target.ws_nodes
+        plan = [
+            (uid, token, i < senders, nodes[i % len(nodes)])
+            for i, (uid, token) in enumerate(users[:online])
+        ]
+    else:
+        plan = [(uid, token, i < senders) for i, (uid, token) in enumerate(users[:online])]
     parts = split(plan, max(1, target.processes))
     configs = [
         {
@@ -280,6 +326,9 @@ def run_group(
             "interval": interval,
             "processes": target.processes,
         },
+        "setup": "database" if target.setup_db else "http",
+        "sign_up_s": signed_up - started,
+        "group_create_s": grouped - signed_up,
         **report,
     }
     return report

@@ -104,6 +104,15 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{_ms(report['push_p50_ms'])} / {_ms(report['push_p99_ms'])}",
             ),
         ]
+    if report.get("setup"):
+        rows.append(
+            (
+                f"set-up ({report['setup']})",
+                f"users {report['sign_up_s']:.1f} s, group {report['group_create_s']:.2f} s",
+            )
+        )
+    if report.get("node_rss_end_kb") is not None:
+        rows.append(("node RSS at the end", f"{report['node_rss_end_kb'] / 1024:,.1f} MB"))
     if "connections" in report:
         rows += [
             ("connections logged in", f"{report['connections']:,}"),

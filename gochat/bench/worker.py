@@ -114,6 +114,7 @@ class Conn:
         "inflight",
         "logged_in",
         "rounds_left",
+        "url",
     )
 
     def __init__(self, worker: Worker, user_id: int, token: str, peer: int = 0) -> None:
@@ -128,6 +129,7 @@ class Conn:
         self.inflight: dict[int, float] = {}
         self.logged_in: defer.Deferred | None = None
         self.rounds_left = 0
+        self.url: str | None = None  # a node of its own (a cluster run), else the worker's
 
     def frame(self, payload: bytes) -> None:
         if payload.startswith(_PUSH_OK):
@@ -221,8 +223,9 @@ class Worker:
         if self.scenario == "group":
             rounds = cfg["rounds"]
             senders_total = cfg["senders_total"]
-            for uid, token, is_sender in cfg["members"]:
+            for uid, token, is_sender, *node in cfg["members"]:
                 conn = Conn(self, uid, token)
+                conn.url = node[0] if node else None
                 self.conns.append(conn)
                 # every sender's message reaches every online member but its sender
                 self.expected += (senders_total - (1 if is_sender else 0)) * rounds
@@ -260,7 +263,7 @@ class Worker:
         @defer.inlineCallbacks
         def one(conn: Conn) -> Any:
             try:
-                sock = yield open_socket(self.reactor, url, conn.frame)
+                sock = yield open_socket(self.reactor, conn.url or url, conn.frame)
                 conn.sock = sock
                 sock.on_lost = conn.lost
                 conn.logged_in = defer.Deferred()

@@ -46,6 +46,7 @@ class MessageWriter:
         on_batch_end: Callable[[], None] | None = None,
         may_start: Callable[[], bool] = lambda: True,
         on_backlog: Callable[[bool], None] | None = None,
+        max_rows: int = 256_000,
     ) -> None:
         self.store = store
         self.on_result = on_result
@@ -56,6 +57,11 @@ class MessageWriter:
         self.may_start = may_start
         self.on_failure = on_failure
         self.max_batch = max_batch
+        #: Recipient rows a batch may hold (as the store estimates them): a
+        #: transaction's rows and push lists are all in memory until it
+        #: commits, ~100 bytes a row, and 1,000 messages to a 10,000-member
+        #: group would be ten million of them.
+        self.max_rows = max_rows
         #: Which queued items come from the same device as a failed one.
         self.key = key
         #: called with True once the queue passes a high-water mark, False once
@@ -117,9 +123,23 @@ class MessageWriter:
     def pending(self) -> int:
         return len(self._queue) + (1 if self._busy else 0)
 
+    def _batch_size(self) -> int:
+        """Queued items for the next batch: at most max_batch, and max_rows (at least one)."""
+        weigh = getattr(self.store, "rows_estimate", None)
+        if weigh is None:
+            return self.max_batch
+        count = rows = 0
+        for entry in self._queue[: self.max_batch]:
+            rows += weigh(entry[0])
+            if count and rows > self.max_rows:
+                break
+            count += 1
+        return count
+
     def _flush(self) -> None:
-        batch = self._queue[: self.max_batch]
-        del self._queue[: self.max_batch]
+        size = self._batch_size()
+        batch = self._queue[:size]
+        del self._queue[:size]
         self._busy = True
         self._dequeued(batch)
         d = self.store.commit_messages([entry[0] for entry in batch])
