@@ -201,9 +201,13 @@ def spawn_twistd(
 
 
 class NodeProcess:
-    """One cluster node in its own process (``cluster``: see ``tests.services``)."""
+    """One node in its own process: a cluster node (``cluster`` from
+    ``tests.services.cluster_config``), or with ``cluster=None`` a single node on
+    the embedded defaults (SQLite in its data dir)."""
 
-    def __init__(self, name: str, cluster: dict, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str, cluster: dict[str, Any] | None, extra: list[str] | None = None
+    ) -> None:
         self.name = name
         self.cluster = cluster
         self.extra = extra or []
@@ -249,8 +253,19 @@ class NodeProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.running
 
+    @property
+    def pid(self) -> int:
+        return int(self._started.transport.pid)
+
     def args(self) -> list[str]:
         c = self.cluster
+        if not c:
+            return [
+                f"--http={ANY_PORT}",
+                f"--ws={ANY_PORT}",
+                f"--data-dir={self.data_dir}",
+                *self.extra,
+            ]
         return [
             f"--http={ANY_PORT}",
             f"--ws={ANY_PORT}",
