@@ -149,6 +149,7 @@ def options_reference() -> str:
     rows = []
     for name, _short, default, doc in Options.optParameters:
         shown = "—" if default is None else f"``{default}``"
+        name, doc = str(name), str(doc or "")
         rows.append([f"``--{name}``", f"``{env_name(name)}``", shown, _escape(doc)])
     for name, _short, doc in getattr(Options, "optFlags", []):
         rows.append([f"``--{name}``", f"``{env_name(name)}=1``", "off", _escape(doc)])

@@ -33,7 +33,7 @@ def _safe(value: Any) -> Any:
     return repr(value)
 
 
-def event_as_line(event: dict) -> str:
+def event_as_line(event: dict[str, Any]) -> str:
     """One log event as a JSON line (newline included)."""
     record: dict[str, Any] = {
         "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
@@ -17,6 +17,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+from twisted.web import resource
 
 from gochat import malloc, metrics
 from gochat.api import build_site
@@ -150,7 +151,7 @@ class GoChatService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.exit_on_failure = exit_on_failure
-        self.ready: defer.Deferred = defer.Deferred()
+        self.ready: defer.Deferred[Any] = defer.Deferred()
         #: paths this start made, removed again if it fails (see makeService)
         self.created: list[str] = []
         if not os.path.isdir(config.data_dir):
@@ -203,7 +204,7 @@ class GoChatService(service.MultiService):
             self.store,
             self.signer,
             self.passwords,
-            WebSocketResource(self.ws_factory),
+            cast(resource.Resource, WebSocketResource(self.ws_factory)),  # an IResource
             auth_limiter=self.auth_limiter,
             register_limiter=self.register_limiter,
             on_logout_all=self._logged_out_everywhere,
@@ -234,8 +235,8 @@ class GoChatService(service.MultiService):
             )
             # Stopped in reverse: the peer connections close while presence
             # still takes its Redis round trips to leave the cluster.
-            self._add("presence", self.presence)
-            self._add("peers", self.peers)
+            self._add("presence", cast(service.Service, self.presence))
+            self._add("peers", cast(service.Service, self.peers))
         self._add(
             "heartbeat",
             HeartbeatChecker(
@@ -310,6 +311,9 @@ class GoChatService(service.MultiService):
     @defer.inlineCallbacks
     def _start(self) -> Any:
         for child in self:
+            if not self.running:
+                # Stopped while starting (SIGTERM during the migration): open nothing more.
+                raise StartError("stopped while starting")
             try:
                 yield defer.maybeDeferred(child.startService)
             except StartError:
@@ -329,11 +333,13 @@ class GoChatService(service.MultiService):
                         f"--redis {self.config.redis}: no answer within {REDIS_START_TIMEOUT:.0f}s"
                     ) from None
         self.log.info(
-            "GoChat node ready: web page {web}, HTTP {http}, WebSocket {ws},"
-            " database {db}{cluster}",
+            "GoChat node ready: web page {web}, HTTP {http} on {http_address},"
+            " WebSocket {ws} on {ws_address}, database {db}{cluster}",
             web=self.web_url(),
             http=self.config.http,
+            http_address=self._address("http"),
             ws=self.config.ws,
+            ws_address=self._address("ws"),
             db=self.engine.describe(),
             cluster=(
                 f", cluster node {self.presence.node_id} at {self.presence.address}"
@@ -342,6 +348,15 @@ class GoChatService(service.MultiService):
             ),
         )
         return self
+
+    def _address(self, name: str) -> str:
+        """Where a port listens (``host:port``, or a Unix socket's path): with
+        ``tcp:0`` the log names the port the system chose."""
+        port = self.ports.get(name)
+        address = port.getHost() if port is not None else None
+        if isinstance(address, IPv4Address | IPv6Address):
+            return f"{address.host}:{address.port}"
+        return str(getattr(address, "name", address))
 
     def web_url(self) -> str:
         """Where a browser finds the web chat page (``/`` of the HTTP port)."""
@@ -363,6 +378,8 @@ class GoChatService(service.MultiService):
         if not self.exit_on_failure:
             self.ready.errback(failure)
             return
+        if not self.running:
+            return  # stopped while starting: the reactor is already on its way down
         # twistd has replaced sys.stderr with the log by now; the operator's
         # terminal (or service manager) should still see the one line.
         stderr = sys.__stderr__ or sys.stderr
@@ -400,9 +417,9 @@ class GoChatService(service.MultiService):
         yield self.hub.wait_idle()
         self.hub.router.flush()  # committed messages still owed their pushes
         closed = [
-            session.conn.is_closed
+            is_closed
             for session in self.hub.sessions
-            if isinstance(getattr(session.conn, "is_closed", None), defer.Deferred)
+            if isinstance(is_closed := getattr(session.conn, "is_closed", None), defer.Deferred)
         ]
         for session in list(self.hub.sessions):
             session.close("server shutting down", going_away=True)

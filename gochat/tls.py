@@ -35,7 +35,8 @@ class ClusterTLS:
 
         The same options serve the listening and the connecting side.
         """
-        return self.identity.options(self.ca)
+        options: ssl.CertificateOptions = self.identity.options(self.ca)
+        return options
 
     def wrap_server_factory(self, factory: Any) -> TLSMemoryBIOFactory:
         """Wrap the PB server factory so it speaks TLS on a plain ``tcp:`` endpoint."""

@@ -7,11 +7,12 @@ timeout, push retransmits) runs on :class:`twisted.internet.task.Clock`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from gochat import codec
@@ -22,19 +23,28 @@ from gochat.store import Database, Store, engine_from_url
 
 
 class Recorder:
-    """A connection that keeps every ``Output`` the session sends."""
+    """A connection that keeps every ``Output`` the session sends.
+
+    ``frames`` holds every frame sent, raw; :meth:`next_output` reads them in
+    order, and :meth:`unread` is what it has not read yet. Closing records the
+    reason and, like a real transport, reports the loss to the session.
+    """
 
     def __init__(self, peer: str = "test") -> None:
         self.peer = peer
         self.frames: list[bytes] = []
         self.closed: str | None = None
+        self.session: Session | None = None
+        self._read = 0
         self._waiters: list[tuple[Any, defer.Deferred]] = []
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
         for waiter in list(self._waiters):
             predicate, d = waiter
-            if predicate(self.outputs()):
+            if d.called:  # timed out
+                self._waiters.remove(waiter)
+            elif predicate(self.outputs()):
                 self._waiters.remove(waiter)
                 d.callback(None)
 
@@ -44,9 +54,28 @@ class Recorder:
 
     def close(self, reason: str, going_away: bool = False) -> None:
         self.closed = reason
+        if self.session is not None:
+            # A real transport reports the loss later; here it is at once.
+            self.session.connection_lost()
 
     def outputs(self) -> list[pb.Output]:
         return [pb.Output.FromString(f) for f in self.frames]
+
+    def unread(self) -> list[pb.Output]:
+        """The frames :meth:`next_output` has not returned yet."""
+        return [pb.Output.FromString(f) for f in self.frames[self._read :]]
+
+    def mark_read(self) -> None:
+        self._read = len(self.frames)
+
+    @defer.inlineCallbacks
+    def next_output(self, timeout: float = 10.0) -> Any:
+        """The next frame not read yet; waits on the real reactor (the store
+        runs in threads) at most ``timeout`` seconds."""
+        index = self._read
+        yield self.wait_for(lambda outputs: len(outputs) > index).addTimeout(timeout, reactor)
+        self._read = index + 1
+        return pb.Output.FromString(self.frames[index])
 
     def pushes(self) -> list[int]:
         """Seqs of every push received, repeats included, in arrival order."""
@@ -62,6 +91,12 @@ class Recorder:
         else:
             self._waiters.append((predicate, d))
         return d
+
+
+def frame(cmd: int, body: Any = b"") -> bytes:
+    """``Input{cmd, body}`` serialized (``body`` bytes or a protobuf message)."""
+    data = body if isinstance(body, bytes) else body.SerializeToString()
+    return pb.Input(type=cmd, data=data).SerializeToString()
 
 
 def login_frame(token: str, device_id: str = "", push_ack: bool = False) -> bytes:
@@ -96,6 +131,7 @@ class LogicTestCase(unittest.TestCase):
 
     timeout = 60
     hub_config = HubConfig()
+    clock_start = 0.0  # what the Clock reads at the start of each test
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -107,7 +143,9 @@ class LogicTestCase(unittest.TestCase):
         self.store = Store(self.database)
         self.signer = TokenSigner(os.urandom(32))
         self.clock = task.Clock()
-        self.hub = Hub(self.store, self.signer, self.clock, self.hub_config)
+        self.clock.advance(self.clock_start)
+        # A copy: a test may change its hub's settings.
+        self.hub = Hub(self.store, self.signer, self.clock, dataclasses.replace(self.hub_config))
         self.addCleanup(self.hub.pushes.stop)
 
     @defer.inlineCallbacks
@@ -116,14 +154,28 @@ class LogicTestCase(unittest.TestCase):
         account = yield self.store.create_account(name, name, "not-a-hash")
         return account.user_id, self.signer.issue(account)
 
+    def connect(self) -> Recorder:
+        """A new connection, not logged in; its session is ``conn.session``."""
+        conn = Recorder()
+        conn.session = self.hub.open_session(conn)
+        return conn
+
     @defer.inlineCallbacks
     def login(self, token: str, device_id: str = "", push_ack: bool = False) -> Any:
         """A logged-in session; fires with ``(session, recorder)``."""
-        conn = Recorder()
-        session = self.hub.open_session(conn)
-        session.frame_received(login_frame(token, device_id, push_ack))
+        conn = self.connect()
+        assert conn.session is not None
+        conn.session.frame_received(login_frame(token, device_id, push_ack))
         yield conn.wait_for(_has_login_ack)
-        return session, conn
+        return conn.session, conn
+
+    @defer.inlineCallbacks
+    def logged_in(self, user_id: int, device_id: str = "") -> Any:
+        """A connection logged in as ``user_id`` (its login ACK read); fires with it."""
+        account = yield self.store.account(user_id)
+        _, conn = yield self.login(self.signer.issue(account), device_id)
+        conn.mark_read()
+        return conn
 
     @defer.inlineCallbacks
     def send(self, session: Session, conn: Recorder, client_id: int, to: int, text: str) -> Any:
@@ -146,4 +198,4 @@ class LogicTestCase(unittest.TestCase):
         return ack.type == pb.AT_Up and ack.clientId == client_id
 
 
-__all__ = ["LogicTestCase", "Recorder", "codec", "push_ack_frame", "up_frame"]
+__all__ = ["LogicTestCase", "Recorder", "codec", "frame", "push_ack_frame", "up_frame"]

@@ -1,8 +1,10 @@
-"""Real GoChat nodes as separate processes: ``twistd -n --pidfile= gochat …``.
+"""The one harness for real ``twistd gochat`` processes.
 
-Each node gets free loopback ports, its own data dir and a log file there;
-:meth:`NodeProcess.start` fires once the node logged that it is ready (bounded),
-:meth:`kill` is ``kill -9``, :meth:`stop` is SIGTERM (then SIGKILL if it hangs).
+Nodes listen on port 0 (``tcp:0:interface=127.0.0.1``) and the harness reads
+the ports the system chose from the node's ready line, so two tests can never
+race for a port. :class:`TwistdProcess` is any ``twistd … gochat`` command
+line, with its output and exit status; :class:`NodeProcess` is a cluster node
+on top of it, with a data dir and a log file of its own.
 """
 
 from __future__ import annotations
@@ -21,89 +23,253 @@ from gochat.client import HttpApi, connect
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-READY = re.compile(r"GoChat node ready: .* cluster node (\w+) at (\S+)")
+END_TIMEOUT = 120.0
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+READY = re.compile(rb"GoChat node ready: .*HTTP \S+ on (\S+), WebSocket \S+ on (\S+), database")
+CLUSTER = re.compile(rb"cluster node (\w+) at (\S+)")
+#: A node bound to a port the system chooses; the ready line names it.
+ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
-def free_port() -> int:
+def unused_port() -> int:
+    """A loopback port nothing listens on, for a test of what does *not* answer
+    (a node's own ports are ``tcp:0``, read back: see :data:`ANY_PORT`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+#: the name tests used before; the same helper
+free_port = unused_port
+
+
 def twistd() -> str:
-    """The twistd next to this interpreter (the test venv's), else the module."""
+    """The twistd script next to this interpreter, or "" (then use :data:`TWISTD`)."""
     candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
     return candidate if os.path.exists(candidate) else ""
 
 
-class _NodeProtocol(protocol.ProcessProtocol):
-    def __init__(self, node: NodeProcess) -> None:
-        self.node = node
-        self.buffer = b""
+class TwistdProcess(protocol.ProcessProtocol):
+    """``twistd ARGS`` as a child process.
+
+    :meth:`when_ready` fires once the node logged its ready line (and then
+    ``http_url``, ``ws_url`` and, in a cluster, ``node_id`` and
+    ``rpc_address`` are known); ``ended`` fires with ``(exit status, stdout,
+    stderr)``; ``signal`` is set when the process died of one.
+    """
+
+    def __init__(self, log: Any = None) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.log = log  # a binary file that gets a copy of all output
+        self.is_ready = False
+        self.signal: int | None = None
+        self.http_address: str | None = None
+        self.ws_address: str | None = None
+        self.node_id: str | None = None
+        self.rpc_address: str | None = None
+        self._ready_waiters: list[defer.Deferred] = []
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str) -> TwistdProcess:
+        reactor.spawnProcess(self, argv[0], argv, env=env, path=cwd)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.transport is not None and not self.ended.called
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.ws_address}/ws"
+
+    def when_ready(self, timeout: float = START_TIMEOUT) -> defer.Deferred:
+        """Fires with this process once the node listens; fails if it exits first."""
+        if self.is_ready:
+            return defer.succeed(self)
+        if self.ended.called:
+            return defer.fail(self._exit_error())
+        d: defer.Deferred = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d.addTimeout(timeout, reactor)
+
+    def _exit_error(self) -> Exception:
+        return RuntimeError(f"node exited: {self.stderr[-2000:]!r} {self.stdout[-3000:]!r}")
+
+    def _output(self, data: bytes) -> None:
+        if self.log is not None:
+            self.log.write(data)
+            self.log.flush()
+        if self.is_ready:
+            return
+        match = READY.search(self.stdout) or READY.search(self.stderr)
+        if match is None:
+            return
+        self.http_address, self.ws_address = (g.decode() for g in match.groups())
+        cluster = CLUSTER.search(self.stdout) or CLUSTER.search(self.stderr)
+        if cluster is not None:
+            self.node_id, self.rpc_address = (g.decode() for g in cluster.groups())
+        self.is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(self)
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
-        self._consume(data)
+        self.stdout += data
+        self._output(data)
 
     def errReceived(self, data: bytes) -> None:  # noqa: N802
-        self._consume(data)
-
-    def _consume(self, data: bytes) -> None:
-        self.node.log.write(data)
-        self.node.log.flush()
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            self.node.line(line.decode("utf-8", "replace"))
+        self.stderr += data
+        self._output(data)
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
-        self.node.ended(reason)
+        status = reason.value.exitCode
+        self.signal = getattr(reason.value, "signal", None)
+        if self.log is not None:
+            self.log.close()
+        self.ended.callback((status, self.stdout, self.stderr))
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.errback(self._exit_error())
+
+    def _wait_end(self) -> defer.Deferred:
+        """Fires (with None) once the process is gone; ``ended`` keeps its result."""
+        if self.ended.called:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self.ended.addCallback(done)
+        return d
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """SIGTERM and wait (SIGKILL if it does not exit in time); fires like ``ended``."""
+        if self.running:
+            self.transport.signalProcess("TERM")
+            try:
+                yield self._wait_end().addTimeout(STOP_TIMEOUT, reactor)
+            except defer.TimeoutError:
+                if self.running:
+                    self.transport.signalProcess("KILL")
+                yield self._wait_end()
+        yield self._wait_end()
+        result = self.ended.result if self.ended.called else None
+        status = result[0] if isinstance(result, tuple) else None
+        return (status, self.stdout, self.stderr)
+
+    def kill(self) -> defer.Deferred:
+        """``kill -9``: no cleanup at all. Fires once the process is gone."""
+        if self.running:
+            self.transport.signalProcess("KILL")
+        return self._wait_end()
+
+    def api(self) -> HttpApi:
+        return HttpApi(self.http_url)
+
+    def connect(self, token: str | None = None, **kwargs: Any) -> defer.Deferred:
+        return connect(self.ws_url, token, **kwargs)
+
+
+def spawn_twistd(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    twistd_args: tuple[str, ...] = ("-n", "--pidfile="),
+) -> TwistdProcess:
+    """Start ``twistd -n --pidfile= gochat ARGS`` (``twistd_args`` replaces
+    ``-n --pidfile=``), with this environment less its ``GOCHAT_*`` variables,
+    plus ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = TwistdProcess().spawn(
+        [*TWISTD, *twistd_args, "gochat", *args],
+        full_env,
+        cwd or tempfile.mkdtemp(prefix="gochat-proc-"),
+    )
+    proc.ended.addTimeout(END_TIMEOUT, reactor)
+    return proc
 
 
 class NodeProcess:
-    """One cluster node in its own process."""
+    """One node in its own process: a cluster node (``cluster`` from
+    ``tests.services.cluster_config``), or with ``cluster=None`` a single node on
+    the embedded defaults (SQLite in its data dir)."""
 
-    def __init__(self, name: str, cluster: dict, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str, cluster: dict[str, Any] | None, extra: list[str] | None = None
+    ) -> None:
         self.name = name
         self.cluster = cluster
         self.extra = extra or []
         self.data_dir = tempfile.mkdtemp(prefix=f"gochat-{name}-")
-        self.http_port = free_port()
-        self.ws_port = free_port()
-        self.rpc_port = free_port()
-        self.node_id: str | None = None
-        self.transport: Any = None
-        self.log = open(os.path.join(self.data_dir, "node.log"), "ab")  # noqa: SIM115
-        self._ready: defer.Deferred | None = None
-        self._ended: defer.Deferred = defer.Deferred()
+        self.log_path = os.path.join(self.data_dir, "node.log")
+        self.process: TwistdProcess | None = None
         self.exit_reason: Any = None
 
     @property
+    def _started(self) -> TwistdProcess:
+        if self.process is None:
+            raise RuntimeError(f"node {self.name} was never started")
+        return self.process
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self._started.http_url
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/ws"
+        return self._started.ws_url
 
     @property
-    def rpc_address(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
+    def node_id(self) -> str | None:
+        return self._started.node_id
+
+    @property
+    def rpc_address(self) -> str | None:
+        return self._started.rpc_address
+
+    def api(self) -> HttpApi:
+        return self._started.api()
+
+    def connect(self, token: str | None = None, **kwargs: Any) -> defer.Deferred:
+        return self._started.connect(token, **kwargs)
+
+    @property
+    def rpc_port(self) -> int:
+        assert self.rpc_address is not None
+        return int(self.rpc_address.rpartition(":")[2])
 
     @property
     def running(self) -> bool:
-        return self.transport is not None and not self._ended.called
+        return self.process is not None and self.process.running
 
-    def argv(self) -> list[str]:
+    @property
+    def pid(self) -> int:
+        return int(self._started.transport.pid)
+
+    def args(self) -> list[str]:
         c = self.cluster
-        program = twistd()
-        head = [program] if program else [sys.executable, "-m", "twisted.scripts.twistd"]
-        return head + [
-            "-n",
-            "--pidfile=",
-            "gochat",
-            f"--http=tcp:{self.http_port}:interface=127.0.0.1",
-            f"--ws=tcp:{self.ws_port}:interface=127.0.0.1",
-            f"--rpc=tcp:{self.rpc_port}:interface=127.0.0.1",
+        if not c:
+            return [
+                f"--http={ANY_PORT}",
+                f"--ws={ANY_PORT}",
+                f"--data-dir={self.data_dir}",
+                *self.extra,
+            ]
+        return [
+            f"--http={ANY_PORT}",
+            f"--ws={ANY_PORT}",
+            f"--rpc={ANY_PORT}",
             f"--db={c['db']}",
             f"--redis={c['redis']}",
             f"--redis-prefix={c['redis_prefix']}",
@@ -116,70 +282,41 @@ class NodeProcess:
 
     def start(self) -> defer.Deferred:
         """Spawn the node; fires with it once it is ready (fails after START_TIMEOUT)."""
-        self._ready = defer.Deferred()
-        self._ended = defer.Deferred()
-        argv = self.argv()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
         env["PYTHONUNBUFFERED"] = "1"
-        self.transport = reactor.spawnProcess(
-            _NodeProtocol(self), argv[0], argv, env=env, path=self.data_dir
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed when the process ends
+        self.process = TwistdProcess(log).spawn(
+            [*TWISTD, "-n", "--pidfile=", "gochat", *self.args()], env, self.data_dir
         )
-        return self._ready.addTimeout(START_TIMEOUT, reactor).addErrback(self._failed_start)
+        self.process.ended.addCallback(self._ended)
+        d = self.process.when_ready()
+        return d.addCallbacks(lambda _: self, self._failed_start)
+
+    def _ended(self, result: Any) -> Any:
+        self.exit_reason = result
+        return result
 
     def _failed_start(self, failure: Any) -> Any:
-        self.log.flush()
-        with open(self.log.name, "rb") as f:
+        with open(self.log_path, "rb") as f:
             tail = f.read()[-3000:].decode("utf-8", "replace")
         raise RuntimeError(f"node {self.name} did not start: {failure.value!r}\n{tail}")
 
-    def line(self, text: str) -> None:
-        match = READY.search(text)
-        if match and self._ready is not None and not self._ready.called:
-            self.node_id = match.group(1)
-            self._ready.callback(self)
-
-    def ended(self, reason: Any) -> None:
-        self.exit_reason = reason
-        if self._ready is not None and not self._ready.called:
-            self._ready.errback(reason)
-        self._ended.callback(None)
-
     def kill(self) -> defer.Deferred:
-        """``kill -9``: no cleanup at all. Fires once the process is gone."""
-        if self.running:
-            self.transport.signalProcess("KILL")
-        return self._wait_end()
+        return self.process.kill() if self.process is not None else defer.succeed(None)
 
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if self.running:
-            self.transport.signalProcess("TERM")
-            try:
-                yield self._wait_end().addTimeout(STOP_TIMEOUT, reactor)
-            except defer.TimeoutError:
-                if self.running:
-                    self.transport.signalProcess("KILL")
-                yield self._wait_end()
-        self.log.close()
-
-    def _wait_end(self) -> defer.Deferred:
-        if self._ended.called:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-
-        def done(result: Any) -> Any:
-            d.callback(None)
-            return result
-
-        self._ended.addCallback(done)
-        return d
-
-    def api(self) -> HttpApi:
-        return HttpApi(self.http_url)
-
-    def connect(self, token: str | None = None, **kwargs: Any) -> defer.Deferred:
-        return connect(self.ws_url, token, **kwargs)
+    def stop(self) -> defer.Deferred:
+        return self.process.stop() if self.process is not None else defer.succeed(None)
 
 
-__all__ = ["NodeProcess", "ProcessDone", "ProcessTerminated", "free_port"]
+__all__ = [
+    "ANY_PORT",
+    "NodeProcess",
+    "ProcessDone",
+    "ProcessTerminated",
+    "TWISTD",
+    "TwistdProcess",
+    "free_port",
+    "spawn_twistd",
+    "twistd",
+    "unused_port",
+]

@@ -7,8 +7,8 @@ import sqlite3
 
 from twisted.internet import defer
 
-from gochat.client import GoChatClient, connect
-from tests.util import NodeTestCase, query
+from gochat.client import GoChatClient
+from tests.util import NodeTestCase, open_client, query
 
 
 class DeviceNumbering(NodeTestCase):
@@ -22,8 +22,7 @@ class DeviceNumbering(NodeTestCase):
         # A new process for the same device queues a message before it has logged in.
         second = GoChatClient(alice_token, device_id="phone")
         queued = second.send_text(bob, "queued before login")
-        yield connect(self.node.ws_url, client=second)
-        self.addCleanup(self._close, second)
+        yield open_client(self, self.node, None, client=second)
         seq = yield queued
         self.assertEqual(seq, 2)
         self.assertEqual(

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
-from twisted.internet import defer, utils
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from gochat.config import ConfigError, Options, build_config, rpc_host
 from tests import services
-from tests.processes import free_port, twistd
+from tests.processes import ANY_PORT, spawn_twistd, unused_port
 
 
 class ClusterOptions(unittest.TestCase):
@@ -83,17 +82,14 @@ class ClusterOptions(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_twistd_says_one_line_and_exits(self):
-        program = twistd() or sys.executable
-        args = ([] if twistd() else ["-m", "twisted.scripts.twistd"]) + [
-            "-n",
-            "--pidfile=",
-            "gochat",
-            "--redis=redis://127.0.0.1:6379/0",
-            f"--cluster-secret-file={self.secret}",
-            f"--data-dir={tempfile.mkdtemp()}",
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
-        out, err, code = yield utils.getProcessOutputAndValue(program, args, env=env)
+        proc = spawn_twistd(
+            [
+                "--redis=redis://127.0.0.1:6379/0",
+                f"--cluster-secret-file={self.secret}",
+                f"--data-dir={tempfile.mkdtemp()}",
+            ]
+        )
+        code, out, err = yield proc.ended
         lines = err.decode().strip().splitlines()
         self.assertEqual(code, 2)
         self.assertEqual(len(lines), 1, lines)
@@ -102,21 +98,18 @@ class ClusterOptions(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_node_without_redis_stops_at_start_with_one_line(self):
         db = services.postgres_database(self)
-        program = twistd() or sys.executable
-        args = ([] if twistd() else ["-m", "twisted.scripts.twistd"]) + [
-            "-n",
-            "--pidfile=",
-            "gochat",
-            f"--db={db}",
-            f"--redis=redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-            f"--rpc=tcp:{free_port()}:interface=127.0.0.1",
-            f"--ws=tcp:{free_port()}:interface=127.0.0.1",
-            f"--http=tcp:{free_port()}:interface=127.0.0.1",
-            f"--cluster-secret-file={self.secret}",
-            f"--data-dir={tempfile.mkdtemp()}",
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
-        out, err, code = yield utils.getProcessOutputAndValue(program, args, env=env)
+        proc = spawn_twistd(
+            [
+                f"--db={db}",
+                f"--redis=redis://127.0.0.1:{unused_port()}/0",  # nothing listens there
+                f"--rpc={ANY_PORT}",
+                f"--ws={ANY_PORT}",
+                f"--http={ANY_PORT}",
+                f"--cluster-secret-file={self.secret}",
+                f"--data-dir={tempfile.mkdtemp()}",
+            ]
+        )
+        code, out, err = yield proc.ended
         # With -n, twistd sends stderr into its log on stdout.
         said = [
             line for line in (out + err).decode().splitlines() if "gochat: cannot start" in line

@@ -15,7 +15,7 @@ from gochat import codes
 from gochat.client import SendError
 from gochat.pb import pb
 from tests import services
-from tests.util import Node
+from tests.util import Node, open_client
 
 
 class ClusterTestCase(unittest.TestCase):
@@ -33,16 +33,8 @@ class ClusterTestCase(unittest.TestCase):
             self.addCleanup(node.stop)
             self.nodes.append(node)
 
-    @defer.inlineCallbacks
-    def client(self, node: Node, token: str, **kwargs: Any) -> Any:
-        client = yield node.connect(token, **kwargs)
-        self.addCleanup(self._close, client)
-        return client
-
-    @defer.inlineCallbacks
-    def _close(self, client: Any) -> Any:
-        if client.proto is not None:
-            yield client.close()
+    def client(self, node: Node, token: str, **kwargs: Any) -> defer.Deferred:
+        return open_client(self, node, token, **kwargs)
 
     def wait_messages(self, client: Any, n: int, timeout: float = 20) -> defer.Deferred:
         return services.poll_until(lambda: len(client.received) >= n, timeout, what=f"{n} messages")

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from gochat.config import _PARAMS, Config, Options, env_name
-from tests.util import free_port, spawn_twistd
+from tests.processes import spawn_twistd, unused_port
 
 #: A valid value for every option of DESIGN.md section 2, and where it lands in Config.
 SAMPLES = {
@@ -179,7 +179,7 @@ class InvalidConfiguration(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_unreachable_database_prints_one_line_and_exits_1(self):
-        closed = free_port()
+        closed = unused_port()
         proc = spawn_twistd(
             [
                 "--http",

@@ -6,117 +6,37 @@ Time-driven rules (login timeout, heartbeat checker) are tested by advancing
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from gochat.auth import Account, TokenSigner
 from gochat.gateway import HeartbeatChecker
-from gochat.logic import Hub, HubConfig
+from gochat.logic import HubConfig
 from gochat.pb import pb
-from gochat.store import Database, Store, engine_from_url
+from tests import logic_util
+from tests.logic_util import frame
 
 LOGIN_TIMEOUT = 10.0
 
 
-class FakeConnection:
-    """What a session needs of a transport, recording frames and closes."""
+class LogicTestCase(logic_util.LogicTestCase):
+    """The shared logic test case, with this module's timeout and limits."""
 
-    def __init__(self, peer: str = "fake") -> None:
-        self.peer = peer
-        self.frames: list[pb.Output] = []
-        self.close_reason: str | None = None
-        self.session: Any = None
-        self._waiters: list[defer.Deferred] = []
-
-    def send(self, frame: bytes) -> None:
-        self.frames.append(pb.Output.FromString(frame))
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def send_many(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            self.send(frame)
-
-    def close(self, reason: str, going_away: bool = False) -> None:
-        # A real transport reports the loss later; here it is at once.
-        self.close_reason = reason
-        self.session.connection_lost()
-
-    @defer.inlineCallbacks
-    def next_output(self, timeout: float = 10.0) -> Any:
-        """Wait (on the real reactor: the store runs in threads) for the next frame."""
-        while not self.frames:
-            waiter: defer.Deferred = defer.Deferred()
-            self._waiters.append(waiter)
-            waiter.addTimeout(timeout, reactor)
-            yield waiter
-        return self.frames.pop(0)
-
-
-def frame(cmd: int, body: Any = b"") -> bytes:
-    data = body if isinstance(body, bytes) else body.SerializeToString()
-    return pb.Input(type=cmd, data=data).SerializeToString()
-
-
-class LogicTestCase(unittest.TestCase):
-    """A hub on a Clock over a real SQLite store in a temp dir."""
-
-    timeout = 30
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        data_dir = tempfile.mkdtemp(prefix="gochat-logic-")
-        self.database = Database(engine_from_url("sqlite:gochat.db", data_dir))
-        self.addCleanup(self.database.close)
-        yield self.database.migrate()
-        self.store = Store(self.database)
-        self.signer = TokenSigner(os.urandom(32))
-        self.hub = Hub(
-            self.store,
-            self.signer,
-            self.clock,
-            HubConfig(login_timeout=LOGIN_TIMEOUT, sync_limit=50, max_frame=1024),
-        )
-
-    def connect(self) -> FakeConnection:
-        conn = FakeConnection()
-        conn.session = self.hub.open_session(conn)
-        return conn
-
-    @defer.inlineCallbacks
-    def user(self, phone: str) -> Any:
-        uid = yield self.store.create_user(phone, phone, "not-a-real-hash")
-        return uid
-
-    @defer.inlineCallbacks
-    def logged_in(self, user_id: int, device_id: str = "") -> Any:
-        conn = self.connect()
-        account = yield self.store.account(user_id)
-        login = pb.LoginMsg(token=self.signer.issue(account).encode(), device_id=device_id)
-        conn.session.frame_received(frame(pb.CT_Login, login))
-        out = yield conn.next_output()
-        self.assertEqual((out.type, out.code), (pb.CT_ACK, 200))
-        return conn
+    hub_config = HubConfig(login_timeout=LOGIN_TIMEOUT, sync_limit=50, max_frame=1024)
+    clock_start = 1_700_000_000
 
 
 class LoginTimeout(LogicTestCase):
     def test_connection_that_does_not_log_in_is_closed_at_the_login_timeout(self):
         conn = self.connect()
         self.clock.advance(LOGIN_TIMEOUT - 0.01)
-        self.assertIsNone(conn.close_reason)
+        self.assertIsNone(conn.closed)
         self.clock.advance(0.02)
-        self.assertEqual(conn.close_reason, "no login within the login timeout")
+        self.assertEqual(conn.closed, "no login within the login timeout")
         self.assertEqual(self.hub.sessions, set())
 
     def test_heartbeat_before_login_gets_no_reply_and_does_not_extend_the_timeout(self):
@@ -124,16 +44,16 @@ class LoginTimeout(LogicTestCase):
         for _ in range(9):
             self.clock.advance(1)
             conn.session.frame_received(frame(pb.CT_Heartbeat, pb.HeartbeatMsg()))
-        self.assertEqual(conn.frames, [])
+        self.assertEqual(conn.unread(), [])
         self.clock.advance(LOGIN_TIMEOUT - 9 + 0.01)
-        self.assertEqual(conn.close_reason, "no login within the login timeout")
+        self.assertEqual(conn.closed, "no login within the login timeout")
 
     @defer.inlineCallbacks
     def test_logged_in_connection_outlives_the_login_timeout(self):
-        uid = yield self.user("100")
+        uid, _ = yield self.user("100")
         conn = yield self.logged_in(uid)
         self.clock.advance(LOGIN_TIMEOUT * 3)
-        self.assertIsNone(conn.close_reason)
+        self.assertIsNone(conn.closed)
 
 
 class HeartbeatChecking(LogicTestCase):
@@ -149,30 +69,30 @@ class HeartbeatChecking(LogicTestCase):
 
     @defer.inlineCallbacks
     def test_idle_session_is_closed_and_leaves_presence(self):
-        uid = yield self.user("200")
+        uid, _ = yield self.user("200")
         conn = yield self.logged_in(uid)
         self.assertIn(uid, self.hub.presence.online)
         self.clock.pump([self.INTERVAL] * 10)  # exactly the timeout: not yet past it
-        self.assertIsNone(conn.close_reason)
+        self.assertIsNone(conn.closed)
         self.clock.pump([self.INTERVAL])
-        self.assertEqual(conn.close_reason, "heartbeat timeout")
+        self.assertEqual(conn.closed, "heartbeat timeout")
         self.assertNotIn(uid, self.hub.presence.online)
         self.assertEqual(self.hub.sessions, set())
 
     @defer.inlineCallbacks
     def test_session_that_sends_heartbeats_is_kept(self):
-        uid = yield self.user("201")
+        uid, _ = yield self.user("201")
         conn = yield self.logged_in(uid)
         for _ in range(30):
             self.clock.advance(self.INTERVAL)
             conn.session.frame_received(frame(pb.CT_Heartbeat, pb.HeartbeatMsg()))
-        self.assertIsNone(conn.close_reason)
-        self.assertEqual(conn.frames, [])  # heartbeats are never answered
+        self.assertIsNone(conn.closed)
+        self.assertEqual(conn.unread(), [])  # heartbeats are never answered
 
     @defer.inlineCallbacks
     def test_session_that_receives_frames_is_kept(self):
-        sender = yield self.user("202")
-        receiver = yield self.user("203")
+        sender, _ = yield self.user("202")
+        receiver, _ = yield self.user("203")
         conn = yield self.logged_in(receiver)
         talker = yield self.logged_in(sender)
         for cid in range(1, 16):
@@ -182,15 +102,15 @@ class HeartbeatChecking(LogicTestCase):
             push = yield conn.next_output()
             self.assertEqual(push.type, pb.CT_Message)
             yield talker.next_output()
-        self.assertIsNone(conn.close_reason)
-        self.assertIsNone(talker.close_reason)
+        self.assertIsNone(conn.closed)
+        self.assertIsNone(talker.closed)
 
     def test_session_that_never_logs_in_is_closed_by_the_checker_too(self):
         # With a login timeout past the heartbeat timeout, the checker still bounds it.
         self.hub.config.login_timeout = 10 * self.TIMEOUT
         conn = self.connect()
         self.clock.pump([self.INTERVAL] * 11)
-        self.assertEqual(conn.close_reason, "heartbeat timeout")
+        self.assertEqual(conn.closed, "heartbeat timeout")
 
 
 class BeforeLogin(LogicTestCase):
@@ -199,7 +119,7 @@ class BeforeLogin(LogicTestCase):
         msg = pb.Message(session_type=pb.ST_Single, receiver_id=5)
         conn.session.frame_received(frame(pb.CT_Message, pb.UpMsg(msg=msg, clientId=3)))
         self.assertEqual(
-            conn.frames,
+            conn.unread(),
             [
                 pb.Output(
                     type=pb.CT_ACK,
@@ -214,15 +134,15 @@ class BeforeLogin(LogicTestCase):
         conn = self.connect()
         conn.session.frame_received(frame(pb.CT_Sync, pb.SyncInputMsg(seq=0)))
         self.assertEqual(
-            conn.frames,
+            conn.unread(),
             [pb.Output(type=pb.CT_Sync, code=1000, CodeMsg="not logged in", data=b"")],
         )
-        self.assertEqual(pb.SyncOutputMsg.FromString(conn.frames[0].data), pb.SyncOutputMsg())
+        self.assertEqual(pb.SyncOutputMsg.FromString(conn.unread()[0].data), pb.SyncOutputMsg())
 
     def test_push_ack_before_login_gets_1000(self):
         conn = self.connect()
         conn.session.frame_received(frame(pb.CT_ACK, pb.ACKMsg(type=pb.AT_Push, seq=4)))
-        out = conn.frames[0]
+        out = conn.unread()[0]
         self.assertEqual((out.type, out.code), (pb.CT_ACK, 1000))
         self.assertEqual(pb.ACKMsg.FromString(out.data), pb.ACKMsg(type=pb.AT_Push, seq=4))
 
@@ -230,50 +150,50 @@ class BeforeLogin(LogicTestCase):
         conn = self.connect()
         conn.session.frame_received(b"\xff\xfe\xfd")
         self.assertEqual(
-            conn.frames, [pb.Output(type=pb.CT_UnKnow, code=1001, CodeMsg="parameter illegal")]
+            conn.unread(), [pb.Output(type=pb.CT_UnKnow, code=1001, CodeMsg="parameter illegal")]
         )
-        self.assertIsNone(conn.close_reason)
+        self.assertIsNone(conn.closed)
 
     def test_unknown_cmdtype_gets_1010(self):
         conn = self.connect()
         conn.session.frame_received(frame(77))
         self.assertEqual(
-            conn.frames, [pb.Output(type=pb.CT_UnKnow, code=1010, CodeMsg="unknown command")]
+            conn.unread(), [pb.Output(type=pb.CT_UnKnow, code=1010, CodeMsg="unknown command")]
         )
 
     def test_text_frame_gets_1001(self):
         conn = self.connect()
         conn.session.frame_received(frame(pb.CT_Heartbeat), is_binary=False)
-        self.assertEqual([(o.type, o.code) for o in conn.frames], [(pb.CT_UnKnow, 1001)])
+        self.assertEqual([(o.type, o.code) for o in conn.unread()], [(pb.CT_UnKnow, 1001)])
 
     def test_oversized_login_gets_1012_login_ack(self):
         conn = self.connect()
         login = pb.LoginMsg(token=b"t" * 2000)
         conn.session.frame_received(frame(pb.CT_Login, login))
-        out = conn.frames[0]
+        out = conn.unread()[0]
         self.assertEqual((out.type, out.code), (pb.CT_ACK, 1012))
         self.assertEqual(pb.ACKMsg.FromString(out.data), pb.ACKMsg(type=pb.AT_Login))
 
     def test_bad_token_gets_1003_and_close(self):
         conn = self.connect()
         conn.session.frame_received(frame(pb.CT_Login, pb.LoginMsg(token=b"forged")))
-        out = conn.frames[0]
+        out = conn.unread()[0]
         self.assertEqual((out.type, out.code), (pb.CT_ACK, 1003))
         self.assertEqual(pb.ACKMsg.FromString(out.data), pb.ACKMsg(type=pb.AT_Login))
-        self.assertTrue(conn.close_reason.startswith("bad token"))
+        self.assertTrue(conn.closed.startswith("bad token"))
 
     def test_expired_token_gets_1003(self):
         conn = self.connect()
         expired = TokenSigner(self.signer.secret, ttl=60, clock=_At(0)).issue(Account(7, 0, 0))
         conn.session.frame_received(frame(pb.CT_Login, pb.LoginMsg(token=expired.encode())))
-        self.assertEqual((conn.frames[0].type, conn.frames[0].code), (pb.CT_ACK, 1003))
+        self.assertEqual((conn.unread()[0].type, conn.unread()[0].code), (pb.CT_ACK, 1003))
 
 
 class Oversized(LogicTestCase):
     @defer.inlineCallbacks
     def test_oversized_message_consumes_its_clientid_and_is_acked_1012(self):
-        alice = yield self.user("300")
-        bob = yield self.user("301")
+        alice, _ = yield self.user("300")
+        bob, _ = yield self.user("301")
         conn = yield self.logged_in(alice)
         big = pb.Message(session_type=pb.ST_Single, receiver_id=bob, content=b"x" * 2000)
         conn.session.frame_received(frame(pb.CT_Message, pb.UpMsg(msg=big, clientId=1)))
@@ -292,8 +212,8 @@ class Oversized(LogicTestCase):
 class Pushes(LogicTestCase):
     @defer.inlineCallbacks
     def test_push_frame_is_output_message_200_with_the_recipient_seq(self):
-        alice = yield self.user("400")
-        bob = yield self.user("401")
+        alice, _ = yield self.user("400")
+        bob, _ = yield self.user("401")
         a = yield self.logged_in(alice, "a")
         b = yield self.logged_in(bob, "b")
         msg = pb.Message(
@@ -348,11 +268,11 @@ class Fuzz(LogicTestCase):
         conn = self.connect()
         conn.session.frame_received(payload)
         if heartbeat and len(payload) <= 1024:
-            self.assertEqual(conn.frames, [])
+            self.assertEqual(conn.unread(), [])
             return
-        self.assertEqual(len(conn.frames), 1, payload)
-        self.assertIn(conn.frames[0].code, self.CODES)
-        if conn.close_reason is None:
+        self.assertEqual(len(conn.unread()), 1, payload)
+        self.assertIn(conn.unread()[0].code, self.CODES)
+        if conn.closed is None:
             conn.close("done")
 
 
@@ -360,8 +280,8 @@ class FuzzLoggedIn(LogicTestCase):
     @defer.inlineCallbacks
     def test_random_frames_after_login_never_break_the_session(self):
         rng = random.Random(20261126)
-        alice = yield self.user("900")
-        bob = yield self.user("901")
+        alice, _ = yield self.user("900")
+        bob, _ = yield self.user("901")
         conn = yield self.logged_in(alice, "fuzz")
         for _ in range(500):
             cmd = rng.choice([pb.CT_Message, pb.CT_Sync, pb.CT_ACK, pb.CT_Login, 0, 9])
@@ -387,7 +307,7 @@ class FuzzLoggedIn(LogicTestCase):
                 ).SerializeToString()
             conn.session.frame_received(frame(cmd, data))
         yield self.hub.wait_idle()
-        self.assertIsNone(conn.close_reason)
+        self.assertIsNone(conn.closed)
         # Still a working session: the next clientId is stored and ACKed.
         nxt = conn.session.device.accepted + 1
         msg = pb.Message(session_type=pb.ST_Single, receiver_id=bob, content=b"still fine")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import sys
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -12,33 +10,7 @@ from twisted.trial import unittest
 from gochat import malloc
 from gochat.bench.runner import node_rss_kb, register_users
 from gochat.client import HttpApi
-from tests.processes import NodeProcess, twistd
-
-READY = re.compile(r"GoChat node ready")
-
-
-class SingleNodeProcess(NodeProcess):
-    """A node on its embedded SQLite defaults (no cluster)."""
-
-    def __init__(self, extra: list[str]) -> None:
-        super().__init__("memory", {}, extra)
-
-    def argv(self) -> list[str]:
-        program = twistd()
-        head = [program] if program else [sys.executable, "-m", "twisted.scripts.twistd"]
-        return head + [
-            "-n",
-            "--pidfile=",
-            "gochat",
-            f"--http=tcp:{self.http_port}:interface=127.0.0.1",
-            f"--ws=tcp:{self.ws_port}:interface=127.0.0.1",
-            f"--data-dir={self.data_dir}",
-            *self.extra,
-        ]
-
-    def line(self, text: str) -> None:
-        if READY.search(text) and self._ready is not None and not self._ready.called:
-            self._ready.callback(self)
+from tests.processes import NodeProcess
 
 
 class PasswordHashingMemory(unittest.TestCase):
@@ -55,10 +27,10 @@ class PasswordHashingMemory(unittest.TestCase):
         """
         if not malloc.tune():
             raise unittest.SkipTest("not glibc: the allocator's thresholds cannot be set")
-        node = SingleNodeProcess(["--hash-threads", "2"])
+        node = NodeProcess("memory", None, ["--hash-threads", "2"])
         yield node.start()
         self.addCleanup(node.stop)
-        pid = node.transport.pid
+        pid = node.pid
         api = HttpApi(node.http_url, reactor)
         before = node_rss_kb(pid)
         yield register_users(api, 40, "a-real-password")

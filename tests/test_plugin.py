@@ -12,8 +12,8 @@ from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
 import twisted.plugins
-from gochat.client import HttpApi, connect
-from tests.util import free_port, spawn_twistd
+from gochat.client import connect
+from tests.processes import ANY_PORT, spawn_twistd
 
 
 class PluginDiscovery(unittest.TestCase):
@@ -37,27 +37,17 @@ class RealProcess(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_twistd_gochat_answers_register_and_a_websocket_login(self):
-        http, ws = free_port(), free_port()
         data_dir = tempfile.mkdtemp(prefix="gochat-plugin-")
-        proc = spawn_twistd(
-            [
-                "--http",
-                f"tcp:{http}:interface=127.0.0.1",
-                "--ws",
-                f"tcp:{ws}:interface=127.0.0.1",
-                "--data-dir",
-                data_dir,
-            ]
-        )
+        proc = spawn_twistd(["--http", ANY_PORT, "--ws", ANY_PORT, "--data-dir", data_dir])
         self.addCleanup(proc.stop)
         yield proc.when_ready()
-        api = HttpApi(f"http://127.0.0.1:{http}")
+        api = proc.api()
         alice = yield api.register("1000", "pw", "alice")
         bob = yield api.register("1001", "pw", "bob")
-        a = yield connect(f"ws://127.0.0.1:{ws}/ws", alice["token"])
+        a = yield proc.connect(alice["token"])
         self.addCleanup(a.close)
         # The same gateway is mounted at /ws on the HTTP port, for browsers.
-        b = yield connect(f"ws://127.0.0.1:{http}/ws", bob["token"])
+        b = yield connect(proc.http_url.replace("http:", "ws:") + "/ws", bob["token"])
         self.addCleanup(b.close)
         got = defer.Deferred()
         b.on_message = got.callback
@@ -75,18 +65,13 @@ class RealProcess(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_environment_configures_a_real_process(self):
-        http, ws = free_port(), free_port()
         data_dir = tempfile.mkdtemp(prefix="gochat-plugin-env-")
         proc = spawn_twistd(
             [],
-            env={
-                "GOCHAT_HTTP": f"tcp:{http}:interface=127.0.0.1",
-                "GOCHAT_WS": f"tcp:{ws}:interface=127.0.0.1",
-                "GOCHAT_DATA_DIR": data_dir,
-            },
+            env={"GOCHAT_HTTP": ANY_PORT, "GOCHAT_WS": ANY_PORT, "GOCHAT_DATA_DIR": data_dir},
         )
         self.addCleanup(proc.stop)
         yield proc.when_ready()
-        data = yield HttpApi(f"http://127.0.0.1:{http}").register("2000", "pw", "env")
+        data = yield proc.api().register("2000", "pw", "env")
         self.assertTrue(data["id"].isdigit())
         self.assertTrue(os.path.exists(os.path.join(data_dir, "gochat.db")))

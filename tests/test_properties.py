@@ -171,10 +171,10 @@ class LoggedInProperties(LogicTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_messages_to_a_logged_in_session(self):
-        alice = yield self.user("700")
-        bob = yield self.user("701")
+        alice, _ = yield self.user("700")
+        bob, _ = yield self.user("701")
         conn = yield self.logged_in(alice, "prop")
-        conn.frames.clear()
+        conn.mark_read()
 
         @SETTINGS
         @given(payload=wrong_inputs)
@@ -213,10 +213,10 @@ class LoggedInProperties(LogicTestCase):
             conn.session.frame_received(frame(pb.CT_Heartbeat))  # uses the burst
             for payload in inputs:
                 conn.session.frame_received(payload)
-            for out in conn.frames:
+            for out in conn.unread():
                 self.assertEqual(out.code, 1013)
             for _ in range(RATE_STRIKES + 1):
                 conn.session.frame_received(frame(pb.CT_Heartbeat))
-            self.assertEqual(conn.close_reason, "message rate limit exceeded")
+            self.assertEqual(conn.closed, "message rate limit exceeded")
 
         flood()

@@ -1,7 +1,7 @@
 """DESIGN.md section 4 over real sockets: exact frames in, exact frames and rows out.
 
 Every test talks to a real node through a bare Autobahn client
-(:class:`tests.util.RawProtocol`) so it controls each clientId, and checks
+(:class:`tests.rawws.RawWebSocket`) so it controls each clientId, and checks
 the messages table through a separate SQLite connection.
 """
 
@@ -13,7 +13,8 @@ import sqlite3
 from twisted.internet import defer
 
 from gochat.pb import pb
-from tests.util import NodeTestCase, ack_of, query, raw_connect, text
+from tests.rawws import ack_of
+from tests.util import NodeTestCase, query, raw_connect, text
 
 U64_MAX = 2**64 - 1
 
@@ -120,7 +121,7 @@ class BadFrames(Pair):
     @defer.inlineCallbacks
     def test_garbage_bytes_get_1001_and_the_connection_stays_usable(self):
         proto = yield self.raw()
-        proto.sendMessage(b"\xff\xff\xff\xff", isBinary=True)
+        proto.send_message(b"\xff\xff\xff\xff", is_binary=True)
         out = yield proto.next_output()
         self.assertEqual((out.type, out.code, out.data), (pb.CT_UnKnow, 1001, b""))
         code, _ = yield proto.login(self.alice_token)
@@ -136,7 +137,7 @@ class BadFrames(Pair):
     @defer.inlineCallbacks
     def test_text_frame_gets_1001(self):
         proto = yield self.raw(self.alice_token)
-        proto.sendMessage(b"hello", isBinary=False)
+        proto.send_message(b"hello", is_binary=False)
         out = yield proto.next_output()
         self.assertEqual((out.type, out.code), (pb.CT_UnKnow, 1001))
 
@@ -144,8 +145,8 @@ class BadFrames(Pair):
     def test_bad_frames_leave_other_clients_untouched(self):
         bob = yield self.raw(self.bob_token)
         bad = yield self.raw(self.alice_token)
-        bad.sendMessage(b"\x0a\xff", isBinary=True)
-        bad.sendMessage(b"text", isBinary=False)
+        bad.send_message(b"\x0a\xff", is_binary=True)
+        bad.send_message(b"text", is_binary=False)
         bad.send_input(42, b"")
         yield bad.outputs(3)
         alice = yield self.raw(self.alice_token)
@@ -178,7 +179,7 @@ class OversizedFrames(Pair):
     @defer.inlineCallbacks
     def test_frame_far_over_the_limit_gets_1012_and_is_closed(self):
         proto = yield self.raw(self.alice_token)
-        proto.sendMessage(bytes(1024 * 5), isBinary=True)
+        proto.send_message(bytes(1024 * 5), is_binary=True)
         out = yield proto.next_output()
         self.assertEqual((out.type, out.code), (pb.CT_UnKnow, 1012))
         yield proto.closed

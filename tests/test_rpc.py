@@ -42,19 +42,15 @@ class RpcEndpoint(unittest.TestCase):
         self.client = yield self.node.connect(token)
         self.addCleanup(self.client.close)
         self.received: list[pb.Message] = []
-        self.arrived: list[defer.Deferred] = []
+        self.arrived: defer.DeferredQueue = defer.DeferredQueue()
         self.client.on_message = self._got
 
     def _got(self, msg: pb.Message) -> None:
         self.received.append(msg)
-        waiting, self.arrived = self.arrived, []
-        for d in waiting:
-            d.callback(msg)
+        self.arrived.put(msg)
 
     def next_message(self) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self.arrived.append(d)
-        return d.addTimeout(10, reactor)
+        return self.arrived.get().addTimeout(10, reactor)
 
     def pool(self, secret: bytes = services.CLUSTER_SECRET) -> PeerPool:
         pool = PeerPool("tester", secret, lambda node: defer.succeed(self.address))

@@ -15,7 +15,8 @@ from twisted.trial import unittest
 
 from gochat.config import Config, Options
 from gochat.tap import SWITCH_INTERVAL, GoChatService, ListeningService, makeService
-from tests.util import TWISTD, Node, NodeTestCase, TwistdProcess, cheap_passwords
+from tests.processes import ANY_PORT, spawn_twistd
+from tests.util import Node, NodeTestCase, cheap_passwords
 
 
 class Children(NodeTestCase):
@@ -59,7 +60,8 @@ class StartOrder(unittest.TestCase):
     @defer.inlineCallbacks
     def test_nothing_listens_when_the_schema_cannot_be_made(self):
         work = tempfile.mkdtemp(prefix="gochat-tree-")
-        os.mkdir(os.path.join(work, "gochat.db"))  # SQLite cannot open a directory
+        with open(os.path.join(work, "gochat.db"), "wb") as f:
+            f.write(b"not a database" * 1000)  # SQLite refuses it at the first query
         node = Node(work)
         with self.assertRaises(Exception) as caught:
             yield node.start()
@@ -95,36 +97,61 @@ class FailedStart(unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
-    def test_a_failed_start_removes_the_pid_file_and_the_data_dir_it_made(self):
+    def start_on_a_taken_port(self, work: str, data_dir: str, pidfile: str = "") -> Any:
+        """Run ``twistd gochat`` in ``work`` with ``--http`` on a port already taken;
+        fires with its stderr once it has exited with status 1."""
         taken = socket.socket()
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        work = tempfile.mkdtemp(prefix="gochat-failed-")
-        pidfile = os.path.join(work, "twistd.pid")
-        data_dir = os.path.join(work, "gochat-data")
-        proc = TwistdProcess()
         http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        args = ["-n", f"--pidfile={pidfile}", "gochat", "--data-dir", data_dir, "--http", http]
-        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
-        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
+        proc = spawn_twistd(
+            ["--data-dir", data_dir, "--http", http, "--ws", ANY_PORT],
+            cwd=work,
+            twistd_args=("-n", f"--pidfile={pidfile}"),
+        )
+        status, _, stderr = yield proc.ended
         self.assertEqual(status, 1, stderr)
         self.assertIn(b"cannot start: --http", stderr)
+        return stderr
+
+    @defer.inlineCallbacks
+    def test_a_failed_start_removes_the_pid_file_and_the_data_dir_it_made(self):
+        work = tempfile.mkdtemp(prefix="gochat-failed-")
+        pidfile = os.path.join(work, "twistd.pid")
+        yield self.start_on_a_taken_port(work, os.path.join(work, "gochat-data"), pidfile)
         self.assertEqual(sorted(os.listdir(work)), [])
 
     @defer.inlineCallbacks
     def test_a_failed_start_keeps_a_data_dir_that_was_there(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
         work = tempfile.mkdtemp(prefix="gochat-failed-")
         data_dir = os.path.join(work, "gochat-data")
         os.mkdir(data_dir)
-        proc = TwistdProcess()
-        http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        args = ["-n", "--pidfile=", "gochat", "--data-dir", data_dir, "--http", http]
-        reactor.spawnProcess(proc, TWISTD[0], [*TWISTD, *args], env=dict(os.environ), path=work)
-        status, _, stderr = yield proc.ended.addTimeout(60, reactor)
-        self.assertEqual(status, 1, stderr)
+        yield self.start_on_a_taken_port(work, data_dir)
         self.assertTrue(os.path.isdir(data_dir))
+
+
+class StopWhileStarting(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_node_stopped_during_its_migration_never_listens(self):
+        node = GoChatService(
+            Config(
+                data_dir=tempfile.mkdtemp(),
+                http="tcp:0:interface=127.0.0.1",
+                ws="tcp:0:interface=127.0.0.1",
+            ),
+            reactor,
+            cheap_passwords(),
+            exit_on_failure=False,
+        )
+        migrate = node.database.migrate
+        held: defer.Deferred[Any] = defer.Deferred()
+        self.patch(node.database, "migrate", lambda: held.addCallback(lambda _: migrate()))
+        node.startService()
+        yield node.stopService()
+        held.callback(None)
+        with self.assertRaises(Exception) as caught:
+            yield node.ready
+        self.assertIn("stopped while starting", str(caught.exception))
+        self.assertEqual(node.ports, {})
+        self.assertEqual([c.name for c in node if c.running], [])

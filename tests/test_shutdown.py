@@ -12,8 +12,8 @@ import tempfile
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from gochat.client import GoChatClient, HttpApi, connect
-from tests.util import free_port, spawn_twistd
+from gochat.client import GoChatClient, connect
+from tests.processes import ANY_PORT, spawn_twistd
 
 PIPELINE = 50  # messages kept in flight
 SIGNAL_AFTER = 100  # ACKs before SIGTERM
@@ -23,34 +23,23 @@ MAX_MESSAGES = 3000
 class SigtermDrain(unittest.TestCase):
     timeout = 180
 
-    def start(self, data_dir: str, http: int, ws: int):
-        proc = spawn_twistd(
-            [
-                "--http",
-                f"tcp:{http}:interface=127.0.0.1",
-                "--ws",
-                f"tcp:{ws}:interface=127.0.0.1",
-                "--data-dir",
-                data_dir,
-            ]
-        )
+    def start(self, data_dir: str):
+        proc = spawn_twistd(["--http", ANY_PORT, "--ws", ANY_PORT, "--data-dir", data_dir])
         self.addCleanup(proc.stop)
         return proc
 
     @defer.inlineCallbacks
     def test_messages_in_flight_are_acked_and_stored_or_resent_never_lost(self):
         data_dir = tempfile.mkdtemp(prefix="gochat-sigterm-")
-        http, ws = free_port(), free_port()
-        ws_url = f"ws://127.0.0.1:{ws}/ws"
-        proc = self.start(data_dir, http, ws)
+        proc = self.start(data_dir)
         yield proc.when_ready()
-        api = HttpApi(f"http://127.0.0.1:{http}")
+        api = proc.api()
         alice = yield api.register("3000", "alice-pw", "alice")
         bob = yield api.register("3001", "bob-pw", "bob")
         bob_id = int(bob["id"])
 
         client = GoChatClient(alice["token"], device_id="laptop", retransmit_timeout=1.0)
-        yield connect(ws_url, client=client)
+        yield connect(proc.ws_url, client=client)
         acked_before: dict[str, int] = {}
         texts: list[str] = []
         sends: list[defer.Deferred] = []
@@ -89,8 +78,9 @@ class SigtermDrain(unittest.TestCase):
 
         # A restarted node on the same data: the client reconnects and resends
         # what was not ACKed; its device window makes that exactly-once.
-        proc2 = self.start(data_dir, http, ws)
+        proc2 = self.start(data_dir)
         yield proc2.when_ready()
+        ws_url = proc2.ws_url  # the restarted node's port
         yield connect(ws_url, client=client)
         self.addCleanup(client.close)
         seqs = yield defer.gatherResults(sends)

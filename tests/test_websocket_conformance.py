@@ -16,7 +16,6 @@ from tests.rawws import (
     OP_PONG,
     OP_TEXT,
     build_frame,
-    open_raw,
 )
 from tests.util import NodeTestCase
 
@@ -29,12 +28,6 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
 
 
 class Conformance(NodeTestCase):
-    @defer.inlineCallbacks
-    def raw(self):
-        proto = yield open_raw(self.node.ws_url)
-        self.addCleanup(proto.abort)
-        return proto
-
     @defer.inlineCallbacks
     def assert_failed_with(self, frames: list[bytes], code: int):
         proto = yield self.raw()
@@ -50,8 +43,8 @@ class Conformance(NodeTestCase):
         self.checks = getattr(self, "checks", 0) + 1
         _, token = yield self.node.user(f"check{self.checks}")
         proto = yield self.raw()
-        ack = yield proto.login(token)
-        self.assertEqual(ack.code, codes.OK)
+        code, _ = yield proto.login(token)
+        self.assertEqual(code, codes.OK)
 
     @defer.inlineCallbacks
     def test_handshake_then_silence_then_pong_with_the_same_payload(self):

@@ -63,7 +63,7 @@ class HealthResource(resource.Resource):
         parts = {name: reason for name, (_, reason) in zip(names, results, strict=True)}
         return all(r == "ok" for r in parts.values()), parts
 
-    def _probe(self, ping: Any) -> defer.Deferred:
+    def _probe(self, ping: Any) -> defer.Deferred[Any]:
         d = defer.maybeDeferred(ping)
         d.addTimeout(self.timeout, self.clock)
         d.addCallbacks(lambda _: "ok", self._reason)

@@ -166,12 +166,12 @@ class RedisPresence(service.Service):
         self.on_groups_resubscribed: Callable[[], Any] | None = None
         #: called with ``(user_id, generation)`` when a node published a /logout_all
         self.on_logout: Callable[[int, int], Any] | None = None
-        self.registered: defer.Deferred = defer.Deferred()
+        self.registered: defer.Deferred[Any] = defer.Deferred()
         self._dirty = True  # the next renewal re-registers everything
         self._redis: Any = None
         self._subscriber: Any = None
         self._loop: task.LoopingCall | None = None
-        self._lookups: list[tuple[list[int], defer.Deferred]] = []
+        self._lookups: list[tuple[list[int], defer.Deferred[Any]]] = []
         self._lookup_call: Any = None
 
     @property
@@ -224,7 +224,7 @@ class RedisPresence(service.Service):
 
     # -- Presence interface ---------------------------------------------------
 
-    def user_online(self, user_id: int) -> defer.Deferred:
+    def user_online(self, user_id: int) -> defer.Deferred[Any]:
         """Never fails: a write Redis missed is repaired by the next renewal."""
         self.local.add(user_id)
         d = self._script(_ONLINE, str(user_id))
@@ -235,11 +235,11 @@ class RedisPresence(service.Service):
 
         return d.addCallbacks(done, self._write_failed)
 
-    def user_offline(self, user_id: int) -> defer.Deferred:
+    def user_offline(self, user_id: int) -> defer.Deferred[Any]:
         self.local.discard(user_id)
         return self._script(_OFFLINE, str(user_id)).addCallbacks(lambda _: None, self._write_failed)
 
-    def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
+    def nodes_for(self, user_ids: list[int]) -> defer.Deferred[Any]:
         """``{node_id: [user_id, ...]}`` of live nodes other than this one.
 
         Lookups made in one reactor turn (a committed batch pushes many
@@ -247,7 +247,7 @@ class RedisPresence(service.Service):
         """
         if not user_ids:
             return defer.succeed({})
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self._lookups.append((user_ids, d))
         if self._lookup_call is None:
             self._lookup_call = self.clock.callLater(0, self._look_up)
@@ -270,9 +270,9 @@ class RedisPresence(service.Service):
                     holders.setdefault(int(u), []).append(node)
             for ids, waiter in lookups:
                 found: dict[str, list[int]] = {}
-                for u in ids:
-                    for node in holders.get(u, ()):
-                        found.setdefault(node, []).append(u)
+                for uid in ids:
+                    for node in holders.get(uid, ()):
+                        found.setdefault(node, []).append(uid)
                 waiter.callback(found)
 
         def failed(failure: Any) -> None:
@@ -282,18 +282,18 @@ class RedisPresence(service.Service):
 
         d.addCallbacks(answer, failed)
 
-    def ping(self) -> defer.Deferred:
+    def ping(self) -> defer.Deferred[Any]:
         """Fails when Redis does not answer in time (``/healthz`` asks)."""
         return self._call(self._redis.ping())
 
-    def claim_device(self, user_id: int, device_id: str) -> defer.Deferred:
+    def claim_device(self, user_id: int, device_id: str) -> defer.Deferred[Any]:
         """Record that the newest login of (user, device) is here. Never fails."""
         d = self._call(
             self._redis.set(self._device_key(user_id, device_id), self.node_id, expire=DEVICE_TTL)
         )
         return d.addCallbacks(lambda _: None, self._write_failed)
 
-    def device_holder(self, user_id: int, device_id: str) -> defer.Deferred:
+    def device_holder(self, user_id: int, device_id: str) -> defer.Deferred[Any]:
         """The node of the newest login of (user, device); ``None`` if unknown."""
         d = self._call(self._redis.get(self._device_key(user_id, device_id)))
         return d.addCallbacks(lambda v: None if v is None else _text(v), lambda _: None)
@@ -301,7 +301,7 @@ class RedisPresence(service.Service):
     def _device_key(self, user_id: int, device_id: str) -> str:
         return f"{self.prefix}device:{user_id}:{device_id}"
 
-    def address_of(self, node_id: str) -> defer.Deferred:
+    def address_of(self, node_id: str) -> defer.Deferred[Any]:
         """The RPC address of a live node (``None`` when its lease is gone)."""
         known = self.addresses.get(node_id)
         if known is not None:
@@ -309,14 +309,14 @@ class RedisPresence(service.Service):
         d = self._call(self._redis.get(self._key("node", node_id)))
         return d.addCallback(lambda v: None if v is None else _text(v))
 
-    def publish_group_changed(self, group_id: int) -> defer.Deferred:
+    def publish_group_changed(self, group_id: int) -> defer.Deferred[Any]:
         """Tell every node (this one too) to drop its cached members of ``group_id``."""
         d = self._call(self._redis.publish(self.channel, str(group_id)))
         return d.addErrback(
             lambda f: self.log.failure("presence: publishing group {gid} change", f, gid=group_id)
         )
 
-    def publish_logout(self, user_id: int, generation: int) -> defer.Deferred:
+    def publish_logout(self, user_id: int, generation: int) -> defer.Deferred[Any]:
         """Tell every node to close the user's sessions with tokens older than ``generation``.
 
         Best effort: a node that misses it keeps such a session until its
@@ -332,10 +332,10 @@ class RedisPresence(service.Service):
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
-    def _call(self, d: defer.Deferred) -> defer.Deferred:
+    def _call(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         return d.addTimeout(OP_TIMEOUT, self.clock)
 
-    def _script(self, script: str, *args: str) -> defer.Deferred:
+    def _script(self, script: str, *args: str) -> defer.Deferred[Any]:
         return self._call(self._redis.eval(script, [], [self.prefix, self.node_id, *args]))
 
     def _write_failed(self, failure: Any) -> None:
@@ -420,7 +420,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc] # untyped library
     """Listens to the group invalidation channel; re-subscribes on every reconnect."""
 
     owner: RedisPresence

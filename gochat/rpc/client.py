@@ -39,12 +39,12 @@ class _Peer:
         self.ref: Any = None
         self.factory: pb.PBClientFactory | None = None
         self.broker: Any = None  # the connection, known before PB's handshake completes
-        self._waiting: list[defer.Deferred] | None = None
+        self._waiting: list[defer.Deferred[Any]] | None = None
 
-    def reference(self) -> defer.Deferred:
+    def reference(self) -> defer.Deferred[Any]:
         if self.ref is not None:
             return defer.succeed(self.ref)
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[Any] = defer.Deferred()
         if self._waiting is not None:
             self._waiting.append(waiter)
             return waiter
@@ -81,9 +81,10 @@ class _Peer:
         if self.ref is ref:
             self.close()
 
-    def call(self, method: str, *args: Any) -> defer.Deferred:
-        def send(ref: Any) -> defer.Deferred:
-            return ref.callRemote(method, *args)
+    def call(self, method: str, *args: Any) -> defer.Deferred[Any]:
+        def send(ref: Any) -> defer.Deferred[Any]:
+            called: defer.Deferred[Any] = ref.callRemote(method, *args)
+            return called
 
         d = self.reference().addCallback(send)
         d.addTimeout(CALL_TIMEOUT, self.pool.reactor)
@@ -111,7 +112,7 @@ class _Peer:
             del self.pool.peers[self.node_id]
 
 
-def _fire(result: Any, waiters: list[defer.Deferred]) -> None:
+def _fire(result: Any, waiters: list[defer.Deferred[Any]]) -> None:
     for waiter in waiters:
         waiter.callback(result)
 
@@ -128,7 +129,7 @@ class PeerPool(service.Service):
         self,
         node_id: str,
         secret: bytes,
-        address_of: Callable[[str], defer.Deferred],
+        address_of: Callable[[str], defer.Deferred[Any]],
         reactor: Any = None,
         client_endpoint: Callable[[str], str] = tcp_client_endpoint,
         wrap_endpoint: Callable[[Any], Any] | None = None,
@@ -147,10 +148,10 @@ class PeerPool(service.Service):
         self.peers: dict[str, _Peer] = {}
         # Pushes for each node gathered during one reactor turn, sent as one call.
         self._outbox: dict[str, dict[int, list[bytes]]] = {}
-        self._outbox_waiters: dict[str, list[defer.Deferred]] = {}
+        self._outbox_waiters: dict[str, list[defer.Deferred[Any]]] = {}
         self._flush_call: Any = None
 
-    def _peer(self, node_id: str) -> defer.Deferred:
+    def _peer(self, node_id: str) -> defer.Deferred[Any]:
         peer = self.peers.get(node_id)
         if peer is not None:
             return defer.succeed(peer)
@@ -165,7 +166,7 @@ class PeerPool(service.Service):
 
         return self.address_of(node_id).addCallback(found)
 
-    def call(self, node_id: str, method: str, *args: Any) -> defer.Deferred:
+    def call(self, node_id: str, method: str, *args: Any) -> defer.Deferred[Any]:
         """Call ``method`` on a peer; fires with its result, or fails (bounded by timeouts)."""
         metrics.RPC_CALLS.labels(method).inc()
         d = self._peer(node_id).addCallback(lambda peer: peer.call(method, *args))
@@ -176,7 +177,7 @@ class PeerPool(service.Service):
 
         return d.addErrback(failed)
 
-    def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
+    def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred[Any]:
         """Hand pushes to one node. Never fails; fires once the call is done.
 
         Everything for one node in the same reactor turn (a committed batch
@@ -187,7 +188,7 @@ class PeerPool(service.Service):
         outbox = self._outbox.setdefault(node_id, {})
         for uid, user_frames in frames.items():
             outbox.setdefault(uid, []).extend(user_frames)
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[Any] = defer.Deferred()
         self._outbox_waiters.setdefault(node_id, []).append(waiter)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -207,7 +208,7 @@ class PeerPool(service.Service):
             d.addErrback(self._failed, node_id, "deliver", len(frames))
             d.addCallback(_fire, waiters.pop(node_id, []))
 
-    def kick(self, node_id: str, user_id: int, device_id: str) -> defer.Deferred:
+    def kick(self, node_id: str, user_id: int, device_id: str) -> defer.Deferred[Any]:
         """Ask a node to close its connection of this device. Never fails."""
         d = self.call(node_id, "KickDevice", user_id, device_id)
         return d.addErrback(self._failed, node_id, "kick", 1)

@@ -62,7 +62,7 @@ class ClusterSecretChecker:
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
 
-    def requestAvatarId(self, creds: Any) -> defer.Deferred:  # noqa: N802 - cred's name
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[Any]:  # noqa: N802 - cred's name
         username = creds.username
         if isinstance(username, bytes):
             try:
@@ -77,7 +77,7 @@ class ClusterSecretChecker:
             if not ok:
                 metrics.RPC_REFUSED.inc()
                 raise error.UnauthorizedLogin("wrong cluster secret")
-            return username
+            return str(username)
 
         return d.addCallback(checked)
 
@@ -115,7 +115,9 @@ class PeerPerspective(pb.Avatar):
         metrics.RPC_SERVED.labels("DeliverNotice").inc()
         return self.hub.deliver_notice_from_peer(batch)
 
-    def perspective_KickDevice(self, user_id: Any, device_id: Any) -> bool:  # noqa: N802
+    def perspective_KickDevice(  # noqa: N802
+        self, user_id: Any, device_id: Any
+    ) -> bool | defer.Deferred[bool]:
         """The device logged in on the calling node: close its connection here."""
         uid = _user_id(user_id)
         if isinstance(device_id, bytes):
@@ -130,9 +132,10 @@ class PeerPerspective(pb.Avatar):
         def decide(holder: str | None) -> bool:
             if holder == self.presence.node_id:
                 return False  # a newer login of the device is here: the kick is stale
-            return self.hub.kick_device(uid, device_id, reason)
+            return bool(self.hub.kick_device(uid, device_id, reason))
 
-        return self.presence.device_holder(uid, device_id).addCallback(decide)
+        holder: defer.Deferred[str | None] = self.presence.device_holder(uid, device_id)
+        return holder.addCallback(decide)
 
 
 def _user_id(value: Any) -> int:

@@ -90,7 +90,7 @@ def protobufjs_schema(file: FileDescriptor = pb.DESCRIPTOR) -> dict[str, Any]:
 class StaticFiles(static.File):
     """Files of the page, with security headers and no directory listings."""
 
-    childNotFound: resource.Resource
+    childNotFound: resource.Resource  # type: ignore[assignment] # a page, not NoResource
     indexNames: list[str] = []  # no index.html under /static/: the page lives at /
 
     def render(self, request: Request) -> Any:
