@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gochat.client.http import HttpApi
 from gochat.pb import pb
 from gochat.store.people import PEER_READ_SQL
 from tests.people_util import PeopleCase
@@ -111,6 +112,14 @@ class Seen:
 
 
 class SeenSQLite(Seen, PeopleCase):
+    @defer.inlineCallbacks
+    def test_the_python_client_gives_the_field(self):
+        a, ta, b, tb, alice, bob, mine, his = yield self.chat()
+        yield self.ws_read(bob, a, his[1])
+        data = yield HttpApi(self.node.http_url).conversations(ta)
+        bob_entry = next(c for c in data["conversations"] if c["peer_id"] == str(b))
+        self.assertEqual(bob_entry["peer_read_seq"], str(mine[1]))
+
     @defer.inlineCallbacks
     def test_the_look_up_reads_by_primary_keys_and_scans_nothing(self):
         """Cheap: one search per table whatever the length of either history."""
