@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any
@@ -457,11 +458,26 @@ class BrowserPeople(BrowserCase):
                 expect(members).to_have_text(["alice (you)"])
                 no_sideways_scrolling(a)
 
-                # A reload keeps the open conversation.
+                # A reload keeps the open conversation. It starts without the
+                # receipts this browser kept: "Seen" comes back from the node.
+                a.add_init_script(
+                    f"""(() => {{
+                        const key = "gochat:state:{alice}";
+                        const saved = JSON.parse(localStorage.getItem(key) || "null");
+                        if (!saved) return;
+                        saved.seen = {{}};
+                        localStorage.setItem(key, JSON.stringify(saved));
+                    }})();"""
+                )
                 a.reload()
                 expect(a.locator("#status")).to_have_attribute("data-online", "yes")
                 expect(a.locator("#conv-title")).to_have_text("crew")
                 expect(a.locator("#messages li.theirs .text")).to_have_text(["hello crew"])
+                a.click(f'[data-conversation="u{bob}"]')
+                expect(a.locator("#messages .seen-mark")).to_have_count(1)
+                hi = a.locator("#messages li.mine", has_text="hi bob")
+                expect(hi.locator(".seen-mark")).to_have_text("Seen")
+                shot(a, "desktop-seen-after-reload")
 
                 # A new browser: the list, its names, last messages and badges
                 # come from the node.
@@ -495,6 +511,12 @@ class BrowserPeople(BrowserCase):
                 shot(m, "phone-list")
                 m.click(f'[data-conversation="u{bob}"]')
                 expect(m.locator("#conv-title")).to_have_text("robert")
+                # A new browser knows "Seen" too; bob has not read the last one.
+                seen = m.locator("#messages li.mine .seen-mark")
+                expect(seen).to_have_count(1)
+                expect(m.locator("#messages li.mine", has_text="hi bob")).to_have_class(
+                    re.compile(r"\bseen\b")
+                )
                 expect(m.locator("#messages li.mine .text").last).to_have_text("one more thing")
                 expect(m.locator("#back")).to_be_visible()
                 expect(m.locator("nav")).to_be_hidden()

@@ -26,7 +26,7 @@ from gochat.inputs import GROUP_NAME_MAX as MAX_GROUP_NAME
 from gochat.inputs import NICKNAME_MAX as MAX_NICKNAME
 from gochat.ratelimit import RateLimiter
 from gochat.store import NotFound, Store
-from gochat.store.people import NO_CHANGE, GroupOp, message_json
+from gochat.store.people import NO_CHANGE, Conversation, GroupOp, message_json
 from gochat.store.store import MAX_ID
 
 MAX_INFO_IDS = 500
@@ -163,17 +163,7 @@ class PeopleApi:
         before = _cursor(params.text("before", 64, required=False))
         page, more = yield self.store.conversations(user_id, limit, before)
         return {
-            "conversations": [
-                {
-                    "session_type": c.session_type,
-                    "peer_id": str(c.peer_id),
-                    "name": c.name,
-                    "last_message": message_json(c.last_message) if c.last_message else None,
-                    "unread": c.unread,
-                    "read_seq": str(c.read_seq),
-                }
-                for c in page
-            ],
+            "conversations": [_conversation_json(c) for c in page],
             "next_before": ":".join(map(str, more)) if more else "",
         }
 
@@ -191,6 +181,21 @@ class PeopleApi:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return {}
+
+
+def _conversation_json(c: Conversation) -> dict[str, Any]:
+    """One entry of ``/conversations``; a one-to-one entry adds ``peer_read_seq``."""
+    out: dict[str, Any] = {
+        "session_type": c.session_type,
+        "peer_id": str(c.peer_id),
+        "name": c.name,
+        "last_message": message_json(c.last_message) if c.last_message else None,
+        "unread": c.unread,
+        "read_seq": str(c.read_seq),
+    }
+    if c.peer_read_seq is not None:
+        out["peer_read_seq"] = str(c.peer_read_seq)
+    return out
 
 
 def _cursor(value: str) -> tuple[int, int, int] | None:

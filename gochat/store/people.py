@@ -361,6 +361,9 @@ class Conversation:
     unread: int
     read_seq: int
     cursor: tuple[int, int, int]  # (time, session_type, peer_id): the paging key
+    #: one-to-one only (``None`` for a group): the caller's own seq up to which
+    #: the peer has read, 0 if the peer has read nothing of the caller's
+    peer_read_seq: int | None = None
 
 
 def list_conversations(
@@ -407,14 +410,50 @@ def list_conversations(
         marks = ",".join("?" * len(chunk))
         cur.execute(f"SELECT id, name FROM chat_groups WHERE id IN ({marks})", chunk)
         names.update(((2, int(g)), n) for g, n in cur.fetchall())
+    seen = peer_read_seqs(cur, user_id, users)
     out = []
     for key, unread, read_seq, owner, owner_seq in rows:
         _, st, peer = key
         last = None
         if owner:
             last = _last_message(cur, user_id, st, owner, owner_seq, unread, read_seq)
-        out.append(Conversation(st, peer, names.get((st, peer), ""), last, unread, read_seq, key))
+        conv = Conversation(st, peer, names.get((st, peer), ""), last, unread, read_seq, key)
+        if st == 1:
+            conv.peer_read_seq = seen.get(peer, 0)
+        out.append(conv)
     return out, (rows[-1][0] if more and rows else None)
+
+
+#: the peers' read positions and their messages, by primary keys only
+PEER_READ_SQL = (
+    "SELECT c.user_id, um.owner_id, um.owner_seq, p.peer_seq FROM conversations c"
+    " JOIN user_messages um ON um.user_id = c.user_id AND um.seq = c.read_seq"
+    " LEFT JOIN message_positions p ON p.owner_id = um.owner_id"
+    " AND p.owner_seq = um.owner_seq"
+    " WHERE c.user_id IN ({marks}) AND c.session_type = 1 AND c.peer_id = ?"
+    " AND c.read_seq > 0"
+)
+
+
+def peer_read_seqs(cur: Cursor, user_id: int, peers: list[int]) -> dict[int, int]:
+    """``{peer: the caller's own seq up to which that peer has read}`` ("seen").
+
+    The peer's read position names a message by the peer's own seq; that
+    message's caller-side seq is its owner seq when the caller sent it, or
+    the receiver's seq kept in ``message_positions`` when the peer did. Three
+    primary-key look-ups per peer, whatever the length of either history.
+    Peers that have read nothing of the conversation are left out.
+    """
+    out: dict[int, int] = {}
+    for start in range(0, len(peers), 500):
+        chunk = peers[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cur.execute(PEER_READ_SQL.format(marks=marks), [*chunk, user_id])
+        for peer, owner, owner_seq, peer_seq in cur.fetchall():
+            seq = int(owner_seq) if int(owner) == user_id else int(peer_seq or 0)
+            if seq:
+                out[int(peer)] = seq
+    return out
 
 
 def _last_message(

@@ -11,7 +11,8 @@
 // counts come from GET /conversations and are then kept up to date by what
 // arrives; read positions go up as CT_Read (the badge clears on the user's
 // other devices, a one-to-one peer shows "Seen"), typing as CT_Typing. Both
-// come down only because the page asks for them at login (notices).
+// come down only because the page asks for them at login (notices). "Seen"
+// also comes from the list (peer_read_seq), so it survives a reload.
 "use strict";
 
 (function () {
@@ -666,9 +667,42 @@
       }
       conv.read_seq = Math.max(conv.read_seq || 0, Number(item.read_seq || 0));
       conv.unread = key === current && pageSeen() ? 0 : Number(item.unread || 0);
+      seenFrom(item);
     }
     saveState();
     render();
+  }
+
+  // A one-to-one entry's peer_read_seq: this user's own seq up to which the
+  // peer has read, so "Seen" survives a reload or a new browser. Read
+  // positions only move forward, as state.seen does.
+  function seenFrom(item) {
+    if (Number(item.session_type) !== T.Session.ST_Single || item.peer_read_seq === undefined) {
+      return false;
+    }
+    const key = "u" + Number(item.peer_id);
+    const seq = Number(item.peer_read_seq);
+    if (seq <= (state.seen[key] || 0)) return false;
+    state.seen[key] = seq;
+    return true;
+  }
+
+  // Opening a one-to-one chat asks the node again: a receipt sent while this
+  // page was offline is in the list, not in any notice.
+  async function loadSeen(key) {
+    const who = session;
+    let data;
+    try {
+      data = await api("GET", "/conversations", [["limit", "200"]], session.token);
+    } catch (e) {
+      return; // the next open or list load tries again
+    }
+    if (session !== who) return;
+    let changed = false;
+    for (const item of data.conversations || []) changed = seenFrom(item) || changed;
+    if (!changed) return;
+    saveState();
+    if (current === key) render();
   }
 
   // -- the group panel -------------------------------------------------------
@@ -800,6 +834,7 @@
     $("panel-error").textContent = "";
     if (key[0] === "g" && !state.left[key.slice(1)]) loadPanel(Number(key.slice(1)));
     if (key[0] === "u") needUser(Number(key.slice(1)));
+    if (key[0] === "u" && listLoaded) loadSeen(key); // else the list load does it
     history.replaceState(null, "", key === null ? location.pathname : "#" + key);
     saveState();
     render();
