@@ -8,7 +8,7 @@ so all rows of a message (and of every message in the batch) commit together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -673,7 +673,7 @@ class Store:
             state.setdefault("changed_groups", set()).add(gid)
         return item, code, recipients
 
-    def _groups_changed(self, group_ids: Any) -> None:
+    def _groups_changed(self, group_ids: Iterable[int]) -> None:
         """Tell the other nodes (their caches are dropped; ours is already exact)."""
         if self.on_group_changed is None:
             return
@@ -727,7 +727,7 @@ class Store:
         d = self.db.run_with_retry("remove_group_members", txn)
         return d.addCallback(self._group_changed, group_id)
 
-    def _group_changed(self, _: Any, group_id: int) -> None:
+    def _group_changed(self, _: None, group_id: int) -> None:
         self.forget_group(group_id)
         if self.on_group_changed is not None:
             self.on_group_changed(group_id)
