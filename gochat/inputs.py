@@ -28,9 +28,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _ASCII_DIGITS = re.compile("[0-9]{1,19}")
 
 
-def text_problem(value: str, max_len: int, min_len: int = 1, controls: bool = False) -> str | None:
+def text_problem(
+    value: object, max_len: int, min_len: int = 1, controls: bool = False
+) -> str | None:
     """Why ``value`` is not acceptable text, or ``None`` when it is.
 
+    ``value`` is untrusted (a decoded JSON value may be of any type).
     ``controls=True`` admits control characters other than NUL (a password
     may hold a tab); NUL and lone surrogates are never admitted.
     """

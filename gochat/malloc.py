@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -26,7 +27,7 @@ MMAP_THRESHOLD = 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024
 
 
-def _libc() -> Any:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -46,8 +47,10 @@ def tune() -> bool:
     """Fix the mmap and trim thresholds; True when the allocator took them."""
     if _LIBC is None:
         return False
-    ok = _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    return _LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    # mallopt returns 1 on success (ctypes declares foreign results untyped).
+    ok: bool = _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    took: bool = _LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return took and ok
 
 
 def trim() -> bool:
@@ -64,7 +67,7 @@ TRIM_INTERVAL = 30.0
 class TrimService(service.Service):
     """Trims every ``interval`` seconds, so memory freed after a burst goes back."""
 
-    def __init__(self, reactor: Any, interval: float = TRIM_INTERVAL) -> None:
+    def __init__(self, reactor: IReactorTime, interval: float = TRIM_INTERVAL) -> None:
         self.reactor = reactor
         self.interval = interval
         self._loop: task.LoopingCall | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TextIO
 
 from gochat.auth import load_legacy_key
 
@@ -67,7 +67,9 @@ def install_legacy_key(source: str, data_dir: str) -> str:
     return path
 
 
-def import_gochat(args: argparse.Namespace, out: Any = sys.stdout, err: Any = sys.stderr) -> int:
+def import_gochat(
+    args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
     from gochat.admin.gochat_import import ImportFailed, run_import
 
     db = args.db or "sqlite:" + os.path.join(args.data_dir, "gochat.db")

@@ -37,7 +37,9 @@ from gochat.store.engines import (
     BaseEngine,
     MySQLEngine,
     PostgresEngine,
+    Row,
     SQLiteEngine,
+    SQLValue,
     engine_from_url,
 )
 
@@ -51,6 +53,12 @@ NICKNAME_MAX = 64
 GROUP_NAME_MAX = 128
 PHONE_MAX = 128
 ST_SINGLE, ST_GROUP = 1, 2
+
+#: a message_bodies row: owner_id, owner_seq, sender_id, session_type,
+#: receiver_id, message_type, content, send_time
+Body = tuple[int, int, int, int, int, int, bytes, int]
+#: a user_messages row: user_id, seq, owner_id, owner_seq
+Entry = tuple[int, int, int, int]
 
 
 class ImportFailed(Exception):  # noqa: N818 - an operator-facing outcome, not a bug
@@ -67,9 +75,9 @@ class Summary:
     message_rows: int = 0  # rows read from GoChat's message table
     messages_new: int = 0  # list entries the node did not hold before
     bodies: int = 0  # new bodies (one per message, shared by its copies)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     #: imported as they are, worth a word (e.g. history of a deleted group)
-    kept: Counter = field(default_factory=Counter)
+    kept: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -113,8 +121,9 @@ def source_engine(url: str) -> MySQLEngine:
 
 def open_source(engine: MySQLEngine) -> Any:
     """GoChat's database, read in one consistent snapshot, rows streamed."""
-    import MySQLdb
-    import MySQLdb.cursors
+    # mysqlclient ships no type information (and this config names no stubs for it)
+    import MySQLdb  # type: ignore[import-untyped]
+    import MySQLdb.cursors  # type: ignore[import-untyped]
 
     kwargs = dict(engine.connect_kwargs)
     kwargs["cursorclass"] = MySQLdb.cursors.SSCursor
@@ -129,7 +138,7 @@ def open_source(engine: MySQLEngine) -> Any:
     return conn
 
 
-def stream(conn: Any, sql: str, args: tuple = ()) -> Iterator[tuple]:
+def stream(conn: Any, sql: str, args: tuple[SQLValue, ...] = ()) -> Iterator[Row]:
     """Rows of ``sql`` one at a time from a server-side cursor."""
     cur = conn.cursor()
     try:
@@ -260,11 +269,11 @@ class GoChatImport:
         if not mine:
             return
         foreign = 0
-        example = None
+        example: tuple[Any, Any] | None = None
         for start in range(0, len(mine), BATCH):
             page = mine[start : start + BATCH]
             marks = ",".join(["%s"] * len(page))
-            theirs = dict(
+            theirs: dict[int, Any] = dict(  # GoChat id -> phone, as the driver reads it
                 stream(
                     src,
                     f"SELECT id, phone_number FROM `user` WHERE id IN ({marks})",
@@ -275,7 +284,7 @@ class GoChatImport:
                 if theirs.get(int(uid)) != phone:
                     foreign += 1
                     example = example or (uid, phone)
-        if foreign:
+        if example is not None:  # set with the first foreign user
             raise ImportFailed(
                 f"--db {self.target.describe()} already holds {foreign:,} user(s) that are not"
                 f" in the GoChat database (e.g. id {example[0]}, phone {example[1]}):"
@@ -286,7 +295,7 @@ class GoChatImport:
 
     def _users(self, src: Any, dst: Any, cur: Cursor) -> None:
         skipped = self.summary.skipped
-        batch: list[tuple] = []
+        batch: list[tuple[int, str, str, str, int]] = []
 
         def flush() -> None:
             ids = [row[0] for row in batch]
@@ -337,7 +346,7 @@ class GoChatImport:
         dst.commit()
 
     def _friends(self, src: Any, dst: Any, cur: Cursor) -> None:
-        def rows() -> Iterator[tuple]:
+        def rows() -> Iterator[tuple[int, int, int]]:
             time_col = column_or_null(src, "friend", "create_time")
             for uid, fid, created in stream(
                 src, f"SELECT user_id, friend_id, {time_col} FROM friend ORDER BY id"
@@ -355,7 +364,7 @@ class GoChatImport:
     def _groups(self, src: Any, dst: Any, cur: Cursor) -> None:
         skipped = self.summary.skipped
 
-        def rows() -> Iterator[tuple]:
+        def rows() -> Iterator[tuple[int, str, int, int]]:
             time_col = column_or_null(src, "group", "create_time")
             for gid, name, owner, created in stream(
                 src, f"SELECT id, name, owner_id, {time_col} FROM `group` ORDER BY id"
@@ -378,7 +387,7 @@ class GoChatImport:
         dst.commit()
 
     def _members(self, src: Any, dst: Any, cur: Cursor) -> None:
-        def rows() -> Iterator[tuple]:
+        def rows() -> Iterator[tuple[int, int]]:
             for gid, uid in stream(src, "SELECT group_id, user_id FROM group_user ORDER BY id"):
                 gid, uid = int(gid), int(uid)
                 if gid not in self.groups:
@@ -393,13 +402,13 @@ class GoChatImport:
         )
 
     def _insert_ignoring(
-        self, dst: Any, cur: Cursor, table: str, key: str, rows: Iterator[tuple]
+        self, dst: Any, cur: Cursor, table: str, key: str, rows: Iterator[tuple[SQLValue, ...]]
     ) -> int:
         """Insert what is not there yet (keyed by ``key``), in batches; returns rows read."""
         suffix = self.target.upsert_suffix(key, [key.split(",")[0].strip()])
         sql = f"INSERT INTO {table} VALUES"
         total = 0
-        batch: list[tuple] = []
+        batch: list[tuple[SQLValue, ...]] = []
         for row in rows:
             batch.append(row)
             if len(batch) >= BATCH:
@@ -426,8 +435,8 @@ class GoChatImport:
     def _messages(self, src: Any, dst: Any, cur: Cursor) -> None:
         total = scalar(src, "SELECT COUNT(*) FROM message") or 0
         progress = Progress(self.out, int(total), "message rows")
-        bodies: list[tuple] = []
-        entries: list[tuple] = []
+        bodies: list[Body] = []
+        entries: list[Entry] = []
         body_suffix = self.target.upsert_suffix("owner_id, owner_seq", ["owner_id"])
         entry_suffix = self.target.upsert_suffix("user_id, seq", ["user_id"])
 
@@ -462,10 +471,10 @@ class GoChatImport:
         flush()
         progress.update(self.summary.message_rows, final=True)
 
-    def _runs(self, rows: Iterator[tuple]) -> Iterator[list[tuple]]:
+    def _runs(self, rows: Iterator[Row]) -> Iterator[list[Row]]:
         """Consecutive rows of one (sender, session type, receiver, send time)."""
-        run: list[tuple] = []
-        key = None
+        run: list[Row] = []
+        key: Row | None = None
         for row in rows:
             self.summary.message_rows += 1
             row_key = (row[2], row[3], row[4], row[7])
@@ -478,11 +487,11 @@ class GoChatImport:
         if run:
             yield run
 
-    def _place(self, run: list[tuple], bodies: list[tuple], entries: list[tuple]) -> None:
+    def _place(self, run: list[Row], bodies: list[Body], entries: list[Entry]) -> None:
         """The run's rows as list entries; copies of one message share a body."""
         skipped = self.summary.skipped
         notes = self.summary.kept
-        by_content: dict[bytes, list[tuple]] = {}
+        by_content: dict[bytes, list[Row]] = {}
         for row in run:
             user_id, seq, sender, session_type, receiver = (int(v) for v in row[:5])
             if user_id not in self.users:
@@ -504,7 +513,7 @@ class GoChatImport:
             # The sender's own rows own the bodies, in seq order; the k-th copy
             # in each recipient's list belongs to the k-th of them.
             owners = [(sender, int(r[1])) for r in copies if int(r[0]) == sender]
-            nth: Counter = Counter()
+            nth: Counter[int] = Counter()
             for owner in owners:
                 bodies.append(_body(owner, first, content))
             for row in copies:
@@ -549,7 +558,7 @@ class GoChatImport:
             flush()
 
 
-def _body(owner: tuple[int, int], row: tuple, content: bytes) -> tuple:
+def _body(owner: tuple[int, int], row: Row, content: bytes) -> Body:
     return (
         owner[0],
         owner[1],

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gochat import metrics
-from gochat.store.engines import BaseEngine, MigrationError, SQLiteEngine
+from gochat.store.engines import BaseEngine, MigrationError, Row, SQLiteEngine, SQLValue
 
 T = TypeVar("T")
 
@@ -41,18 +42,18 @@ class Cursor:
         self.txn = txn
         self.engine = engine
 
-    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+    def execute(self, sql: str, args: Sequence[SQLValue] = ()) -> Any:
         return self.txn.execute(self.engine.convert_sql(sql), tuple(args))
 
-    def executemany(self, sql: str, rows: list) -> None:
+    def executemany(self, sql: str, rows: Sequence[Sequence[SQLValue]]) -> None:
         if rows:
             self.engine.executemany(self.txn, self.engine.convert_sql(sql), rows)
 
-    def insert_id(self, sql: str, args: tuple | list = ()) -> int:
+    def insert_id(self, sql: str, args: Sequence[SQLValue] = ()) -> int:
         """Run an ``INSERT`` into a table with an ``id`` key; returns the new id."""
         return self.engine.insert_id(self.txn, self.engine.convert_sql(sql), tuple(args))
 
-    def insert_many(self, sql: str, rows: list[tuple], suffix: str = "") -> None:
+    def insert_many(self, sql: str, rows: Sequence[Sequence[SQLValue]], suffix: str = "") -> None:
         """``INSERT INTO t (a, b) VALUES`` + many rows, as few multi-row statements.
 
         One statement per row (``executemany``) makes the database thread
@@ -63,14 +64,20 @@ class Cursor:
         if rows:
             self.insert_flat(sql, len(rows[0]), [v for row in rows for v in row], suffix)
 
-    def insert_flat(self, sql: str, width: int, values: list, suffix: str = "") -> None:
+    def insert_flat(
+        self, sql: str, width: int, values: Sequence[SQLValue], suffix: str = ""
+    ) -> None:
         """:meth:`insert_many` with the rows already laid end to end in ``values``
         (``width`` values each): a caller building many rows skips a tuple per row."""
         if values:
             self.engine.insert_rows(self.txn, sql, width, values, suffix)
 
     def write_rows(
-        self, table: str, columns: tuple[str, ...], kinds: tuple[str, ...], values: list
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        kinds: tuple[str, ...],
+        values: Sequence[SQLValue],
     ) -> None:
         """Append many rows (laid end to end in ``values``) by the engine's bulk path:
         binary COPY on PostgreSQL, packet-sized literal INSERTs on MySQL,
@@ -91,16 +98,18 @@ class Cursor:
     def fetchone(self) -> Any:
         return self.txn.fetchone()
 
-    def fetchall(self) -> list:
+    def fetchall(self) -> list[Row]:
         return list(self.txn.fetchall())
 
     @property
     def rowcount(self) -> int:
-        return self.txn.rowcount
+        count: int = self.txn.rowcount
+        return count
 
     @property
     def lastrowid(self) -> int:
-        return self.txn.lastrowid
+        row_id: int = self.txn.lastrowid
+        return row_id
 
 
 class Database:
@@ -129,17 +138,17 @@ class Database:
             )
             self.read_pool = self.write_pool
 
-    def _timed(self, name: str, d: defer.Deferred) -> defer.Deferred:
+    def _timed(self, name: str, d: defer.Deferred[T]) -> defer.Deferred[T]:
         started = time.monotonic()
 
-        def done(result: Any) -> Any:
+        def done(result: T | Failure) -> T | Failure:
             elapsed = time.monotonic() - started
             metrics.STORE_LATENCY.labels(name).observe(elapsed)
             if elapsed > SLOW_INTERACTION:
                 self.log.warn("slow interaction {name}: {elapsed:.3f}s", name=name, elapsed=elapsed)
             return result
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Failure) -> T | Failure:
             if not failure.check(Refusal):  # the client's doing, not the database's
                 metrics.STORE_ERRORS.labels(name).inc()
             return done(failure)
@@ -148,7 +157,7 @@ class Database:
 
     def run_interaction(
         self, name: str, func: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any
-    ) -> defer.Deferred:
+    ) -> defer.Deferred[T]:
         """Run ``func(cursor, *args)`` in one transaction on a pool thread."""
         engine = self.engine
         pool = self.write_pool if write else self.read_pool
@@ -161,7 +170,7 @@ class Database:
     @defer.inlineCallbacks
     def run_with_retry(
         self, name: str, func: Callable[..., T], *args: Any, attempts: int = 5
-    ) -> Any:
+    ) -> Generator[defer.Deferred[T], T, T]:
         """Like :meth:`run_interaction`, retrying when the database aborts the transaction."""
         for attempt in range(attempts):
             try:
@@ -173,8 +182,10 @@ class Database:
                     self.log.info("retrying {name} after {exc}", name=name, exc=exc)
                     continue
                 raise
+        # Reached only when ``attempts`` < 1 (the function never ran).
+        raise ValueError(f"run_with_retry needs attempts >= 1, not {attempts}")
 
-    def ping(self) -> defer.Deferred:
+    def ping(self) -> defer.Deferred[None]:
         """Fires when the database answers a query; fails with the reason it does not."""
         if not self.read_pool.running:
             return defer.fail(DatabaseUnavailable("connection pool is closed"))
@@ -190,7 +201,7 @@ class Database:
 
         return self.run_interaction("ping", probe, write=False)
 
-    def migrate(self) -> defer.Deferred:
+    def migrate(self) -> defer.Deferred[int]:
         if isinstance(self.engine, SQLiteEngine):
             # Before the first connection opens the file; a failure here (a
             # directory in the file's place) is a start error like any other.
@@ -255,7 +266,7 @@ def private_sqlite_files(path: str) -> None:
 
 def schema_deltas() -> list[tuple[int, str, str]]:
     """``(version, name, sql)`` of every delta shipped in the package, in order."""
-    found = []
+    found: list[tuple[int, str, str]] = []
     for entry in resources.files("gochat.store.schema").iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:3].isdigit():

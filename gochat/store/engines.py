@@ -13,8 +13,9 @@ import os
 import re
 import sqlite3
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
 SQLITE_CACHE_KIB = 16 * 1024  # page cache per SQLite connection (see on_connect)
@@ -26,6 +27,13 @@ SQLITE_CHECKPOINT_KIB = 64 * 1024  # WAL size that triggers a checkpoint
 SCHEMA_LOCK_TIMEOUT = 60
 #: bytes kept free under MySQL's ``max_allowed_packet`` (packet header, slack)
 PACKET_MARGIN = 4096
+
+
+#: A value bound to a statement parameter: what every supported driver takes
+#: (``mysql_literal`` writes each of them out).
+SQLValue = int | float | str | bytes | bytearray | memoryview | None
+#: A result row as the driver gives it (column types depend on the driver).
+Row = tuple[Any, ...]
 
 
 class DatabaseURLError(ValueError):
@@ -74,7 +82,9 @@ class BaseEngine:
                 f" pip install 'gochat[{self.extra}]'"
             ) from None
 
-    def insert_rows(self, txn: Any, sql: str, width: int, values: list, suffix: str = "") -> None:
+    def insert_rows(
+        self, txn: Any, sql: str, width: int, values: Sequence[SQLValue], suffix: str = ""
+    ) -> None:
         """``sql`` (``INSERT INTO t (..) VALUES``, converted) + ``values`` laid end to
         end, ``width`` per row, as few multi-row statements as the limits allow."""
         from gochat.store.database import statement_sizes  # (database imports engines)
@@ -89,7 +99,12 @@ class BaseEngine:
             txn.execute(self.convert_sql(f"{sql} {marks}{suffix}"), chunk)
 
     def write_rows(
-        self, txn: Any, table: str, columns: tuple[str, ...], kinds: tuple[str, ...], values: list
+        self,
+        txn: Any,
+        table: str,
+        columns: tuple[str, ...],
+        kinds: tuple[str, ...],
+        values: Sequence[SQLValue],
     ) -> None:
         """Append rows to ``table`` by this database's bulk path.
 
@@ -152,11 +167,11 @@ class BaseEngine:
     def pool_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def executemany(self, cursor: Any, sql: str, rows: list) -> None:
+    def executemany(self, cursor: Any, sql: str, rows: Sequence[Sequence[SQLValue]]) -> None:
         """Run ``sql`` once per row (drivers batch differently; see subclasses)."""
         cursor.executemany(sql, rows)
 
-    def insert_id(self, cursor: Any, sql: str, args: tuple) -> int:
+    def insert_id(self, cursor: Any, sql: str, args: tuple[SQLValue, ...]) -> int:
         """Run an ``INSERT`` (already converted) and return the new row's ``id``."""
         cursor.execute(sql, args)
         return int(cursor.lastrowid)
@@ -249,7 +264,7 @@ _PG_COPY_TYPES = {"bigint": "int8", "int": "int4", "blob": "bytea"}
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension
 
 
-def pg_binary_int8_rows(values: list, width: int) -> bytes:
+def pg_binary_int8_rows(values: Sequence[int], width: int) -> bytes:
     """PostgreSQL's binary COPY data (header, rows, trailer) for rows of int8 only.
 
     ``values`` holds the rows end to end. Each row is a field count and, per
@@ -297,7 +312,12 @@ class PostgresEngine(BaseEngine):
         conn.autocommit = False
 
     def write_rows(
-        self, txn: Any, table: str, columns: tuple[str, ...], kinds: tuple[str, ...], values: list
+        self,
+        txn: Any,
+        table: str,
+        columns: tuple[str, ...],
+        kinds: tuple[str, ...],
+        values: Sequence[SQLValue],
     ) -> None:
         # Binary COPY: no SQL to parse, no parameter list to bind, and no
         # statement size limit. Measured on the group scenario it takes the
@@ -309,7 +329,8 @@ class PostgresEngine(BaseEngine):
         sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
         with raw.copy(sql) as copy:
             if all(kind == "bigint" for kind in kinds):
-                copy.write(pg_binary_int8_rows(values, width))
+                # every column is bigint, so every value is an int
+                copy.write(pg_binary_int8_rows(cast("Sequence[int]", values), width))
             else:
                 copy.set_types([_PG_COPY_TYPES[kind] for kind in kinds])
                 for start in range(0, len(values), width):
@@ -323,7 +344,8 @@ class PostgresEngine(BaseEngine):
             " ORDER BY user_id FOR UPDATE",
             (users,),
         )
-        return txn.fetchall()
+        found: list[tuple[int, int]] = txn.fetchall()  # two int8 columns
+        return found
 
     def write_seqs(self, txn: Any, seqs: dict[int, int]) -> None:
         if seqs:
@@ -333,11 +355,11 @@ class PostgresEngine(BaseEngine):
                 (list(seqs), list(seqs.values())),
             )
 
-    def executemany(self, cursor: Any, sql: str, rows: list) -> None:
+    def executemany(self, cursor: Any, sql: str, rows: Sequence[Sequence[SQLValue]]) -> None:
         # psycopg 3 pipelines executemany: one round trip for all rows.
         getattr(cursor, "_cursor", cursor).executemany(sql, rows)
 
-    def insert_id(self, cursor: Any, sql: str, args: tuple) -> int:
+    def insert_id(self, cursor: Any, sql: str, args: tuple[SQLValue, ...]) -> int:
         cursor.execute(sql + " RETURNING id", args)  # psycopg has no lastrowid
         return int(cursor.fetchone()[0])
 
@@ -359,7 +381,7 @@ class PostgresEngine(BaseEngine):
         return f"postgresql://{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('dbname', '')}"
 
 
-def mysql_literal(value: Any) -> str:
+def mysql_literal(value: object) -> str:
     """``value`` as a MySQL literal that reads the same whatever the session's
     ``sql_mode`` (hex, so no backslash or quote rules apply)."""
     if isinstance(value, int):
@@ -431,7 +453,9 @@ class MySQLEngine(BaseEngine):
         limit = min(server, int(client))
         self.max_packet = min(self.max_packet, limit) if self.max_packet else limit
 
-    def insert_rows(self, txn: Any, sql: str, width: int, values: list, suffix: str = "") -> None:
+    def insert_rows(
+        self, txn: Any, sql: str, width: int, values: Sequence[SQLValue], suffix: str = ""
+    ) -> None:
         # The values are written into the statement as literals: the driver
         # then has no parameter list to escape one value at a time, and each
         # statement is cut to fit max_allowed_packet (a batch of large

@@ -8,11 +8,12 @@ so all rows of a message (and of every message in the batch) commit together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gochat import codes
 from gochat.auth import Account
@@ -20,6 +21,7 @@ from gochat.pb import pb
 from gochat.store import people
 from gochat.store.cache import LRU
 from gochat.store.database import Cursor, Database, Refusal
+from gochat.store.engines import SQLValue
 from gochat.store.people import GroupOp
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit in every supported database
@@ -57,6 +59,10 @@ _LIST_COLUMNS = ("user_id", "seq", "owner_id", "owner_seq")
 _LIST_KINDS = ("bigint", "bigint", "bigint", "bigint")
 
 
+#: ``(name, owner_id, [(id, nickname)] in join order, read_count)`` of a group
+GroupInfo = tuple[str, int, list[tuple[int, str]], int]
+
+
 class NotFound(Refusal):
     """A referenced user or group does not exist."""
 
@@ -87,6 +93,11 @@ class UpResult:
     message: pb.Message | None = None
     #: why a group change was refused
     detail: str = ""
+
+
+#: what one commit transaction hands back to the reactor thread: the results,
+#: the new seqs, the member lists it read or changed, and the cached groups it used
+CommitOutcome = tuple[list[UpResult], dict[int, int], dict[int, tuple[int, ...]], set[int]]
 
 
 def _now_ms() -> int:
@@ -125,12 +136,14 @@ class Store:
 
     # -- users ---------------------------------------------------------------
 
-    def create_user(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred:
+    def create_user(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred[int]:
         """Insert a user; fires with its id, or fails with :class:`Conflict`."""
         d = self.create_account(phone, nickname, password_hash)
         return d.addCallback(lambda account: account.user_id)
 
-    def create_account(self, phone: str, nickname: str, password_hash: str) -> defer.Deferred:
+    def create_account(
+        self, phone: str, nickname: str, password_hash: str
+    ) -> defer.Deferred[Account]:
         """Insert a user; fires with its :class:`~gochat.auth.Account` (to issue a token)."""
 
         def txn(cur: Cursor) -> Account:
@@ -148,14 +161,15 @@ class Store:
             cur.execute("INSERT INTO user_seq (user_id, seq) VALUES (?, 0)", (user_id,))
             return Account(int(user_id), created_at, 0)
 
-        def unique(failure: Any) -> Any:
-            if self.engine.is_unique_violation(failure.value):
+        def unique(failure: Failure) -> Failure:
+            # an errback's failure always holds its exception
+            if failure.value is not None and self.engine.is_unique_violation(failure.value):
                 raise Conflict("phone number already registered")
             return failure
 
         return self.db.run_interaction("create_user", txn).addErrback(unique)
 
-    def create_users(self, users: list[tuple[str, str, str]]) -> defer.Deferred:
+    def create_users(self, users: list[tuple[str, str, str]]) -> defer.Deferred[list[Account]]:
         """Insert many ``(phone, nickname, password_hash)`` users in one transaction.
 
         For operators and benchmarks that set up thousands of accounts at
@@ -186,14 +200,15 @@ class Store:
             cur.insert_many("INSERT INTO user_seq (user_id, seq) VALUES", [(u, 0) for u in ordered])
             return [Account(u, now, 0) for u in ordered]
 
-        def unique(failure: Any) -> Any:
-            if self.engine.is_unique_violation(failure.value):
+        def unique(failure: Failure) -> Failure:
+            # an errback's failure always holds its exception
+            if failure.value is not None and self.engine.is_unique_violation(failure.value):
                 raise Conflict("phone number already registered")
             return failure
 
         return self.db.run_interaction("create_users", txn).addErrback(unique)
 
-    def account(self, user_id: int) -> defer.Deferred:
+    def account(self, user_id: int) -> defer.Deferred[Account | None]:
         """Fires with the user's :class:`~gochat.auth.Account`, or ``None`` if there is none.
 
         Read on every authenticated call and WebSocket login (one primary-key
@@ -209,7 +224,7 @@ class Store:
 
         return self.db.run_interaction("account", txn, write=False)
 
-    def login_record(self, phone: str) -> defer.Deferred:
+    def login_record(self, phone: str) -> defer.Deferred[tuple[Account, str] | None]:
         """Fires with ``(Account, password_hash)`` of the phone number's user, or ``None``."""
 
         def txn(cur: Cursor) -> tuple[Account, str] | None:
@@ -225,7 +240,7 @@ class Store:
 
         return self.db.run_interaction("login_record", txn, write=False)
 
-    def bump_token_generation(self, user_id: int) -> defer.Deferred:
+    def bump_token_generation(self, user_id: int) -> defer.Deferred[Account]:
         """Revoke every token of the user; fires with the new :class:`~gochat.auth.Account`."""
 
         def txn(cur: Cursor) -> Account:
@@ -241,7 +256,7 @@ class Store:
 
         return self.db.run_with_retry("bump_token_generation", txn)
 
-    def get_user_by_phone(self, phone: str) -> defer.Deferred:
+    def get_user_by_phone(self, phone: str) -> defer.Deferred[tuple[int, str] | None]:
         """Fires with ``(id, password_hash)`` or ``None``."""
 
         def txn(cur: Cursor) -> tuple[int, str] | None:
@@ -251,13 +266,13 @@ class Store:
 
         return self.db.run_interaction("get_user_by_phone", txn, write=False)
 
-    def set_password_hash(self, user_id: int, password_hash: str) -> defer.Deferred:
+    def set_password_hash(self, user_id: int, password_hash: str) -> defer.Deferred[None]:
         def txn(cur: Cursor) -> None:
             cur.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
         return self.db.run_interaction("set_password_hash", txn)
 
-    def users_exist(self, user_ids: list[int]) -> defer.Deferred:
+    def users_exist(self, user_ids: list[int]) -> defer.Deferred[set[int]]:
         """Fires with the subset of ``user_ids`` that exist."""
         wanted = {u for u in user_ids if 0 < u <= MAX_ID}
 
@@ -268,7 +283,7 @@ class Store:
 
     # -- friends and groups --------------------------------------------------
 
-    def add_friend(self, user_id: int, friend_id: int) -> defer.Deferred:
+    def add_friend(self, user_id: int, friend_id: int) -> defer.Deferred[None]:
         """Make two users friends both ways (idempotent)."""
 
         def txn(cur: Cursor) -> None:
@@ -285,7 +300,7 @@ class Store:
 
         return self.db.run_with_retry("add_friend", txn)
 
-    def create_group(self, owner_id: int, name: str, member_ids: list[int]) -> defer.Deferred:
+    def create_group(self, owner_id: int, name: str, member_ids: list[int]) -> defer.Deferred[int]:
         """Create a group of ``member_ids`` plus the owner; fires with its id."""
         members = sorted({owner_id, *member_ids})
 
@@ -308,7 +323,7 @@ class Store:
 
         return self.db.run_interaction("create_group", txn)
 
-    def group_members(self, group_id: int) -> defer.Deferred:
+    def group_members(self, group_id: int) -> defer.Deferred[list[int]]:
         """Fires with the sorted member ids (empty when the group does not exist)."""
         cached = self._group_cache.get(group_id)
         if cached is not None:
@@ -321,7 +336,7 @@ class Store:
 
     # -- sequencing and messages ---------------------------------------------
 
-    def latest_seq(self, user_id: int) -> defer.Deferred:
+    def latest_seq(self, user_id: int) -> defer.Deferred[int]:
         if self.engine.single_writer:
             cached = self._users.get(user_id)
             if cached is not None:
@@ -334,7 +349,9 @@ class Store:
 
         return self.db.run_interaction("latest_seq", txn, write=False)
 
-    def sync(self, user_id: int, after_seq: int, limit: int) -> defer.Deferred:
+    def sync(
+        self, user_id: int, after_seq: int, limit: int
+    ) -> defer.Deferred[tuple[list[pb.Message], bool]]:
         """Fires with ``(messages, has_more)``: seq > after_seq, ascending."""
         after_seq = min(after_seq, MAX_ID)
 
@@ -363,7 +380,7 @@ class Store:
 
         return self.db.run_interaction("sync", txn, write=False)
 
-    def load_device(self, user_id: int, device_id: str) -> defer.Deferred:
+    def load_device(self, user_id: int, device_id: str) -> defer.Deferred[int]:
         """Fires with the last accepted clientId of (user, device), creating the row."""
 
         def txn(cur: Cursor) -> int:
@@ -380,14 +397,17 @@ class Store:
             )
             return 0
 
-        def unique(failure: Any) -> Any:
-            if self.engine.is_unique_violation(failure.value):
+        def unique(failure: Failure) -> defer.Deferred[int]:
+            # an errback's failure always holds its exception
+            if failure.value is not None and self.engine.is_unique_violation(failure.value):
                 return self.load_device(user_id, device_id)  # created concurrently
-            return failure
+            return defer.fail(failure)
 
         return self.db.run_interaction("load_device", txn).addErrback(unique)
 
-    def device_ack(self, user_id: int, device_id: str, client_id: int) -> defer.Deferred:
+    def device_ack(
+        self, user_id: int, device_id: str, client_id: int
+    ) -> defer.Deferred[tuple[int, int] | None]:
         """Fires with ``(code, seq)`` given earlier to that clientId, or ``None``."""
 
         def txn(cur: Cursor) -> tuple[int, int] | None:
@@ -401,7 +421,7 @@ class Store:
 
         return self.db.run_interaction("device_ack", txn, write=False)
 
-    def commit_messages(self, items: list[UpItem]) -> defer.Deferred:
+    def commit_messages(self, items: list[UpItem]) -> defer.Deferred[list[UpResult]]:
         """Validate, sequence and store a batch in one transaction.
 
         Fires with one :class:`UpResult` per item, in order. Permanent
@@ -412,7 +432,7 @@ class Store:
         single_writer = self.engine.single_writer
         txn_state: dict[str, Any] = {}
 
-        def done(outcome: tuple[list[UpResult], dict[int, int], dict[int, tuple], set]) -> Any:
+        def done(outcome: CommitOutcome) -> list[UpResult]:
             results, seqs, groups, used = outcome
             # Every recipient of a stored message got a seq (and so exists).
             # With several writers the seq is only a placeholder: never read.
@@ -445,7 +465,7 @@ class Store:
 
     def _commit_txn(
         self, cur: Cursor, items: list[UpItem], txn_state: dict[str, Any] | None = None
-    ) -> tuple[list[UpResult], dict[int, int], dict[int, tuple], set[int]]:
+    ) -> CommitOutcome:
         # Runs on the database thread: the caches are only read here.
         groups: dict[int, tuple[int, ...]] = {}
         cached_groups: set[int] = set()  # marked used once committed
@@ -510,13 +530,14 @@ class Store:
         # user: inserted in (user_id, seq) order they fill the primary key's
         # pages one after the other, about a third cheaper than one message's
         # recipients at a time.
-        per_user: dict[int, list] = {}  # user -> that user's rows, laid end to end
-        bodies: list = []
+        per_user: dict[int, list[int]] = {}  # user -> that user's rows, laid end to end
+        bodies: list[SQLValue] = []
         results = []
         device_acks = []
         device_first: dict[tuple[int, str], int] = {}
         device_last: dict[tuple[int, str], int] = {}
-        entries: list = []  # committed messages, for their conversation positions
+        # committed messages, for their conversation positions
+        entries: list[tuple[pb.Message, int, int, list[tuple[int, int]], GroupOp | None]] = []
         for item, code, recipients in plans:
             result = UpResult(code=code)
             if code == codes.OK:
@@ -564,7 +585,7 @@ class Store:
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
         cur.write_rows("message_bodies", _BODY_COLUMNS, _BODY_KINDS, bodies)
-        list_rows: list = []
+        list_rows: list[int] = []
         for uid in sorted(per_user):
             list_rows += per_user[uid]
         cur.write_rows("user_messages", _LIST_COLUMNS, _LIST_KINDS, list_rows)
@@ -652,7 +673,7 @@ class Store:
             state.setdefault("changed_groups", set()).add(gid)
         return item, code, recipients
 
-    def _groups_changed(self, group_ids: Any) -> None:
+    def _groups_changed(self, group_ids: Iterable[int]) -> None:
         """Tell the other nodes (their caches are dropped; ours is already exact)."""
         if self.on_group_changed is None:
             return
@@ -670,7 +691,7 @@ class Store:
             current[int(uid)] = int(seq)
         return current
 
-    def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+    def add_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred[None]:
         """Add existing users to a group (idempotent); every node's cache is invalidated.
 
         No event and no read rows: members use ``Hub.change_group``; this is
@@ -693,7 +714,7 @@ class Store:
         d = self.db.run_with_retry("add_group_members", txn)
         return d.addCallback(self._group_changed, group_id)
 
-    def remove_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred:
+    def remove_group_members(self, group_id: int, user_ids: list[int]) -> defer.Deferred[None]:
         """Remove users from a group; every node's cache is invalidated."""
         gone = sorted(set(user_ids))
 
@@ -706,7 +727,7 @@ class Store:
         d = self.db.run_with_retry("remove_group_members", txn)
         return d.addCallback(self._group_changed, group_id)
 
-    def _group_changed(self, _: Any, group_id: int) -> None:
+    def _group_changed(self, _: None, group_id: int) -> None:
         self.forget_group(group_id)
         if self.on_group_changed is not None:
             self.on_group_changed(group_id)
@@ -723,7 +744,7 @@ class Store:
 
     # -- people, groups that change, conversations ----------------------------
 
-    def users_info(self, user_ids: list[int]) -> defer.Deferred:
+    def users_info(self, user_ids: list[int]) -> defer.Deferred[list[tuple[int, str]]]:
         """Fires with ``[(id, nickname)]`` of those that exist, by id."""
         ids = sorted({u for u in user_ids if 0 < u <= MAX_ID})
 
@@ -732,7 +753,7 @@ class Store:
 
         return self.db.run_interaction("users_info", txn, write=False)
 
-    def user_by_phone(self, phone: str) -> defer.Deferred:
+    def user_by_phone(self, phone: str) -> defer.Deferred[tuple[int, str] | None]:
         """Fires with ``(id, nickname)`` or ``None``."""
 
         def txn(cur: Cursor) -> tuple[int, str] | None:
@@ -742,13 +763,13 @@ class Store:
 
         return self.db.run_interaction("user_by_phone", txn, write=False)
 
-    def set_nickname(self, user_id: int, nickname: str) -> defer.Deferred:
+    def set_nickname(self, user_id: int, nickname: str) -> defer.Deferred[None]:
         def txn(cur: Cursor) -> None:
             cur.execute("UPDATE users SET nickname = ? WHERE id = ?", (nickname, user_id))
 
         return self.db.run_interaction("set_nickname", txn)
 
-    def friends(self, user_id: int) -> defer.Deferred:
+    def friends(self, user_id: int) -> defer.Deferred[list[tuple[int, str]]]:
         """Fires with ``[(id, nickname)]`` of the user's friends, by id."""
 
         def txn(cur: Cursor) -> list[tuple[int, str]]:
@@ -761,7 +782,7 @@ class Store:
 
         return self.db.run_interaction("friends", txn, write=False)
 
-    def user_groups(self, user_id: int) -> defer.Deferred:
+    def user_groups(self, user_id: int) -> defer.Deferred[list[tuple[int, str, int, int]]]:
         """Fires with ``[(id, name, owner_id, member_count)]`` of the user's groups."""
 
         def txn(cur: Cursor) -> list[tuple[int, str, int, int]]:
@@ -775,10 +796,10 @@ class Store:
 
         return self.db.run_interaction("user_groups", txn, write=False)
 
-    def group_info(self, group_id: int) -> defer.Deferred:
+    def group_info(self, group_id: int) -> defer.Deferred[GroupInfo | None]:
         """Fires with ``(name, owner_id, [(id, nickname)] in join order, read_count)`` or None."""
 
-        def txn(cur: Cursor) -> Any:
+        def txn(cur: Cursor) -> GroupInfo | None:
             if not 0 < group_id <= MAX_ID:
                 return None
             cur.execute("SELECT name, owner_id FROM chat_groups WHERE id = ?", (group_id,))
@@ -797,15 +818,19 @@ class Store:
 
         return self.db.run_interaction("group_info", txn, write=False)
 
-    def conversations(self, user_id: int, limit: int, before: tuple | None) -> defer.Deferred:
+    def conversations(
+        self, user_id: int, limit: int, before: tuple[int, int, int] | None
+    ) -> defer.Deferred[tuple[list[people.Conversation], tuple[int, int, int] | None]]:
         """Fires with ``(conversations, next cursor or None)``, most recent first."""
 
-        def txn(cur: Cursor) -> Any:
+        def txn(cur: Cursor) -> tuple[list[people.Conversation], tuple[int, int, int] | None]:
             return people.list_conversations(cur, user_id, limit, before)
 
         return self.db.run_interaction("conversations", txn, write=False)
 
-    def mark_read(self, user_id: int, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+    def mark_read(
+        self, user_id: int, session_type: int, peer_id: int, seq: int
+    ) -> defer.Deferred[people.ReadOutcome]:
         """Move a read position forward; fires with a :class:`people.ReadOutcome`.
 
         Fails with :class:`NotFound` (no such conversation) or ``ValueError``
