@@ -19,8 +19,9 @@ import os
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 import jwt
 from argon2 import PasswordHasher as _Argon2
@@ -31,6 +32,14 @@ from twisted.python.threadpool import ThreadPool
 from gochat.inputs import MAX_ID
 
 ALGORITHM = "HS256"
+
+_T = TypeVar("_T")
+
+
+class TimeSource(Protocol):
+    """Anything with ``time()`` in Unix seconds: the ``time`` module, a reactor, a test clock."""
+
+    def time(self) -> float: ...
 
 
 class BadToken(Exception):
@@ -78,7 +87,7 @@ class Claims:
     created_at: int | None = None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -102,7 +111,7 @@ def check_account(claims: Claims, account: Account | None) -> None:
 class TokenSigner:
     secret: bytes
     ttl: float = 7 * 86400
-    clock: object = time
+    clock: TimeSource = time
 
     def issue(self, account: Account) -> str:
         """A token for ``account``, valid for ``ttl`` seconds or until its next generation."""
@@ -181,7 +190,7 @@ class Passwords:
         self._reactor = reactor
         self._pool: ThreadPool | None = None
 
-    def _run(self, func: Any, *args: Any) -> defer.Deferred:
+    def _run(self, func: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
         if self._pool is None:
             if self._reactor is None:
                 from twisted.internet import reactor
@@ -198,7 +207,7 @@ class Passwords:
         if pool is not None:
             pool.stop()
 
-    def hash(self, password: str) -> defer.Deferred:
+    def hash(self, password: str) -> defer.Deferred[str]:
         return self._run(self._hasher.hash, password)
 
     def service(self) -> Any:
@@ -214,7 +223,7 @@ class Passwords:
 
         return PasswordThreads()
 
-    def verify(self, stored: str, password: str) -> defer.Deferred:
+    def verify(self, stored: str, password: str) -> defer.Deferred[bool]:
         """Fires True or False; comparison is constant-time inside argon2."""
 
         if stored.startswith(GOCHAT_MD5_PREFIX):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any, cast
 
 from twisted.python import usage
 
@@ -159,6 +160,11 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
+def _long_names(table: list[list[str | None]]) -> list[str]:
+    """The long names of an ``optParameters``/``optFlags`` table (only short names may be None)."""
+    return [cast(str, row[0]) for row in table]
+
+
 class Options(usage.Options):
     """``twistd gochat`` options; every one also reads ``GOCHAT_<NAME>``."""
 
@@ -169,12 +175,12 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        for name, _short, _default, _doc in _PARAMS:
+        for name in _long_names(_PARAMS):
             value = os.environ.get(env_name(name))
             if value is not None and value != "":
                 self[name] = value
         self._flag_env: dict[str, str] = {}
-        for name, _short, _doc in _FLAGS:
+        for name in _long_names(_FLAGS):
             value = os.environ.get(env_name(name))
             if value is not None:
                 self._flag_env[name] = value
@@ -205,7 +211,7 @@ class Options(usage.Options):
             parent["logger"] = "gochat.logs.json_observer"
 
 
-def _flags_from_env(opts: dict, env: dict[str, str]) -> None:
+def _flags_from_env(opts: dict[str, Any], env: dict[str, str]) -> None:
     """``GOCHAT_OUTPUT_BATCH=1`` turns a flag on (unless given on the command line)."""
     for name, raw in env.items():
         value = raw.strip().lower()
@@ -215,7 +221,9 @@ def _flags_from_env(opts: dict, env: dict[str, str]) -> None:
             raise ConfigError(f"{env_name(name)}: {raw!r} is not one of 1/0, true/false, on/off")
 
 
-def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
+def _number(
+    opts: dict[str, Any], name: str, kind: type[int] | type[float], minimum: float
+) -> float:
     raw = opts[name]
     try:
         value = kind(raw)
@@ -227,10 +235,10 @@ def _number(opts: dict, name: str, kind: type, minimum: float) -> float:
     return value
 
 
-def _endpoint(opts: dict, name: str) -> str:
+def _endpoint(opts: dict[str, Any], name: str) -> str:
     from twisted.internet import endpoints, reactor
 
-    desc = opts[name]
+    desc: str = opts[name]
     try:
         endpoints.serverFromString(reactor, desc)
     except (ValueError, TypeError, KeyError) as exc:
@@ -238,7 +246,7 @@ def _endpoint(opts: dict, name: str) -> str:
     return desc
 
 
-def build_config(opts: dict) -> Config:
+def build_config(opts: dict[str, Any]) -> Config:
     """Validate parsed options into a :class:`Config`; raises :class:`ConfigError`."""
     config = Config(
         http=_endpoint(opts, "http"),

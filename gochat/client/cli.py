@@ -28,7 +28,7 @@ import termios
 import time
 import tty
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.conch.insults.insults import ServerProtocol
 from twisted.conch.recvline import HistoricRecvLine
@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gochat import codes
-from gochat.client.http import ApiError, HttpApi
+from gochat.client.http import ApiError, HttpApi, JsonObject
 from gochat.client.ws import GoChatClient, SendError, connect, system_event
 from gochat.pb import pb
 
@@ -70,6 +70,10 @@ CODE_TEXT = {
 }
 BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
 HEARTBEAT_INTERVAL = 60.0
+
+_T = TypeVar("_T")
+#: Fires once names are known: at once with None, or with the lookups' results.
+_Known = defer.Deferred[None] | defer.Deferred[list[None]]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -181,7 +185,7 @@ class RawMode:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.saved: list | None = None
+        self.saved: list[Any] | None = None
 
     def enter(self) -> None:
         self.saved = termios.tcgetattr(self.fd)
@@ -195,11 +199,11 @@ class RawMode:
             sys.stdout.flush()
 
 
-def _fork(shared: defer.Deferred) -> defer.Deferred:
+def _fork(shared: defer.Deferred[_T]) -> defer.Deferred[_T]:
     """A new Deferred with ``shared``'s result, leaving ``shared``'s own untouched."""
-    out: defer.Deferred = defer.Deferred()
+    out: defer.Deferred[_T] = defer.Deferred()
 
-    def fire(result: Any) -> Any:
+    def fire(result: _T) -> _T:
         out.callback(result)
         return result
 
@@ -220,7 +224,7 @@ class Names:
         self.users: dict[int, str] = {}
         self.groups: dict[int, str] = {}
         self.owners: dict[int, int] = {}
-        self._pending: dict[tuple[str, int], defer.Deferred] = {}
+        self._pending: dict[tuple[str, int], defer.Deferred[None]] = {}
 
     def user(self, user_id: int) -> str:
         return self.users.get(user_id) or f"user {user_id}"
@@ -228,11 +232,11 @@ class Names:
     def group(self, group_id: int) -> str:
         return self.groups.get(group_id) or f"group {group_id}"
 
-    def learn_users(self, users: list[dict]) -> None:
+    def learn_users(self, users: list[JsonObject]) -> None:
         for user in users:
             self.users[int(user["id"])] = str(user.get("nickname") or "")
 
-    def known(self, user_ids: Iterable[int] = (), group_id: int | None = None) -> defer.Deferred:
+    def known(self, user_ids: Iterable[int] = (), group_id: int | None = None) -> _Known:
         """Fires once the given users and group have names (or never will)."""
         waits = [self._user(u) for u in set(user_ids) if u not in self.users]
         if group_id is not None and group_id not in self.groups:
@@ -241,18 +245,22 @@ class Names:
             return defer.succeed(None)
         return defer.gatherResults(waits)
 
-    def _user(self, user_id: int) -> defer.Deferred:
+    def _user(self, user_id: int) -> defer.Deferred[None]:
         return self._once(("u", user_id), lambda: self.api.user_info(self.token, [user_id]))
 
-    def _group(self, group_id: int) -> defer.Deferred:
+    def _group(self, group_id: int) -> defer.Deferred[None]:
         return self._once(("g", group_id), lambda: self.api.group_info(self.token, group_id))
 
-    def _once(self, key: tuple[str, int], ask: Callable[[], defer.Deferred]) -> defer.Deferred:
+    def _once(
+        self, key: tuple[str, int], ask: Callable[[], defer.Deferred[JsonObject]]
+    ) -> defer.Deferred[None]:
         """One request per name at a time; every waiter gets its own Deferred."""
         if key not in self._pending:
-            d = ask()
-            d.addCallback(self.learn_group if key[0] == "g" else self._learn_info)
-            d.addErrback(lambda _: None)  # unnamed: shown by its id
+            d = (
+                ask()
+                .addCallback(self.learn_group if key[0] == "g" else self._learn_info)
+                .addErrback(lambda _: None)  # unnamed: shown by its id
+            )
 
             def done(_: Any) -> None:
                 self._pending.pop(key, None)
@@ -263,10 +271,10 @@ class Names:
                 return defer.succeed(None)
         return _fork(self._pending[key])
 
-    def _learn_info(self, data: dict) -> None:
+    def _learn_info(self, data: JsonObject) -> None:
         self.learn_users(data.get("users", []))
 
-    def learn_group(self, data: dict) -> None:
+    def learn_group(self, data: JsonObject) -> None:
         group_id = int(data["id"])
         self.groups[group_id] = str(data.get("name") or "")
         if data.get("owner_id") is not None:
@@ -314,17 +322,18 @@ class Chat:
             notices=True,
             on_read=self.read_received,
         )
-        self.done: defer.Deferred = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
         self.quitting = False
         self.attempt = 0
         self.unsent = 0
         self.heartbeat = task.LoopingCall(self._heartbeat)
         self.heartbeat.clock = reactor
         # Output goes out in the order things happened, whatever names it waits for.
-        self._printing: defer.Deferred = defer.succeed(None)
+        self._printing: defer.Deferred[None] = defer.succeed(None)
         # Commands run one after the other, from login on.
-        self._ready: defer.Deferred = defer.Deferred()
-        self._commands: defer.Deferred = self._ready
+        self._ready: defer.Deferred[None] = defer.Deferred()
+        # Holds the last command's result, which nothing reads: any type.
+        self._commands: defer.Deferred[Any] = self._ready
 
     # -- connection ----------------------------------------------------------
 
@@ -364,7 +373,8 @@ class Chat:
             self.show("* reconnected")
 
         def failed(failure: Failure) -> None:
-            if failure.check(SendError) and failure.value.code == codes.UNAUTHORIZED:
+            error = failure.value
+            if isinstance(error, SendError) and error.code == codes.UNAUTHORIZED:
                 self.show("* the node refused the token; log in again")
                 self.quit()
             elif not self.quitting:
@@ -415,11 +425,10 @@ class Chat:
         if text is not None and self.terminal is not None:
             self.terminal.show(text)
 
-    def _set_target(self, kind: str, to: int) -> defer.Deferred:
+    def _set_target(self, kind: str, to: int) -> defer.Deferred[str]:
         self.target = (kind, to)
         d = self.names.known([to] if kind == "user" else [], to if kind == "group" else None)
-        d.addCallback(lambda _: self._prompt())
-        return d
+        return d.addCallback(lambda _: self._prompt())
 
     def _target_name(self) -> str:
         if self.target is None:
@@ -448,10 +457,11 @@ class Chat:
         self._commands.addErrback(failed)
 
     def _why(self, failure: Failure) -> str:
-        if failure.check(ApiError):
-            return f"{failure.value.msg or 'refused'} ({failure.value.status})"
-        if failure.check(SendError):
-            code = failure.value.code
+        error = failure.value
+        if isinstance(error, ApiError):
+            return f"{error.msg or 'refused'} ({error.status})"
+        if isinstance(error, SendError):
+            code = error.code
             return f"{CODE_TEXT.get(code, 'refused')} ({code})"
         return failure.getErrorMessage()
 
@@ -480,17 +490,18 @@ class Chat:
             return self.find(args[0])
         if name == "/create" and args and all(a.isdigit() for a in args[1:]):
             return self.create_group(args[0], [int(a) for a in args[1:]])
-        if name in ("/members", "/add", "/remove", "/leave", "/rename") and group is None:
-            self.show("* not in a group: /group ID first")
-            return None
-        if name == "/members" and not args:
-            return self.members(group)
-        if name in ("/add", "/remove") and args and numeric:
-            return self.change_members(name[1:], group, [int(a) for a in args])
-        if name == "/leave" and not args:
-            return self.leave(group)
-        if name == "/rename" and rest.strip():
-            return self.rename(group, rest.strip())
+        if name in ("/members", "/add", "/remove", "/leave", "/rename"):
+            if group is None:
+                self.show("* not in a group: /group ID first")
+                return None
+            if name == "/members" and not args:
+                return self.members(group)
+            if name in ("/add", "/remove") and args and numeric:
+                return self.change_members(name[1:], group, [int(a) for a in args])
+            if name == "/leave" and not args:
+                return self.leave(group)
+            if name == "/rename" and rest.strip():
+                return self.rename(group, rest.strip())
         if name == "/read" and not args:
             return self.read()
         if name == "/list" and not args:
@@ -655,7 +666,7 @@ class Chat:
         d.addCallback(lambda _: self._describe(msg, event))
         self.show(d)
 
-    def _apply_event(self, group_id: int, event: dict) -> None:
+    def _apply_event(self, group_id: int, event: dict[str, Any]) -> None:
         if event.get("event") == "group_renamed" and event.get("name"):
             self.names.groups[group_id] = str(event["name"])
             if self.target == ("group", group_id):
@@ -670,7 +681,7 @@ class Chat:
     def _who(self, user_id: int) -> str:
         return "you" if user_id == self.user_id else self.names.user(user_id)
 
-    def _describe(self, msg: pb.Message, event: dict | None) -> str:
+    def _describe(self, msg: pb.Message, event: dict[str, Any] | None) -> str:
         when = time.strftime("%H:%M", time.localtime(msg.send_time / 1000)) if msg.send_time else ""
         mine = msg.sender_id == self.user_id
         if event is not None:
@@ -684,7 +695,7 @@ class Chat:
             return f"{when} [you -> {self.names.user(msg.receiver_id)}] {text}"
         return f"{when} [{self.names.user(msg.sender_id)}] {text}"
 
-    def _event_text(self, event: dict) -> str:
+    def _event_text(self, event: dict[str, Any]) -> str:
         actor = _ids([event.get("actor_id")])
         who = self._who(actor[0]) if actor else "someone"
         users = ", ".join(self._who(u) for u in _ids(event.get("user_ids"))) or "nobody"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 from twisted.web.http_headers import Headers
+
+#: A JSON object as the node sends it: the ``data`` of a reply.
+JsonObject = dict[str, Any]
 
 
 class ApiError(Exception):
@@ -23,7 +27,7 @@ class _Body:
         self._data = data
         self.length = len(data)
 
-    def startProducing(self, consumer: Any) -> defer.Deferred:  # noqa: N802
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:  # noqa: N802
         consumer.write(self._data)
         return defer.succeed(None)
 
@@ -63,10 +67,11 @@ class HttpApi:
         self,
         method: str,
         path: str,
-        params: list[tuple[str, str]] | dict | None = None,
+        params: list[tuple[str, str]] | dict[str, Any] | None = None,
         token: str | None = None,
         json_body: bool = False,
-    ) -> Any:
+    ) -> Generator[defer.Deferred[Any], Any, JsonObject]:
+        """Fires with the reply's ``data``, or fails with :class:`ApiError`."""
         headers = {b"user-agent": [b"gochat-client"]}
         if token:
             headers[b"token"] = [token.encode()]
@@ -89,9 +94,10 @@ class HttpApi:
             raise ApiError(response.code, raw[:200].decode("utf-8", "replace")) from None
         if response.code != 200 or reply.get("code") != 200:
             raise ApiError(response.code, reply.get("msg", ""))
-        return reply.get("data", {})
+        data: JsonObject = reply.get("data", {})
+        return data
 
-    def register(self, phone: str, password: str, nickname: str) -> defer.Deferred:
+    def register(self, phone: str, password: str, nickname: str) -> defer.Deferred[JsonObject]:
         """Fires with ``{"token", "id"}``."""
         return self.call(
             "POST",
@@ -99,28 +105,28 @@ class HttpApi:
             [("phone_number", phone), ("password", password), ("nickname", nickname)],
         )
 
-    def login(self, phone: str, password: str) -> defer.Deferred:
+    def login(self, phone: str, password: str) -> defer.Deferred[JsonObject]:
         """Fires with ``{"token", "user_id"}``."""
         return self.call("POST", "/login", [("phone_number", phone), ("password", password)])
 
-    def add_friend(self, token: str, friend_id: int) -> defer.Deferred:
+    def add_friend(self, token: str, friend_id: int) -> defer.Deferred[JsonObject]:
         return self.call("POST", "/friend/add", [("friend_id", str(friend_id))], token)
 
-    def create_group(self, token: str, name: str, ids: list[int]) -> defer.Deferred:
+    def create_group(self, token: str, name: str, ids: list[int]) -> defer.Deferred[JsonObject]:
         """Fires with ``{"id"}``; the caller is a member too."""
         params = [("name", name)] + [("ids", str(i)) for i in ids]
         return self.call("POST", "/group/create", params, token)
 
-    def group_users(self, token: str, group_id: int) -> defer.Deferred:
+    def group_users(self, token: str, group_id: int) -> defer.Deferred[JsonObject]:
         return self.call("GET", "/group_user/list", [("group_id", str(group_id))], token)
 
     # -- people, groups and conversations ----------------------------------------
 
-    def user_info(self, token: str, ids: list[int]) -> defer.Deferred:
+    def user_info(self, token: str, ids: list[int]) -> defer.Deferred[JsonObject]:
         """Fires with ``{"users": [{"id", "nickname"}]}``; at most 500 ids, unknown left out."""
         return self.call("GET", "/user/info", [("ids", str(i)) for i in ids], token)
 
-    def search_user(self, token: str, phone: str) -> defer.Deferred:
+    def search_user(self, token: str, phone: str) -> defer.Deferred[JsonObject]:
         """Fires with ``{"id", "nickname"}`` of the user with exactly this phone number.
 
         Fails with :class:`ApiError` 404 when nobody has it (and 429 past the
@@ -128,40 +134,42 @@ class HttpApi:
         """
         return self.call("GET", "/user/search", [("phone_number", phone)], token)
 
-    def update_user(self, token: str, nickname: str) -> defer.Deferred:
+    def update_user(self, token: str, nickname: str) -> defer.Deferred[JsonObject]:
         """Change the caller's nickname (1-32 characters, no control characters)."""
         return self.call("POST", "/user/update", [("nickname", nickname)], token)
 
-    def friends(self, token: str) -> defer.Deferred:
+    def friends(self, token: str) -> defer.Deferred[JsonObject]:
         """Fires with ``{"friends": [{"id", "nickname"}]}``."""
         return self.call("GET", "/friend/list", None, token)
 
-    def groups(self, token: str) -> defer.Deferred:
+    def groups(self, token: str) -> defer.Deferred[JsonObject]:
         """Fires with ``{"groups": [{"id", "name", "owner_id", "member_count"}]}``: the caller's."""
         return self.call("GET", "/group/list", None, token)
 
-    def group_info(self, token: str, group_id: int) -> defer.Deferred:
+    def group_info(self, token: str, group_id: int) -> defer.Deferred[JsonObject]:
         """Fires with ``{"id", "name", "owner_id", "members": [{"id", "nickname"}]}``.
 
         Members only: anyone else gets :class:`ApiError` 403.
         """
         return self.call("GET", "/group/info", [("group_id", str(group_id))], token)
 
-    def add_members(self, token: str, group_id: int, ids: list[int]) -> defer.Deferred:
+    def add_members(self, token: str, group_id: int, ids: list[int]) -> defer.Deferred[JsonObject]:
         """Any member may add; each member gets a ``members_added`` system message."""
         params = [("group_id", str(group_id))] + [("ids", str(i)) for i in ids]
         return self.call("POST", "/group/members/add", params, token)
 
-    def remove_members(self, token: str, group_id: int, ids: list[int]) -> defer.Deferred:
+    def remove_members(
+        self, token: str, group_id: int, ids: list[int]
+    ) -> defer.Deferred[JsonObject]:
         """The owner only (403 otherwise); the removed get the removal, then nothing more."""
         params = [("group_id", str(group_id))] + [("ids", str(i)) for i in ids]
         return self.call("POST", "/group/members/remove", params, token)
 
-    def leave_group(self, token: str, group_id: int) -> defer.Deferred:
+    def leave_group(self, token: str, group_id: int) -> defer.Deferred[JsonObject]:
         """Leave; an owner who leaves hands the group to the longest-standing member."""
         return self.call("POST", "/group/leave", [("group_id", str(group_id))], token)
 
-    def rename_group(self, token: str, group_id: int, name: str) -> defer.Deferred:
+    def rename_group(self, token: str, group_id: int, name: str) -> defer.Deferred[JsonObject]:
         """The owner only; the name is 1-64 characters."""
         return self.call(
             "POST", "/group/update", [("group_id", str(group_id)), ("name", name)], token
@@ -169,7 +177,7 @@ class HttpApi:
 
     def conversations(
         self, token: str, limit: int | None = None, before: str | int | None = None
-    ) -> defer.Deferred:
+    ) -> defer.Deferred[JsonObject]:
         """Fires with ``{"conversations": [...]}``, most recent first.
 
         Each has ``session_type``, ``peer_id``, ``name``, ``last_message`` (the
@@ -183,7 +191,9 @@ class HttpApi:
             params.append(("before", str(before)))
         return self.call("GET", "/conversations", params, token)
 
-    def mark_read(self, token: str, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+    def mark_read(
+        self, token: str, session_type: int, peer_id: int, seq: int
+    ) -> defer.Deferred[JsonObject]:
         """Everything of the conversation up to ``seq`` (the caller's own seq) is read."""
         params = [("session_type", str(session_type)), ("peer_id", str(peer_id)), ("seq", str(seq))]
         return self.call("POST", "/conversation/read", params, token)

@@ -21,18 +21,24 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from google.protobuf.message import DecodeError
 from twisted.internet import defer, endpoints, ssl
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from gochat import codec, codes
 from gochat.pb import pb
 
 RETRYABLE = {codes.SERVER_ERROR, codes.NOT_LOGGED_IN, codes.RATE_LIMITED}
+
+#: (session_type, receiver_id, message_type, content) of a message.
+_ContentKey = tuple[int, int, int, bytes]
+#: What :attr:`GoChatClient.disconnected` fires with: the close code and reason.
+CloseInfo = tuple[int | None, str | None]
 
 
 class SendError(Exception):
@@ -47,12 +53,12 @@ class SendError(Exception):
 class _Pending:
     client_id: int
     message: pb.Message
-    deferred: defer.Deferred
+    deferred: defer.Deferred[int]  # fires with the sender's seq
     timer: Any = None
     transmitted: bool = False  # sent at least once, so the server may hold it
 
 
-def _content_key(msg: pb.Message) -> tuple:
+def _content_key(msg: pb.Message) -> _ContentKey:
     """What a message this client sent looks like when it comes back from the server."""
     return (msg.session_type, msg.receiver_id, msg.message_type, msg.content)
 
@@ -92,7 +98,7 @@ class GoChatClient:
         self.notices = notices
         self.on_read = on_read
         self.on_typing = on_typing
-        self._reads: list[tuple[tuple[int, int, int], defer.Deferred]] = []
+        self._reads: list[tuple[tuple[int, int, int], defer.Deferred[pb.ReadMsg]]] = []
         self.on_output: Callable[[pb.Output], None] | None = None
         self.received: list[pb.Message] = []  # what on_message was given, for tests
         self.last_client_id = 0
@@ -102,17 +108,19 @@ class GoChatClient:
         self._unacked: dict[int, _Pending] = {}
         self._buffer: dict[int, pb.Message] = {}
         self._own: set[int] = set()
-        self._inflight: Counter[tuple] = Counter()  # content keys of transmitted, unACKed sends
-        self._syncing: defer.Deferred | None = None
+        self._inflight: Counter[_ContentKey] = (
+            Counter()
+        )  # content keys of transmitted, unACKed sends
+        self._syncing: defer.Deferred[None] | None = None  # only says a sync is running
         self._sync_timer: Any = None
         self._login_timer: Any = None
-        self._sync_waiters: list[defer.Deferred] = []
-        self._login: defer.Deferred | None = None
-        self.disconnected: defer.Deferred = defer.Deferred()
+        self._sync_waiters: list[defer.Deferred[int]] = []
+        self._login: defer.Deferred[GoChatClient] | None = None
+        self.disconnected: defer.Deferred[CloseInfo] = defer.Deferred()
 
     # -- connection ----------------------------------------------------------
 
-    def attach(self, proto: Any) -> defer.Deferred:
+    def attach(self, proto: Any) -> defer.Deferred[GoChatClient]:
         """Log in over a freshly opened connection; fires when caught up."""
         self.proto = proto
         self.logged_in = False
@@ -160,12 +168,12 @@ class GoChatClient:
                 timer.cancel()
             setattr(self, name, None)
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[CloseInfo]:
         if self.proto is not None:
             self.proto.sendClose(code=1000)
         return self.disconnected
 
-    def _send(self, cmd: int, data: bytes) -> None:
+    def _send(self, cmd: pb.CmdType, data: bytes) -> None:
         if self.proto is not None:
             self.proto.sendMessage(pb.Input(type=cmd, data=data).SerializeToString(), True)
 
@@ -174,7 +182,7 @@ class GoChatClient:
 
     # -- upstream ------------------------------------------------------------
 
-    def send(self, message: pb.Message) -> defer.Deferred:
+    def send(self, message: pb.Message) -> defer.Deferred[int]:
         """Send until ACKed; fires with the sender's seq, or fails with :class:`SendError`."""
         self.last_client_id += 1
         pending = _Pending(self.last_client_id, message, defer.Deferred())
@@ -183,7 +191,7 @@ class GoChatClient:
             self._transmit(pending)
         return pending.deferred
 
-    def send_text(self, receiver_id: int, text: str, group: bool = False) -> defer.Deferred:
+    def send_text(self, receiver_id: int, text: str, group: bool = False) -> defer.Deferred[int]:
         return self.send(
             pb.Message(
                 session_type=pb.ST_Group if group else pb.ST_Single,
@@ -327,9 +335,8 @@ class GoChatClient:
         if d is None:
             self._catch_up()
             return
-        sync = self.sync()
-        sync.addCallback(lambda _: self)
-        sync.chainDeferred(d)
+        # One chain (addCallback returns the same Deferred), so its type follows the callback.
+        self.sync().addCallback(lambda _: self).chainDeferred(d)
 
     def _renumber_untransmitted(self, server_last: int) -> None:
         """Number never-sent messages after the device's last clientId on the server.
@@ -349,9 +356,9 @@ class GoChatClient:
                 self._unacked[i] = moved[cid]
         self.last_client_id = max([base, *self._unacked])
 
-    def sync(self) -> defer.Deferred:
-        """Pull everything after the held seq; fires when ``has_more`` is false."""
-        waiter: defer.Deferred = defer.Deferred()
+    def sync(self) -> defer.Deferred[int]:
+        """Pull everything after the held seq; fires with it when ``has_more`` is false."""
+        waiter: defer.Deferred[int] = defer.Deferred()
         self._sync_waiters.append(waiter)
         if self._syncing is None:
             self._syncing = defer.Deferred()
@@ -433,7 +440,7 @@ class GoChatClient:
 
     # -- read positions and typing -------------------------------------------
 
-    def send_read(self, session_type: int, peer_id: int, seq: int) -> defer.Deferred:
+    def send_read(self, session_type: int, peer_id: int, seq: int) -> defer.Deferred[pb.ReadMsg]:
         """Say the conversation is read up to ``seq`` (this user's own seq).
 
         Fires with the node's answer (a ``ReadMsg`` whose ``seq`` is the read
@@ -444,12 +451,12 @@ class GoChatClient:
         read position lost with the connection is covered by the next read.
         """
         key = (session_type, peer_id, seq)
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[pb.ReadMsg] = defer.Deferred()
         if not self.logged_in:
             waiter.errback(SendError(codes.NOT_LOGGED_IN, "read"))
             return waiter
         self._reads.append((key, waiter))
-        read = pb.ReadMsg(session_type=session_type, peer_id=peer_id, seq=seq)
+        read = pb.ReadMsg(session_type=_session_type(session_type), peer_id=peer_id, seq=seq)
         self._send(pb.CT_Read, read.SerializeToString())
         return waiter
 
@@ -460,7 +467,7 @@ class GoChatClient:
         (a burst of 5) with a 1013, which this client ignores.
         """
         if self.logged_in:
-            typing = pb.TypingMsg(session_type=session_type, peer_id=peer_id)
+            typing = pb.TypingMsg(session_type=_session_type(session_type), peer_id=peer_id)
             self._send(pb.CT_Typing, typing.SerializeToString())
 
     def _on_notice(self, out: pb.Output) -> None:
@@ -492,6 +499,11 @@ class GoChatClient:
             self.on_typing(body)
 
 
+def _session_type(value: int) -> pb.SessionType:
+    """``value`` as the stubs' enum type: protobuf takes any int for an (open) enum field."""
+    return cast("pb.SessionType", value)
+
+
 def system_event(msg: pb.Message) -> dict[str, Any] | None:
     """The JSON of an ``MT_System`` message (a group event), or None for any other.
 
@@ -510,7 +522,16 @@ def system_event(msg: pb.Message) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else {}
 
 
+class _ClientFactory(WebSocketClientFactory):
+    """The factory of one :func:`connect`: the client to attach and what fires when it is."""
+
+    client: GoChatClient
+    ready: defer.Deferred[GoChatClient]
+
+
 class _ClientProtocol(WebSocketClientProtocol):
+    factory: _ClientFactory
+
     def onOpen(self) -> None:  # noqa: N802
         client: GoChatClient = self.factory.client
         d = client.attach(self)
@@ -527,7 +548,7 @@ class _ClientProtocol(WebSocketClientProtocol):
             self.factory.ready.errback(ConnectionError(f"could not open: {reason}"))
 
 
-def client_endpoint(reactor: Any, url: str, trust_root: Any = None) -> Any:
+def client_endpoint(reactor: Any, url: str, trust_root: Any = None) -> IStreamClientEndpoint:
     """The endpoint for a ``ws://`` or ``wss://`` URL (certificates verified for wss)."""
     parsed = urlparse(url)
     host = parsed.hostname or "127.0.0.1"
@@ -548,7 +569,7 @@ def connect(
     reactor: Any = None,
     trust_root: Any = None,
     **client_kwargs: Any,
-) -> defer.Deferred:
+) -> defer.Deferred[GoChatClient]:
     """Connect, log in and sync; fires with the :class:`GoChatClient`.
 
     Pass ``client=`` to reconnect an existing client (its unACKed messages are
@@ -562,11 +583,10 @@ def connect(
         if token is None:
             raise ValueError("a token or a client is needed")
         client = GoChatClient(token, reactor=reactor, **client_kwargs)
-    factory = WebSocketClientFactory(url)
+    factory = _ClientFactory(url)
     factory.protocol = _ClientProtocol
     factory.client = client
     factory.ready = defer.Deferred()
     factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
     d = client_endpoint(reactor, url, trust_root).connect(factory)
-    d.addCallback(lambda _: factory.ready)
-    return d
+    return d.addCallback(lambda _: factory.ready)
