@@ -213,7 +213,7 @@ class PeerPool(service.Service):
         d = self.call(node_id, "KickDevice", user_id, device_id)
         return d.addErrback(self._failed, node_id, "kick", 1)
 
-    def notify(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred:
+    def notify(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred[Any]:
         """Hand read/typing notices to one node (one call; they are small and rare). Never fails."""
         batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
         d = self.call(node_id, "DeliverNotice", batch)
