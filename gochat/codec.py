@@ -8,6 +8,8 @@ the seq differs, and protobuf lets a field be appended to prebuilt bytes.
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf.message import DecodeError
 
 from gochat import codes
@@ -54,7 +56,9 @@ def decode_up(data: bytes) -> pb.UpMsg:
 
 
 def encode_output(cmd: int, code: int = codes.OK, data: bytes = b"", msg: str = "") -> bytes:
-    out = pb.Output(type=cmd, code=code, data=data)
+    # The stubs type protobuf enum fields as their enum class; its values are
+    # plain ints at runtime, and callers pass ints (``pb.CT_*`` or parsed fields).
+    out = pb.Output(type=cast("pb.CmdType", cmd), code=code, data=data)
     if code != codes.OK:
         out.CodeMsg = msg or codes.MESSAGES.get(code, "")
     return out.SerializeToString()
@@ -71,7 +75,7 @@ def ack_frame(ack_type: int, code: int = codes.OK, client_id: int = 0, seq: int 
             + (b"\x18" + _varint(seq) if seq else b"")
         )
         return _ACK_OK_PREFIX + (b"\x22" + _varint(len(ack)) + ack if ack else b"")
-    ack_msg = pb.ACKMsg(type=ack_type, clientId=client_id, seq=seq)
+    ack_msg = pb.ACKMsg(type=cast("pb.ACKType", ack_type), clientId=client_id, seq=seq)
     return encode_output(pb.CT_ACK, code, ack_msg.SerializeToString())
 
 
@@ -181,13 +185,20 @@ def read_frame(
     session_type: int, peer_id: int, seq: int, reader_id: int, code: int = codes.OK
 ) -> bytes:
     """``Output{CT_Read, code, ReadMsg}``: a read position, as its receiver names it."""
-    body = pb.ReadMsg(session_type=session_type, peer_id=peer_id, seq=seq, reader_id=reader_id)
+    body = pb.ReadMsg(
+        session_type=cast("pb.SessionType", session_type),
+        peer_id=peer_id,
+        seq=seq,
+        reader_id=reader_id,
+    )
     return encode_output(pb.CT_Read, code, body.SerializeToString())
 
 
 def typing_frame(session_type: int, peer_id: int, sender_id: int) -> bytes:
     """``Output{CT_Typing, 200, TypingMsg}``: someone is typing (never stored)."""
-    body = pb.TypingMsg(session_type=session_type, peer_id=peer_id, sender_id=sender_id)
+    body = pb.TypingMsg(
+        session_type=cast("pb.SessionType", session_type), peer_id=peer_id, sender_id=sender_id
+    )
     return encode_output(pb.CT_Typing, codes.OK, body.SerializeToString())
 
 

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"gochat-bench: {exc}") from None
         return
 
-    def run(reactor: Any) -> defer.Deferred:
+    def run(reactor: Any) -> defer.Deferred[Any]:
         if args.command == "standard":
             d = run_standard(reactor, args)
         else:

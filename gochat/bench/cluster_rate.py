@@ -38,9 +38,12 @@ import socket
 import sys
 import tempfile
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol, task
+
+if TYPE_CHECKING:
+    from gochat.client.ws import GoChatClient
 
 READY = re.compile(r"GoChat node ready: .* cluster node (\w+) at (\S+)")
 
@@ -48,7 +51,8 @@ READY = re.compile(r"GoChat node ready: .* cluster node (\w+) at (\S+)")
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class _Node(protocol.ProcessProtocol):
@@ -60,7 +64,7 @@ class _Node(protocol.ProcessProtocol):
         self.ws = ""
         self.http = ""
         self.transport: Any = None
-        self.ended: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
         self.ended.callback(None)
@@ -81,7 +85,7 @@ class _Node(protocol.ProcessProtocol):
 @defer.inlineCallbacks
 def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str, count: int) -> Any:
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    nodes = []
+    nodes: list[_Node] = []
     for i in range(count):
         ws, http, rpc = _free_port(), _free_port(), _free_port()
         data_dir = os.path.join(work, f"node{i}")
@@ -124,10 +128,10 @@ def make_users(args: argparse.Namespace, n: int, run: str, secret: bytes) -> Any
 
 
 @defer.inlineCallbacks
-def connect_all(nodes: list, tokens: list[str], placement: list[int]) -> Any:
+def connect_all(nodes: list[_Node], tokens: list[str], placement: list[int]) -> Any:
     from gochat.client import connect
 
-    clients = []
+    clients: list[GoChatClient] = []
     for start in range(0, len(tokens), 50):  # a few dozen logins at a time
         batch = [
             connect(nodes[placement[i]].ws, tokens[i], retransmit_timeout=30.0)
@@ -149,7 +153,9 @@ def wait_until(reactor: Any, check: Any, timeout: float) -> Any:
 
 
 @defer.inlineCallbacks
-def run_single(reactor: Any, args: argparse.Namespace, nodes: list, run: str, secret: bytes) -> Any:
+def run_single(
+    reactor: Any, args: argparse.Namespace, nodes: list[_Node], run: str, secret: bytes
+) -> Any:
     pairs = args.pairs
     store, db, ids, tokens = yield make_users(args, 2 * pairs, run, secret)
     k = len(nodes)
@@ -186,7 +192,7 @@ def run_single(reactor: Any, args: argparse.Namespace, nodes: list, run: str, se
 
 @defer.inlineCallbacks
 def run_group(
-    reactor: Any, args: argparse.Namespace, nodes: list, run: str, secret: bytes, work: str
+    reactor: Any, args: argparse.Namespace, nodes: list[_Node], run: str, secret: bytes, work: str
 ) -> Any:
     from gochat.bench import runner
 
@@ -224,7 +230,7 @@ def run_group(
     }
 
 
-def close_all(clients: list) -> defer.Deferred:
+def close_all(clients: list[GoChatClient]) -> defer.Deferred[list[Any]]:
     return defer.gatherResults(
         [c.close() for c in clients if c.proto is not None], consumeErrors=True
     )
@@ -266,10 +272,10 @@ def node_counts(text: str) -> list[int]:
     return counts
 
 
-def cpu_growth(results: list[dict]) -> float | None:
+def cpu_growth(results: list[dict[str, Any]]) -> float | None:
     """Node CPU per delivery of the largest cluster over that of the smallest."""
-    per = [(r["nodes"], r.get("node_cpu_ms_per_1000")) for r in results]
-    per = [(n, c) for n, c in per if c]
+    measured = [(r["nodes"], r.get("node_cpu_ms_per_1000")) for r in results]
+    per: list[tuple[int, float]] = [(n, c) for n, c in measured if c]
     if len(per) < 2:
         return None
     return max(per)[1] / min(per)[1]

@@ -20,12 +20,13 @@ NODE_NOFILE = 65536
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
 class LocalNode:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     data_dir: str
     http: str
     ws: str

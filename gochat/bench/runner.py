@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -93,7 +94,9 @@ class SetupError(Exception):
     """The server's HTTP API did not do what a GoChat server does, or not in time."""
 
 
-def bounded(d: defer.Deferred, reactor: Any, timeout: float | None, what: str) -> defer.Deferred:
+def bounded(
+    d: defer.Deferred[Any], reactor: Any, timeout: float | None, what: str
+) -> defer.Deferred[Any]:
     """``d`` failing with one clear :class:`SetupError` after ``timeout`` s or on any error."""
     expired = []
     timer = None
@@ -147,7 +150,7 @@ def register_users(
     done = [0]
     what = f"POST {api.base_url}/register"
 
-    inflight: set[defer.Deferred] = set()
+    inflight: set[defer.Deferred[Any]] = set()
     stopped: list[bool] = []
 
     @defer.inlineCallbacks
@@ -156,7 +159,12 @@ def register_users(
             raise SetupError(f"{what}: stopped")
         d = api.register(f"{prefix}{i:06d}", password, f"bench{i}")
         inflight.add(d)
-        d.addBoth(lambda result: (inflight.discard(d), result)[1])
+
+        def forget(result: Any) -> Any:
+            inflight.discard(d)
+            return result
+
+        d.addBoth(forget)
         data = yield bounded(d, reactor, timeout, what) if reactor is not None else d
         done[0] += 1
         if out is not None and out.isatty() and (done[0] % 50 == 0 or done[0] == count):
@@ -261,7 +269,8 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
                 bar.end()
         wall = time.time() - wall0
         node_cpu1 = nodes_cpu_seconds(target)
-        node_rss = [node_rss_kb(pid) for pid in (target.pids or [target.pid])]
+        pids: Sequence[int | None] = target.pids or [target.pid]
+        node_rss = [node_rss_kb(pid) for pid in pids]
         client_cpu = sum(r["cpu_s"] for r in results)
         if target.processes > 1:
             client_cpu += cpu_seconds() - own_cpu0  # the runner's own share
@@ -270,8 +279,11 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             processes=max(1, target.processes),
             client_cpu_s=client_cpu,
             client_cpu_pct=100.0 * client_cpu / wall,
-            node_cpu_s=None if node_cpu0 is None else node_cpu1 - node_cpu0,
-            node_cpu_pct=None if node_cpu0 is None else 100.0 * (node_cpu1 - node_cpu0) / wall,
+            # None also when the node's /proc went away during the run
+            node_cpu_s=None if node_cpu0 is None or node_cpu1 is None else node_cpu1 - node_cpu0,
+            node_cpu_pct=None
+            if node_cpu0 is None or node_cpu1 is None
+            else 100.0 * (node_cpu1 - node_cpu0) / wall,
             load=load,
             # the node's resident memory at the end of the run (summed over a cluster)
             node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
@@ -369,6 +381,8 @@ def run_group(
             f"{members:,} users {how} in {signed_up - started:.1f} s,"
             f" their group in {grouped - signed_up:.1f} s\n"
         )
+    # (user id, token, sends?[, its node's URL]) for each member online
+    plan: list[tuple[int, str, bool] | tuple[int, str, bool, str]]
     if target.ws_nodes:
         nodes = target.ws_nodes
         plan = [
@@ -517,8 +531,8 @@ def run_connections(
         "processes": processes,
         "client_cpu_s": client_cpu,
         "client_cpu_pct": 100.0 * client_cpu / wall,
-        "node_cpu_s": None if node0 is None else node1 - node0,
-        "node_cpu_pct": None if node0 is None else 100.0 * (node1 - node0) / wall,
+        "node_cpu_s": None if node0 is None or node1 is None else node1 - node0,
+        "node_cpu_pct": None if node0 is None or node1 is None else 100.0 * (node1 - node0) / wall,
         "load": load,
     }
     return report

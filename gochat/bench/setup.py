@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+
+if TYPE_CHECKING:
+    from gochat.auth import Account
 
 #: Users per transaction.
 CHUNK = 2000
@@ -32,7 +35,7 @@ def create_users(db_url: str, secret_path: str, count: int) -> Any:
     try:
         store = Store(database)
         prefix = f"d{int(time.time()):x}{random.getrandbits(16):04x}"
-        accounts: list = []
+        accounts: list[Account] = []
         for start in range(0, count, CHUNK):
             chunk = [
                 (f"{prefix}{i:06d}", f"bench{i}", NO_PASSWORD)

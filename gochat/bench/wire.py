@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.python.failure import Failure
 
 from gochat.pb import pb
 
@@ -79,6 +81,8 @@ class BenchSocket(protocol.Protocol):
 
     on_frame: Callable[[bytes], None]
     on_lost: Callable[[Any], None] | None = None
+    #: set by connectionMade: the benchmark connects over TCP only
+    transport: ITCPTransport
 
     def __init__(
         self, host: str, path: str, reactor: Any = None, handshake_timeout: float = 0.0
@@ -88,7 +92,7 @@ class BenchSocket(protocol.Protocol):
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout  # 0: wait as long as TCP does
         self._handshake_timer: Any = None
-        self.opened: defer.Deferred = defer.Deferred()
+        self.opened: defer.Deferred[BenchSocket] = defer.Deferred()
         self._buf = b""
         self._open = False
         self._fragments: list[bytes] = []
@@ -187,7 +191,7 @@ class BenchSocket(protocol.Protocol):
             self.transport.write(mask_frame(OP_CLOSE, struct.pack("!H", 1000)))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
         self._open = False
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
@@ -208,12 +212,13 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
 
 def open_socket(
     reactor: Any, url: str, on_frame: Callable[[bytes], None], timeout: float = 30.0
-) -> defer.Deferred:
+) -> defer.Deferred[BenchSocket]:
     """Connect and finish the handshake within ``timeout`` s; fires with the socket."""
     host, port, path = parse_ws_url(url)
     sock = BenchSocket(f"{host}:{port}", path, reactor, timeout)
     sock.on_frame = on_frame
     endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=max(1, int(timeout)))
-    d = endpoints.connectProtocol(endpoint, sock)
+    # connectProtocol is unannotated; it fires with the protocol, then this with the open socket
+    d: defer.Deferred[Any] = endpoints.connectProtocol(endpoint, sock)
     d.addCallback(lambda _: sock.opened)
     return d

@@ -21,7 +21,8 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from twisted.internet import defer, task
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IProcessTransport, ITransport
+from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
@@ -133,7 +134,7 @@ class Conn:
         self.seen = bytearray(256)
         self.next_cid = 1
         self.inflight: dict[int, float] = {}
-        self.logged_in: defer.Deferred | None = None
+        self.logged_in: defer.Deferred[int] | None = None  # fires with the login ACK's code
         self.rounds_left = 0
         self.url: str | None = None  # a node of its own (a cluster run), else the worker's
 
@@ -242,7 +243,7 @@ class Worker:
         self.last_ack = 0.0
         self.push_hist = [0] * BUCKETS
         self.ack_hist = Histogram()
-        self.finished: defer.Deferred = defer.Deferred()
+        self.finished: defer.Deferred[dict[str, Any]] = defer.Deferred()
         self._cpu0 = 0.0
         self._ticker: task.LoopingCall | None = None
         self._pacer: task.LoopingCall | None = None
@@ -285,7 +286,7 @@ class Worker:
 
     # -- connect and log in ------------------------------------------------
 
-    def connect(self) -> defer.Deferred:
+    def connect(self) -> defer.Deferred[dict[str, Any]]:
         """Open and log in every client; fires with ``{"connected", "failed"}``."""
         raise_nofile(len(self.conns))
         sem = defer.DeferredSemaphore(CONNECT_PARALLEL)
@@ -472,13 +473,13 @@ class Worker:
             "cpu_s": cpu_seconds() - self._cpu0,
         }
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[list[tuple[bool, None]]]:
         """Close every client; fires once they are all gone."""
-        waits = []
+        waits: list[defer.Deferred[None]] = []
         for conn in self.conns:
             sock = conn.sock
             if sock is not None and sock.transport is not None:
-                d: defer.Deferred = defer.Deferred()
+                d: defer.Deferred[None] = defer.Deferred()
                 sock.on_lost = lambda _, d=d: d.callback(None)
                 waits.append(d)
                 sock.close()
@@ -491,14 +492,17 @@ class Worker:
 class ProcessWorker(ProcessProtocol):
     """The runner's handle on a worker in a child process; same calls as :class:`Worker`."""
 
+    #: set by ``spawnProcess`` in ``__init__``
+    transport: IProcessTransport
+
     def __init__(self, reactor: Any, config: dict[str, Any]) -> None:
         self.reactor = reactor
         self.config = config
         self._buf = b""
         self._stopping = False
-        self._ready: defer.Deferred = defer.Deferred()
-        self.finished: defer.Deferred = defer.Deferred()
-        self._ended: defer.Deferred = defer.Deferred()
+        self._ready: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.finished: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._ended: defer.Deferred[None] = defer.Deferred()
         self._progress: dict[str, Any] = {
             "received": 0,
             "duplicated": 0,
@@ -514,7 +518,7 @@ class ProcessWorker(ProcessProtocol):
     def _write(self, message: dict[str, Any]) -> None:
         self.transport.write(json.dumps(message).encode() + b"\n")
 
-    def connect(self) -> defer.Deferred:
+    def connect(self) -> defer.Deferred[dict[str, Any]]:
         self._write({"cmd": "setup", "config": self.config})
         return self._ready
 
@@ -524,7 +528,7 @@ class ProcessWorker(ProcessProtocol):
     def progress(self) -> dict[str, Any]:
         return self._progress
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[None]:
         if self._ended.called:
             return defer.succeed(None)
         self._stopping = True
@@ -561,6 +565,8 @@ class _Commands(LineReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = 256 * 1024 * 1024
+    #: stdio, connected before any command arrives
+    transport: ITransport
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
@@ -580,7 +586,7 @@ class _Commands(LineReceiver):
             assert self.worker is not None
             self.worker.start(message["t0"])
             self._reporter = task.LoopingCall(
-                lambda: self.emit("progress", **self.worker.progress())
+                lambda: self.emit("progress", **self._worker().progress())
             )
             self._reporter.start(0.25)
             self.worker.finished.addCallback(self._finished)
@@ -591,10 +597,15 @@ class _Commands(LineReceiver):
     def _finished(self, result: dict[str, Any]) -> None:
         if self._reporter is not None and self._reporter.running:
             self._reporter.stop()
-        self.emit("progress", **self.worker.progress())
+        self.emit("progress", **self._worker().progress())
         self.emit("result", **result)
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def _worker(self) -> Worker:
+        """The worker "setup" made: "start" comes after it."""
+        assert self.worker is not None
+        return self.worker
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self.reactor.running:
             self.reactor.stop()  # the runner went away
 

@@ -42,12 +42,15 @@ def _pformat_when_debugging(obj: Any) -> str:
     reactor per connection, a quarter of a node's CPU while 20,000 clients
     connect. Autobahn only uses the text in debug output.
     """
-    if txaio.get_global_log_level() in ("debug", "trace"):
+    # txaio binds its API when a framework is chosen; its package leaves it undeclared
+    if txaio.get_global_log_level() in ("debug", "trace"):  # type: ignore[attr-defined]
         return pformat(obj)
     return ""
 
 
-_autobahn_protocol.pformat = _pformat_when_debugging
+# A deliberate patch of Autobahn's module-level ``from pprint import pformat``
+# (not an export of that module, and of a wider signature than ours).
+_autobahn_protocol.pformat = _pformat_when_debugging  # type: ignore[attr-defined,assignment]
 
 
 def valid_close_code(code: int) -> bool:
@@ -106,7 +109,9 @@ class ServerProtocol(WebSocketServerProtocol):
         ``inside_message``. The gateway's fast path reads whole frames itself
         and may only do so when Autobahn's reader is between messages.
         """
-        return not self.data and self.current_frame is None and not self.inside_message
+        # Autobahn's inferred type of ``current_frame`` leaves out the None it
+        # sets between frames (so mypy thinks the test can never hold).
+        return not self.data and self.current_frame is None and not self.inside_message  # type: ignore[unreachable]
 
     #: Autobahn's queue of writes it holds back (chopped or synced ones; empty
     #: unless those are used): frames written past it would overtake them.
@@ -218,7 +223,9 @@ class ServerProtocol(WebSocketServerProtocol):
                 except UnicodeDecodeError:
                     self.fail_and_drop(1007, "close reason is not UTF-8")
                     return True
-        return super().onCloseFrame(code, reasonRaw)
+        # Autobahn annotates (int, bytes) but calls it with None for a missing
+        # code or reason (processControlFrame): the same values go back.
+        return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
 
     def processControlFrame(self) -> bool:  # noqa: N802
         # A close body is empty or holds at least a 2-byte code. Autobahn fails
@@ -229,7 +236,8 @@ class ServerProtocol(WebSocketServerProtocol):
             self.current_frame.opcode == _CLOSE
             and sum(len(chunk) for chunk in self.control_frame_data) == 1
         ):
-            self.control_frame_data = None
+            # as Autobahn does after a control frame; it infers a list-only type
+            self.control_frame_data = None  # type: ignore[assignment]
             self.fail_and_drop(1002, "close frame with a 1-byte body")
             return False
         return super().processControlFrame()

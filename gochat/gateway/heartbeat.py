@@ -31,7 +31,7 @@ class HeartbeatChecker(Service):
     def stopService(self) -> None:  # noqa: N802
         if self._loop.running:
             self._loop.stop()
-        return super().stopService()
+        super().stopService()  # Service's returns None
 
     def check(self) -> int:
         """Close every session idle for longer than the timeout; returns how many."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
@@ -30,6 +31,17 @@ SHARED_PART = 0.75
 _log = Logger()
 
 
+class _Transport(Protocol):
+    """The TCP (or TLS) transport under a connection, as used here: besides an
+    ``ITransport``, the consumer we produce for and a push producer itself."""
+
+    def getPeer(self) -> IAddress: ...  # noqa: N802 - Twisted's API
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...  # noqa: N802
+    def unregisterProducer(self) -> None: ...  # noqa: N802
+    def pauseProducing(self) -> None: ...  # noqa: N802
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+
 def client_address(peer: Any) -> str | None:
     """The address a connection counts against: its IP, an IPv6 client's /64.
 
@@ -37,7 +49,7 @@ def client_address(peer: Any) -> str | None:
     host usually holds a whole /64, so that is what counts as one address.
     None for peers without an IP (Unix sockets): they have no share.
     """
-    host = getattr(peer, "host", None)
+    host: str | None = getattr(peer, "host", None)
     if not host:
         return None
     if ":" in host:
@@ -97,7 +109,7 @@ class GatewayProtocol(ServerProtocol):
     #: the start of a frame the last read cut off (see dataReceived)
     _held = b""
 
-    def onConnect(self, request):  # noqa: N802 - Autobahn's API
+    def onConnect(self, request: ConnectionRequest) -> None:  # noqa: N802 - Autobahn's API
         if request.path not in ("/ws", "/ws/"):
             raise ConnectionDeny(404, "WebSocket endpoint is /ws")
         factory = self.factory
@@ -111,7 +123,7 @@ class GatewayProtocol(ServerProtocol):
         if waiting >= factory.max_unauthenticated:
             metrics.REFUSED.labels("max_unauthenticated").inc()
             raise ConnectionDeny(503, "too many connections waiting to log in")
-        address = self.address = client_address(self.transport.getPeer())
+        address = self.address = client_address(cast(_Transport, self.transport).getPeer())
         if (
             address is not None
             and hub.waiting_from(address) >= factory.address_share
@@ -125,7 +137,7 @@ class GatewayProtocol(ServerProtocol):
         super().connectionMade()
         # We are the transport's producer from the start, so the handshake
         # reply is counted against the send budget too.
-        transport = self.transport
+        transport = cast(_Transport, self.transport)
         try:
             transport.registerProducer(self, True)
         except RuntimeError:
@@ -164,13 +176,13 @@ class GatewayProtocol(ServerProtocol):
         if not self._reads_held:
             self._reads_held = True
             if self.transport is not None:
-                self.transport.pauseProducing()
+                cast(_Transport, self.transport).pauseProducing()
 
     def resume_reading(self) -> None:
         if self._reads_held:
             self._reads_held = False
             if self.transport is not None and self.state != self.STATE_CLOSED:
-                self.transport.resumeProducing()
+                cast(_Transport, self.transport).resumeProducing()
                 if self._held:
                     self.factory.reactor.callLater(0, self._read_held)
 
@@ -200,7 +212,8 @@ class GatewayProtocol(ServerProtocol):
 
     @property
     def max_message_bytes(self) -> int:  # type: ignore[override]
-        return self.factory.max_frame * OVERSIZE_FACTOR
+        limit: int = self.factory.max_frame * OVERSIZE_FACTOR
+        return limit
 
     def message_refused(self, reason: str) -> None:
         """Over the byte or fragment bound of one message: 1012, then close 1009."""

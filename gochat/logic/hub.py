@@ -9,7 +9,7 @@ the store, presence and router it was given.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -64,6 +64,11 @@ class DeviceState:
     def remember(self, client_id: int, code: int, seq: int) -> None:
         self.acks[client_id] = (code, seq)
         self.acks.pop(client_id - ACK_MEMORY, None)
+
+
+#: What the writer hands back with an outcome: (device, start time) for a
+#: message; (the Deferred of its UpResult, start time) for a group change.
+_Owner = tuple[DeviceState | defer.Deferred[UpResult], float]
 
 
 class Hub:
@@ -205,6 +210,7 @@ class Hub:
     @defer.inlineCallbacks
     def login(self, session: Session, user_id: int, device_id: str | None, push_ack: bool) -> Any:
         """Attach ``session`` to the user; fires with ``(last clientId, latest seq)``."""
+        device: DeviceState | None
         if device_id is None:
             device = DeviceState(user_id, None)
         else:
@@ -255,11 +261,11 @@ class Hub:
         item_started = self.clock.seconds()
         self.writer.submit(item, (device, item_started), size)
 
-    def _committed(self, item: UpItem, owner: tuple[DeviceState, float], result: UpResult) -> None:
+    def _committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:
         if item.op is not None:
             self._change_committed(item, owner, result)
             return
-        device, started = owner
+        device, started = cast(tuple[DeviceState, float], owner)
         device.accepted = item.client_id
         device.remember(item.client_id, result.code, result.sender_seq)
         # Counted once per batch (in _batch_end): a counter's lock per message
@@ -287,11 +293,13 @@ class Hub:
         if deliveries:
             self.router.deliver_many(deliveries)
 
-    def _failed(self, item: UpItem, owner: tuple[DeviceState, float]) -> None:
+    def _failed(self, item: UpItem, owner: _Owner) -> None:
         if item.op is not None:
-            owner[0].errback(RuntimeError("storing the group change failed"))
+            cast("defer.Deferred[UpResult]", owner[0]).errback(
+                RuntimeError("storing the group change failed")
+            )
             return
-        device, _ = owner
+        device = cast(DeviceState, owner[0])
         device.pending = device.accepted
         metrics.UPSTREAM.labels(str(codes.SERVER_ERROR)).inc()
         if device.session is not None:
@@ -328,26 +336,26 @@ class Hub:
 
     # -- groups that change, read positions, typing ----------------------------
 
-    def change_group(self, op: GroupOp) -> defer.Deferred:
+    def change_group(self, op: GroupOp) -> defer.Deferred[UpResult]:
         """Commit a group change in order with the messages; fires with its UpResult.
 
         It goes through the message writer like a message, so a message
         committed before it reaches the old members and one after it the new
         ones; its event is pushed in that order too.
         """
-        done: defer.Deferred = defer.Deferred()
+        done: defer.Deferred[UpResult] = defer.Deferred()
         item = UpItem(user_id=op.actor_id, device_id=None, client_id=0, message=None, op=op)
         self.writer.submit(item, (done, self.clock.seconds()))
         return done
 
-    def _change_committed(self, item: UpItem, owner: Any, result: UpResult) -> None:
+    def _change_committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:
         if result.code == codes.OK and result.message is not None:
             self._deliveries.append((result.message, result.rows, None))
-        owner[0].callback(result)
+        cast("defer.Deferred[UpResult]", owner[0]).callback(result)
 
     def mark_read(
         self, user_id: int, session_type: int, peer_id: int, seq: int, origin: Any = None
-    ) -> defer.Deferred:
+    ) -> defer.Deferred[ReadOutcome]:
         """Move a read position forward; the reader's other devices and the peer are told.
 
         Fires with the :class:`ReadOutcome`; ``origin`` (the session that
@@ -409,5 +417,5 @@ class Hub:
         device.session.close(reason)
         return True
 
-    def wait_idle(self) -> defer.Deferred:
+    def wait_idle(self) -> defer.Deferred[None]:
         return self.writer.wait_idle()

@@ -72,7 +72,7 @@ class MessageWriter:
         self.queue_peak = 0  # the most messages ever queued (for tests and logs)
         self._queue: list[tuple[UpItem, Any, int]] = []
         self._busy = False
-        self._idle_waiters: list[Any] = []
+        self._idle_waiters: list[defer.Deferred[None]] = []
 
     def submit(self, item: UpItem, owner: Any, size: int = 0) -> None:
         """Queue ``item`` (``size`` bytes on the wire); ``owner`` is handed back with the outcome.
@@ -196,10 +196,10 @@ class MessageWriter:
             for d in waiters:
                 d.callback(None)
 
-    def wait_idle(self) -> Any:
+    def wait_idle(self) -> defer.Deferred[None]:
         """A Deferred that fires once nothing is queued or in flight (for shutdown)."""
         if not self._busy and not self._queue:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._idle_waiters.append(d)
         return d
