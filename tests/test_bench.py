@@ -342,3 +342,31 @@ class ClusterRateOptions(unittest.TestCase):
         args = big[0]
         self.assertEqual(args[args.index("--members") + 1], "10000")
         self.assertEqual(args[args.index("--online") + 1], "2000")
+
+
+class NodeGone(NodeTestCase):
+    """A node whose /proc entry is gone by the end of a run: no CPU figure, no crash."""
+
+    target = Scenarios.target
+
+    def _vanishing(self):
+        readings = iter([1.0])
+        self.patch(runner, "node_cpu_seconds", lambda pid: next(readings, None))
+
+    @defer.inlineCallbacks
+    def test_a_node_gone_by_the_end_has_no_cpu_figure(self):
+        self._vanishing()
+        target = self.target()
+        target.pid = 1
+        report = yield runner.run_connections(reactor, target, count=2, users=1, hold=0)
+        self.assertIsNone(report["node_cpu_s"])
+        self.assertIsNone(report["node_cpu_pct"])
+
+    @defer.inlineCallbacks
+    def test_a_driven_run_with_a_node_gone_by_the_end_has_no_cpu_figure(self):
+        self._vanishing()
+        target = self.target()
+        target.pid = 1
+        report = yield runner.run_single(reactor, target, pairs=1, messages=2)
+        self.assertIsNone(report["node_cpu_s"])
+        self.assertIsNone(report["node_cpu_pct"])

@@ -121,9 +121,9 @@ def source_engine(url: str) -> MySQLEngine:
 
 def open_source(engine: MySQLEngine) -> Any:
     """GoChat's database, read in one consistent snapshot, rows streamed."""
-    # mysqlclient ships no type information (and this config names no stubs for it)
-    import MySQLdb  # type: ignore[import-untyped]
-    import MySQLdb.cursors  # type: ignore[import-untyped]
+    # mysqlclient ships no type information ([tool.mypy] lets it be untyped)
+    import MySQLdb
+    import MySQLdb.cursors
 
     kwargs = dict(engine.connect_kwargs)
     kwargs["cursorclass"] = MySQLdb.cursors.SSCursor

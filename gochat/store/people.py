@@ -222,10 +222,10 @@ def record_positions(
         )
         for st, lo, hi, pos in cur.fetchall():
             current[(int(st), int(lo), int(hi))] = int(pos)
-    positions: list = []
-    heads: dict[ConvKey, tuple] = {}
-    senders: dict[tuple[int, int, int], tuple] = {}
-    receivers: dict[tuple[int, int, int], tuple] = {}
+    positions: list[int] = []
+    heads: dict[ConvKey, tuple[int, ...]] = {}
+    senders: dict[tuple[int, int, int], tuple[int, ...]] = {}
+    receivers: dict[tuple[int, int, int], tuple[int, ...]] = {}
     for key, peer, owner, owner_seq, rows, op in keyed:
         pos = current.get(key, 0) + 1
         current[key] = pos
