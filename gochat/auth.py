@@ -91,6 +91,39 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _decode(token: str | bytes, key: bytes, now: float) -> tuple[dict[str, Any], int, int]:
+    """``(claims, user_id, exp)`` of an HS256 token signed with ``key`` and unexpired.
+
+    The checks every token gets, ours and GoChat's alike; raises :class:`BadToken`.
+    """
+    if isinstance(token, bytes):
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadToken("token is not ASCII") from None
+    if not token or len(token) > 4096:
+        raise BadToken("missing token")
+    try:
+        with warnings.catch_warnings():
+            # GoChat ships short sign keys; PyJWT warns about each use.
+            warnings.simplefilter("ignore")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "user_id"], "verify_exp": False},
+            )
+    except jwt.PyJWTError as exc:
+        raise BadToken(str(exc)) from None
+    exp = claims.get("exp")
+    if not _is_int(exp) or exp <= now:
+        raise BadToken("token expired")
+    user_id = claims.get("user_id")
+    if not _is_int(user_id) or not 0 < user_id <= MAX_ID:
+        raise BadToken("token carries no user id")
+    return claims, user_id, exp
+
+
 def check_account(claims: Claims, account: Account | None) -> None:
     """Raise :class:`BadToken` unless ``claims`` still belong to ``account``."""
     if account is None or account.user_id != claims.user_id:
@@ -134,28 +167,7 @@ class TokenSigner:
         The account binding is checked by the caller (:func:`check_account`),
         which needs the database.
         """
-        if isinstance(token, bytes):
-            try:
-                token = token.decode("ascii")
-            except UnicodeDecodeError:
-                raise BadToken("token is not ASCII") from None
-        if not token or len(token) > 4096:
-            raise BadToken("missing token")
-        try:
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=[ALGORITHM],
-                options={"require": ["exp", "user_id"], "verify_exp": False},
-            )
-        except jwt.PyJWTError as exc:
-            raise BadToken(str(exc)) from None
-        exp = claims.get("exp")
-        if not isinstance(exp, int) or exp <= self.clock.time():
-            raise BadToken("token expired")
-        user_id = claims.get("user_id")
-        if not _is_int(user_id) or not 0 < user_id <= MAX_ID:
-            raise BadToken("token carries no user id")
+        claims, user_id, exp = _decode(token, self.secret, self.clock.time())
         generation, created_at = claims.get("gen"), claims.get("acct")
         if not _is_int(generation) or not _is_int(created_at):
             # Tokens of this node are always bound (older unbound ones are refused).
@@ -296,29 +308,5 @@ class LegacyTokenSigner(TokenSigner):
                 raise first from None
 
     def _verify_gochat(self, token: str | bytes) -> Claims:
-        if isinstance(token, bytes):
-            try:
-                token = token.decode("ascii")
-            except UnicodeDecodeError:
-                raise BadToken("token is not ASCII") from None
-        if not token or len(token) > 4096:
-            raise BadToken("missing token")
-        try:
-            with warnings.catch_warnings():
-                # GoChat ships short sign keys; PyJWT warns about each use.
-                warnings.simplefilter("ignore")
-                claims = jwt.decode(
-                    token,
-                    self.legacy_key,
-                    algorithms=[ALGORITHM],
-                    options={"require": ["exp", "user_id"], "verify_exp": False},
-                )
-        except jwt.PyJWTError as exc:
-            raise BadToken(str(exc)) from None
-        exp = claims.get("exp")
-        if not _is_int(exp) or exp <= self.clock.time():
-            raise BadToken("token expired")
-        user_id = claims.get("user_id")
-        if not _is_int(user_id) or not 0 < user_id <= MAX_ID:
-            raise BadToken("token carries no user id")
+        _, user_id, exp = _decode(token, self.legacy_key, self.clock.time())
         return Claims(user_id, float(exp))

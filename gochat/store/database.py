@@ -23,6 +23,7 @@ from gochat.store.engines import BaseEngine, MigrationError, Row, SQLiteEngine, 
 
 T = TypeVar("T")
 
+IN_LIST_CHUNK = 500  # values per IN (...) list: well inside every engine's limits
 SLOW_INTERACTION = 1.0  # seconds; slower interactions are logged by name
 
 
@@ -44,6 +45,22 @@ class Cursor:
 
     def execute(self, sql: str, args: Sequence[SQLValue] = ()) -> Any:
         return self.txn.execute(self.engine.convert_sql(sql), tuple(args))
+
+    def select_in(
+        self, sql: str, values: Sequence[SQLValue], extra: Sequence[SQLValue] = ()
+    ) -> list[Row]:
+        """Rows of ``sql`` (its ``{marks}`` the ``?`` of an ``IN`` list) for every value.
+
+        The values go 500 a statement, each statement's parameters followed
+        by ``extra``; the rows come back chunk after chunk, so a sorted list
+        of values read with an ``ORDER BY`` on them stays sorted.
+        """
+        rows: list[Row] = []
+        for start in range(0, len(values), IN_LIST_CHUNK):
+            chunk = values[start : start + IN_LIST_CHUNK]
+            self.execute(sql.format(marks=",".join("?" * len(chunk))), [*chunk, *extra])
+            rows += self.txn.fetchall()
+        return rows
 
     def executemany(self, sql: str, rows: Sequence[Sequence[SQLValue]]) -> None:
         if rows:

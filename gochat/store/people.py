@@ -159,16 +159,8 @@ def apply_group_op(
 
 def lock_group_versions(cur: Cursor, group_ids: set[int], suffix: str) -> dict[int, int]:
     """``{group: version}``, the rows locked: membership changes serialize with this batch."""
-    ids = sorted(group_ids)
-    out: dict[int, int] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur.execute(
-            f"SELECT id, version FROM chat_groups WHERE id IN ({marks}) ORDER BY id{suffix}", chunk
-        )
-        out.update((int(g), int(v)) for g, v in cur.fetchall())
-    return out
+    sql = "SELECT id, version FROM chat_groups WHERE id IN ({marks}) ORDER BY id" + suffix
+    return {int(g): int(v) for g, v in cur.select_in(sql, sorted(group_ids))}
 
 
 def record_positions(
@@ -405,11 +397,8 @@ def list_conversations(
     from gochat.store.store import _nicknames
 
     names = {(1, u): n for u, n in _nicknames(cur, users)}
-    for start in range(0, len(groups), 500):
-        chunk = groups[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur.execute(f"SELECT id, name FROM chat_groups WHERE id IN ({marks})", chunk)
-        names.update(((2, int(g)), n) for g, n in cur.fetchall())
+    group_names = cur.select_in("SELECT id, name FROM chat_groups WHERE id IN ({marks})", groups)
+    names.update(((2, int(g)), n) for g, n in group_names)
     seen = peer_read_seqs(cur, user_id, users)
     out = []
     for key, unread, read_seq, owner, owner_seq in rows:
@@ -445,14 +434,10 @@ def peer_read_seqs(cur: Cursor, user_id: int, peers: list[int]) -> dict[int, int
     Peers that have read nothing of the conversation are left out.
     """
     out: dict[int, int] = {}
-    for start in range(0, len(peers), 500):
-        chunk = peers[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur.execute(PEER_READ_SQL.format(marks=marks), [*chunk, user_id])
-        for peer, owner, owner_seq, peer_seq in cur.fetchall():
-            seq = int(owner_seq) if int(owner) == user_id else int(peer_seq or 0)
-            if seq:
-                out[int(peer)] = seq
+    for peer, owner, owner_seq, peer_seq in cur.select_in(PEER_READ_SQL, peers, [user_id]):
+        seq = int(owner_seq) if int(owner) == user_id else int(peer_seq or 0)
+        if seq:
+            out[int(peer)] = seq
     return out
 
 

@@ -188,14 +188,10 @@ class Store:
                 "INSERT INTO users (phone_number, nickname, password_hash, created_at) VALUES",
                 [(phone, nick, hashed, now) for phone, nick, hashed in users],
             )
-            ids: dict[str, int] = {}
-            for start in range(0, len(phones), 500):
-                chunk = phones[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                cur.execute(
-                    f"SELECT phone_number, id FROM users WHERE phone_number IN ({marks})", chunk
-                )
-                ids.update((phone, int(uid)) for phone, uid in cur.fetchall())
+            found = cur.select_in(
+                "SELECT phone_number, id FROM users WHERE phone_number IN ({marks})", phones
+            )
+            ids = {phone: int(uid) for phone, uid in found}
             ordered = [ids[phone] for phone in phones]
             cur.insert_many("INSERT INTO user_seq (user_id, seq) VALUES", [(u, 0) for u in ordered])
             return [Account(u, now, 0) for u in ordered]
@@ -873,24 +869,13 @@ def _earlier_answer(cur: Cursor, item: UpItem) -> UpResult:
 
 
 def _existing_users(cur: Cursor, user_ids: set[int]) -> set[int]:
-    found: set[int] = set()
     ids = sorted(u for u in user_ids if 0 < u <= MAX_ID)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur.execute(f"SELECT id FROM users WHERE id IN ({marks})", chunk)
-        found.update(int(r[0]) for r in cur.fetchall())
-    return found
+    return {int(r[0]) for r in cur.select_in("SELECT id FROM users WHERE id IN ({marks})", ids)}
 
 
 def _nicknames(cur: Cursor, ids: list[int]) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur.execute(f"SELECT id, nickname FROM users WHERE id IN ({marks}) ORDER BY id", chunk)
-        out.extend((int(r[0]), r[1]) for r in cur.fetchall())
-    return out
+    rows = cur.select_in("SELECT id, nickname FROM users WHERE id IN ({marks}) ORDER BY id", ids)
+    return [(int(r[0]), r[1]) for r in rows]
 
 
 def _group_members(cur: Cursor, group_id: int) -> tuple[int, ...]:
