@@ -8,6 +8,8 @@ the seq differs, and protobuf lets a field be appended to prebuilt bytes.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -168,6 +170,22 @@ class PushFrames:
         if head is None:
             head = self._head(len(tail))
         return head + tail
+
+
+#: (user id, seq) pairs of a push to many users of one node, as node-to-node
+#: calls carry them: two little-endian uint64s a pair.
+_PAIR = struct.Struct("<QQ")
+PAIR_SIZE = _PAIR.size
+
+
+def pack_pairs(flat: list[int]) -> bytes:
+    """``[user_id, seq, user_id, seq, ...]`` packed for :func:`iter_pairs` (one call)."""
+    return struct.pack(f"<{len(flat)}Q", *flat)
+
+
+def iter_pairs(data: bytes) -> Iterator[tuple[int, int]]:
+    """The (user_id, seq) pairs of :func:`pack_pairs`; ``len(data)`` is a multiple of 16."""
+    return _PAIR.iter_unpack(data)
 
 
 def push_frame(msg: pb.Message) -> bytes:

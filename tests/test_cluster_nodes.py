@@ -124,7 +124,7 @@ class OneCallPerNode(ClusterTestCase):
         def calls() -> float:
             return sum(
                 metrics.RPC_CALLS.labels(m)._value.get()
-                for m in ("DeliverMessage", "DeliverMessageAll")
+                for m in ("DeliverMessage", "DeliverMessageAll", "DeliverPushes")
             )
 
         before = calls()

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred import credentials, error
+from twisted.cred import credentials, error, portal
 from twisted.internet import defer, endpoints, reactor
 from twisted.spread import pb as spread
 from twisted.trial import unittest
 
-from gochat import codec
+from gochat import codec, metrics
 from gochat.pb import pb
-from gochat.rpc import PeerPool
+from gochat.rpc import PeerPool, server
 from tests import services
 from tests.util import Node
 
 
-def push(sender: int, receiver: int, text: str, seq: int) -> bytes:
-    msg = pb.Message(
+def message(sender: int, receiver: int, text: str, seq: int = 0) -> pb.Message:
+    return pb.Message(
         session_type=pb.ST_Single,
         sender_id=sender,
         receiver_id=receiver,
@@ -25,7 +25,10 @@ def push(sender: int, receiver: int, text: str, seq: int) -> bytes:
         content=text.encode(),
         seq=seq,
     )
-    return codec.push_frame(msg)
+
+
+def push(sender: int, receiver: int, text: str, seq: int) -> bytes:
+    return codec.push_frame(message(sender, receiver, text, seq))
 
 
 class RpcEndpoint(unittest.TestCase):
@@ -100,6 +103,106 @@ class RpcEndpoint(unittest.TestCase):
         self.assertEqual(results, [2, 2])  # both answered by the one call that pushed 2 frames
         yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
         self.assertEqual([m.content for m in self.received], [b"one", b"two"])
+
+    @defer.inlineCallbacks
+    def test_deliver_pushes_builds_each_recipients_frame_from_one_base(self):
+        other, token = yield self.node.user("erin")
+        erin = yield self.node.connect(token)
+        self.addCleanup(erin.close)
+        erin_got = defer.Deferred()
+        erin.on_message = erin_got.callback
+        both = codec.message_base(message(1, self.uid, "to both"))
+        mine = codec.message_base(message(1, self.uid, "to carol"))
+        n = yield self.pool().call(
+            "node",
+            "DeliverPushes",
+            [
+                [both, codec.pack_pairs([self.uid, 1, other, 1])],
+                [mine, codec.pack_pairs([self.uid, 2])],
+            ],
+        )
+        theirs = yield erin_got.addTimeout(10, reactor)
+        yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
+        self.assertEqual(
+            (n, [(m.content, m.seq) for m in self.received], theirs.content, theirs.seq),
+            (3, [(b"to both", 1), (b"to carol", 2)], b"to both", 1),
+        )
+
+    @defer.inlineCallbacks
+    def test_pushes_for_one_node_in_one_turn_go_as_one_deliver_pushes_call(self):
+        pool = self.pool()
+        calls = metrics.RPC_CALLS.labels("DeliverPushes")
+        before = calls._value.get()
+        sent = [
+            pool.deliver_pushes(
+                "node",
+                codec.message_base(message(1, self.uid, text)),
+                codec.pack_pairs([self.uid, seq]),
+            )
+            for seq, text in enumerate(["one", "two", "three"], start=1)
+        ]
+        results = yield defer.gatherResults(sent)
+        self.assertEqual((results, calls._value.get() - before), ([3, 3, 3], 1))
+        yield services.poll_until(lambda: len(self.received) == 3, 10, what="three pushes")
+        self.assertEqual(
+            [(m.content, m.seq) for m in self.received], [(b"one", 1), (b"two", 2), (b"three", 3)]
+        )
+
+    @defer.inlineCallbacks
+    def test_bad_pushes_get_an_error_and_the_node_keeps_serving(self):
+        pool = self.pool()
+        base = codec.message_base(message(1, self.uid, "x"))
+        pairs = codec.pack_pairs([self.uid, 1])
+        for batch in (
+            [],
+            {"a": 1},
+            [[base]],
+            [[base, pairs[:-1]]],  # not whole pairs
+            [[base, b""]],
+            [[b"", pairs]],
+            [["text", pairs]],
+            [[base, pairs, b"extra"]],
+        ):
+            yield self.assertFailure(pool.call("node", "DeliverPushes", batch), spread.Error)
+        self.assertEqual(self.received, [])
+        arrived = self.next_message()
+        yield pool.call("node", "DeliverPushes", [[base, pairs]])
+        msg = yield arrived
+        self.assertEqual((msg.content, msg.seq), (b"x", 1))
+
+    @defer.inlineCallbacks
+    def test_a_peer_of_an_older_release_gets_the_pushes_as_frames(self):
+        # A node of the release before DeliverPushes (a rolling upgrade):
+        # its perspective has no such method, so the pool falls back.
+        hub = self.service.hub
+
+        class Older(server.PeerPerspective):
+            def __getattribute__(self, name: str) -> Any:
+                if name == "perspective_DeliverPushes":
+                    raise AttributeError(name)
+                return super().__getattribute__(name)
+
+        class OlderRealm(server.NodeRealm):
+            def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+                return spread.IPerspective, Older(hub, "tester"), lambda: None
+
+        factory = spread.PBServerFactory(
+            portal.Portal(OlderRealm(hub), [server.ClusterSecretChecker(services.CLUSTER_SECRET)])
+        )
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        address = f"127.0.0.1:{port.getHost().port}"
+        pool = PeerPool("tester", services.CLUSTER_SECRET, lambda node: defer.succeed(address))
+        self.addCleanup(pool.close)
+        base = codec.message_base(message(1, self.uid, "old"))
+        n = yield pool.deliver_pushes("old", base, codec.pack_pairs([self.uid, 1]))
+        msg = yield self.next_message()
+        self.assertEqual((n, msg.content, msg.seq, pool.legacy), (1, b"old", 1, {"old"}))
+        # Later pushes go straight to the frames call.
+        n = yield pool.deliver_pushes("old", base, codec.pack_pairs([self.uid, 2]))
+        msg = yield self.next_message()
+        self.assertEqual((n, msg.seq), (1, 2))
+        self.flushLoggedErrors(AttributeError)
 
     @defer.inlineCallbacks
     def test_wrong_secret_is_refused_and_delivers_nothing(self):

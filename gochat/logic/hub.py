@@ -409,6 +409,10 @@ class Hub:
         """Pushes another node routed here."""
         return self.router.deliver_local(frames)
 
+    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes]]) -> int:
+        """Pushes another node routed here as (message base, packed pairs)."""
+        return self.router.deliver_pushes_local(batch)
+
     def kick_device(self, user_id: int, device_id: str, reason: str) -> bool:
         """Close this node's connection of (user, device): it logged in elsewhere."""
         device = self.devices.get((user_id, device_id))

@@ -18,7 +18,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from gochat import metrics
+from gochat import codec, metrics
 
 CALL_TIMEOUT = 5.0  # seconds for a connect + login, and for each call
 
@@ -112,6 +112,20 @@ class _Peer:
             del self.pool.peers[self.node_id]
 
 
+#: Messages per DeliverPushes call: PB refuses a list of more than 640 Ki items.
+PUSHES_PER_CALL = 10_000
+
+
+def _frames_of(batch: list[tuple[bytes, bytes]]) -> dict[int, list[bytes]]:
+    """``{user_id: [frame, ...]}`` of (base, pairs) pushes, for a peer without DeliverPushes."""
+    frames: dict[int, list[bytes]] = {}
+    for base, pairs in batch:
+        frame_for = codec.PushFrames(base).frame
+        for uid, seq in codec.iter_pairs(pairs):
+            frames.setdefault(uid, []).append(frame_for(seq))
+    return frames
+
+
 def _fire(result: Any, waiters: list[defer.Deferred[Any]]) -> None:
     for waiter in waiters:
         waiter.callback(result)
@@ -149,6 +163,11 @@ class PeerPool(service.Service):
         # Pushes for each node gathered during one reactor turn, sent as one call.
         self._outbox: dict[str, dict[int, list[bytes]]] = {}
         self._outbox_waiters: dict[str, list[defer.Deferred[Any]]] = {}
+        # (message base, packed pairs) for each node, gathered the same way.
+        self._pushes: dict[str, list[tuple[bytes, bytes]]] = {}
+        # Peers that answered DeliverPushes with "no such method": an older
+        # release during a rolling upgrade. They get DeliverMessageAll.
+        self.legacy: set[str] = set()
         self._flush_call: Any = None
 
     def _peer(self, node_id: str) -> defer.Deferred[Any]:
@@ -194,17 +213,60 @@ class PeerPool(service.Service):
             self._flush_call = self.reactor.callLater(0, self._flush)
         return waiter
 
+    def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes) -> defer.Deferred[Any]:
+        """Hand one message's pushes to one node (see the router's RemoteDeliverer).
+
+        Everything for one node in the same reactor turn goes in one
+        ``DeliverPushes`` call, in order. Never fails; fires once it is done.
+        """
+        if node_id in self.legacy:
+            return self.deliver(node_id, _frames_of([(base, pairs)]))
+        self._pushes.setdefault(node_id, []).append((base, pairs))
+        waiter: defer.Deferred[Any] = defer.Deferred()
+        self._outbox_waiters.setdefault(node_id, []).append(waiter)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return waiter
+
+    def _send_pushes(self, node_id: str, batch: list[tuple[bytes, bytes]]) -> defer.Deferred[Any]:
+        def older(failure: Any) -> Any:
+            # The peer's perspective has no perspective_DeliverPushes.
+            if not failure.check(AttributeError, "builtins.AttributeError"):
+                return failure
+            self.log.info(
+                "rpc: node {node} is an older release: frames by DeliverMessageAll", node=node_id
+            )
+            self.legacy.add(node_id)
+            frames = _frames_of(batch)
+            wire = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+            return self.call(node_id, "DeliverMessageAll", wire)
+
+        calls = [batch[i : i + PUSHES_PER_CALL] for i in range(0, len(batch), PUSHES_PER_CALL)]
+        sent: list[defer.Deferred[Any]] = []
+        for part in calls:
+            d = self.call(node_id, "DeliverPushes", [list(entry) for entry in part])
+            sent.append(d.addErrback(older))
+        if len(sent) == 1:
+            return sent[0]
+        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+
     def _flush(self) -> None:
         self._flush_call = None
         outbox, self._outbox = self._outbox, {}
+        pushes, self._pushes = self._pushes, {}
         waiters, self._outbox_waiters = self._outbox_waiters, {}
+        for node_id, queued in pushes.items():
+            d = self._send_pushes(node_id, queued)
+            d.addErrback(self._failed, node_id, "deliver", len(queued))
+            if node_id not in outbox:
+                d.addCallback(_fire, waiters.pop(node_id, []))
         for node_id, frames in outbox.items():
             if len(frames) == 1 and len(next(iter(frames.values()))) == 1:
                 ((uid, (frame,)),) = frames.items()
                 d = self.call(node_id, "DeliverMessage", uid, frame)
             else:
-                batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
-                d = self.call(node_id, "DeliverMessageAll", batch)
+                wire = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+                d = self.call(node_id, "DeliverMessageAll", wire)
             d.addErrback(self._failed, node_id, "deliver", len(frames))
             d.addCallback(_fire, waiters.pop(node_id, []))
 
@@ -239,6 +301,7 @@ class PeerPool(service.Service):
             self._flush_call = None
             waiters, self._outbox_waiters = self._outbox_waiters, {}
             self._outbox = {}
+            self._pushes = {}
             for node_waiters in waiters.values():
                 _fire(None, node_waiters)
         for peer in list(self.peers.values()):

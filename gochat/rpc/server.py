@@ -19,10 +19,13 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from gochat import metrics
+from gochat import codec, metrics
 
 MAX_USERS_PER_CALL = 100_000
 MAX_FRAMES_PER_USER = 10_000
+MAX_MESSAGES_PER_CALL = 10_000
+#: a message without its seq: at most a --max-frame's content and its fields
+MAX_BASE = 1 << 20
 MAX_NODE_ID = 128
 MAX_DEVICE_ID = 128
 
@@ -51,6 +54,8 @@ class PeerHub(Protocol):
     def kick_device(self, user_id: int, device_id: str, reason: str) -> bool: ...
 
     def deliver_notice_from_peer(self, frames: dict[int, list[bytes]]) -> int: ...
+
+    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes]]) -> int: ...
 
 
 @implementer(ICredentialsChecker)
@@ -107,6 +112,20 @@ class PeerPerspective(pb.Avatar):
         metrics.RPC_SERVED.labels("DeliverMessageAll").inc()
         return self.hub.deliver_from_peer(batch)
 
+    def perspective_DeliverPushes(self, batch: Any) -> int:  # noqa: N802
+        """``[[message base, packed (user_id, seq) pairs], ...]``: pushes, in order.
+
+        The message is sent once per node without its seq
+        (:func:`gochat.codec.message_base`) and this node builds each
+        recipient's frame, so a group message costs 16 bytes per recipient
+        on the wire and no frame of its own in PB's encoding.
+        """
+        if not isinstance(batch, list) or not 0 < len(batch) <= MAX_MESSAGES_PER_CALL:
+            raise pb.Error("DeliverPushes takes a list of [base, pairs]")
+        pushes = [_push_entry(entry) for entry in batch]
+        metrics.RPC_SERVED.labels("DeliverPushes").inc()
+        return self.hub.deliver_pushes_from_peer(pushes)
+
     def perspective_DeliverNotice(self, notices: Any) -> int:  # noqa: N802
         """``{receiver_id: frame or [frames]}`` of read/typing notices, never pushes."""
         if not isinstance(notices, dict) or len(notices) > MAX_USERS_PER_CALL:
@@ -142,6 +161,20 @@ def _user_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
         raise pb.Error(f"bad receiver_id {value!r}")
     return value
+
+
+def _push_entry(entry: Any) -> tuple[bytes, bytes]:
+    if isinstance(entry, list | tuple) and len(entry) == 2:
+        base, pairs = entry
+        if (
+            isinstance(base, bytes)
+            and isinstance(pairs, bytes)
+            and 0 < len(base) <= MAX_BASE
+            and 0 < len(pairs) <= MAX_USERS_PER_CALL * codec.PAIR_SIZE
+            and len(pairs) % codec.PAIR_SIZE == 0
+        ):
+            return base, pairs
+    raise pb.Error("a push is [message base (bytes), (user_id, seq) pairs (16 bytes each)]")
 
 
 def _frames(data: Any) -> list[bytes]:
