@@ -28,6 +28,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--password", default="bench-password", help="password of the bench users")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--callgrind",
+        metavar="OUT",
+        help="the node runs under valgrind --tool=callgrind --instr-atstart=no"
+        " --callgrind-out-file=OUT: count its instructions over the run (needs --pid)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +107,7 @@ def _target(args: argparse.Namespace) -> runner.Target:
         progress=not args.no_progress,
         setup_db=getattr(args, "setup_db", None),
         setup_secret=getattr(args, "setup_secret", None),
+        callgrind=args.callgrind,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from twisted.internet import defer, task
 
+from gochat.bench import callgrind
 from gochat.bench.stats import Histogram, format_table
 from gochat.bench.worker import ProcessWorker, Worker, cpu_seconds
 from gochat.client.http import HttpApi
@@ -42,6 +43,9 @@ class Target:
     #: robin) and process id (node CPU is their sum).
     ws_nodes: list[str] | None = None
     pids: list[int] | None = None
+    #: The node runs under callgrind with this --callgrind-out-file: count its
+    #: instructions over the run (gochat.bench.callgrind).
+    callgrind: str | None = None
 
 
 # -- the node's /proc ---------------------------------------------------------
@@ -249,6 +253,10 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             errors = [e for i in infos for e in i["errors"]]
             raise RuntimeError(f"{failed} clients could not connect and log in: {errors[:3]}")
         load = load_average()
+        if target.callgrind:
+            if target.pid is None:
+                raise ValueError("--callgrind needs --pid (the node's process id)")
+            callgrind.start(target.pid)
         node_cpu0 = nodes_cpu_seconds(target)
         own_cpu0 = cpu_seconds()
         wall0 = time.time()
@@ -269,6 +277,10 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
                 bar.end()
         wall = time.time() - wall0
         node_cpu1 = nodes_cpu_seconds(target)
+        instructions = None
+        if target.callgrind:
+            assert target.pid is not None
+            instructions = callgrind.stop(target.pid, target.callgrind)
         pids: Sequence[int | None] = target.pids or [target.pid]
         node_rss = [node_rss_kb(pid) for pid in pids]
         client_cpu = sum(r["cpu_s"] for r in results)
@@ -288,6 +300,11 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             # the node's resident memory at the end of the run (summed over a cluster)
             node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
         )
+        if instructions is not None:
+            report.update(
+                node_instructions=instructions,
+                node_instructions_per_delivery=instructions / max(1, report["received"]),
+            )
         return report
     finally:
         yield defer.DeferredList([w.stop() for w in workers])

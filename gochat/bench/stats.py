@@ -141,6 +141,14 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{report['node_cpu_s']:.1f} s = {report['node_cpu_pct']:.0f}% of one core",
             )
         )
+    if report.get("node_instructions") is not None:
+        rows.append(
+            (
+                "node instructions",
+                f"{report['node_instructions']:,}"
+                f" = {report['node_instructions_per_delivery']:,.0f} per delivery (callgrind)",
+            )
+        )
     if report.get("load"):
         rows.append(("load average before", report["load"]))
     width = max(len(k) for k, _ in rows)
