@@ -126,6 +126,11 @@ def _frames_of(batch: list[tuple[bytes, bytes]]) -> dict[int, list[bytes]]:
     return frames
 
 
+def _wire(frames: dict[int, list[bytes]]) -> dict[int, bytes | list[bytes]]:
+    """``{user_id: frame or [frames]}``: a lone frame goes bare (DeliverMessageAll's shape)."""
+    return {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
+
+
 def _fire(result: Any, waiters: list[defer.Deferred[Any]]) -> None:
     for waiter in waiters:
         waiter.callback(result)
@@ -207,6 +212,10 @@ class PeerPool(service.Service):
         outbox = self._outbox.setdefault(node_id, {})
         for uid, user_frames in frames.items():
             outbox.setdefault(uid, []).extend(user_frames)
+        return self._queued(node_id)
+
+    def _queued(self, node_id: str) -> defer.Deferred[Any]:
+        """A waiter for what was just queued for ``node_id``; the flush is at the turn's end."""
         waiter: defer.Deferred[Any] = defer.Deferred()
         self._outbox_waiters.setdefault(node_id, []).append(waiter)
         if self._flush_call is None:
@@ -222,14 +231,10 @@ class PeerPool(service.Service):
         if node_id in self.legacy:
             return self.deliver(node_id, _frames_of([(base, pairs)]))
         self._pushes.setdefault(node_id, []).append((base, pairs))
-        waiter: defer.Deferred[Any] = defer.Deferred()
-        self._outbox_waiters.setdefault(node_id, []).append(waiter)
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
-        return waiter
+        return self._queued(node_id)
 
     def _send_pushes(self, node_id: str, batch: list[tuple[bytes, bytes]]) -> defer.Deferred[Any]:
-        def older(failure: Any) -> Any:
+        def older(failure: Any, part: list[tuple[bytes, bytes]]) -> Any:
             # The peer's perspective has no perspective_DeliverPushes.
             if not failure.check(AttributeError, "builtins.AttributeError"):
                 return failure
@@ -237,15 +242,12 @@ class PeerPool(service.Service):
                 "rpc: node {node} is an older release: frames by DeliverMessageAll", node=node_id
             )
             self.legacy.add(node_id)
-            frames = _frames_of(batch)
-            wire = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
-            return self.call(node_id, "DeliverMessageAll", wire)
+            return self.call(node_id, "DeliverMessageAll", _wire(_frames_of(part)))
 
-        calls = [batch[i : i + PUSHES_PER_CALL] for i in range(0, len(batch), PUSHES_PER_CALL)]
-        sent: list[defer.Deferred[Any]] = []
-        for part in calls:
-            d = self.call(node_id, "DeliverPushes", [list(entry) for entry in part])
-            sent.append(d.addErrback(older))
+        sent = []
+        for i in range(0, len(batch), PUSHES_PER_CALL):
+            part = batch[i : i + PUSHES_PER_CALL]
+            sent.append(self.call(node_id, "DeliverPushes", part).addErrback(older, part))
         if len(sent) == 1:
             return sent[0]
         return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
@@ -265,8 +267,7 @@ class PeerPool(service.Service):
                 ((uid, (frame,)),) = frames.items()
                 d = self.call(node_id, "DeliverMessage", uid, frame)
             else:
-                wire = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
-                d = self.call(node_id, "DeliverMessageAll", wire)
+                d = self.call(node_id, "DeliverMessageAll", _wire(frames))
             d.addErrback(self._failed, node_id, "deliver", len(frames))
             d.addCallback(_fire, waiters.pop(node_id, []))
 
@@ -277,8 +278,7 @@ class PeerPool(service.Service):
 
     def notify(self, node_id: str, frames: dict[int, list[bytes]]) -> defer.Deferred[Any]:
         """Hand read/typing notices to one node (one call; they are small and rare). Never fails."""
-        batch = {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
-        d = self.call(node_id, "DeliverNotice", batch)
+        d = self.call(node_id, "DeliverNotice", _wire(frames))
         return d.addErrback(self._failed, node_id, "notice", len(frames))
 
     def _failed(self, failure: Any, node_id: str, what: str, n: int) -> None:
