@@ -213,7 +213,10 @@ class StoreTransactions(unittest.TestCase):
         a = yield self.store.create_user("1", "a", "h")
         conn = sqlite3.connect(os.path.join(self.dir, "gochat.db"))
         self.addCleanup(conn.close)
-        insert = "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES (?, 1, 1, 1)"
+        insert = (
+            "INSERT INTO user_runs (user_id, last_seq, seq, stream_owner, stream_seq, first_idx)"
+            " VALUES (?, 1, 1, 1, 1, 0)"
+        )
         conn.execute(insert, (a,))
         self.assertRaises(sqlite3.IntegrityError, conn.execute, insert, (a,))
 

@@ -89,6 +89,58 @@ class StoreTests:
 
         return store.db.run_interaction("test_rows", txn, write=False)
 
+    # -- lists as runs ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_a_batch_is_one_run_per_member_per_stream_and_sync_pages_through_it(self):
+        a, b, c = yield self.users(3, "run")
+        gid = yield self.store.create_group(a, "g", [b, c])
+
+        def up(cid: int, receiver: int, text: str, group: bool) -> UpItem:
+            msg = pb.Message(
+                session_type=pb.ST_Group if group else pb.ST_Single,
+                receiver_id=receiver,
+                sender_id=a,
+                content=text.encode(),
+            )
+            return UpItem(a, "d", cid, msg)
+
+        # one batch: five to the group, one to b alone, three to the group
+        texts = [f"g{i}" for i in range(5)] + ["to b"] + [f"g{i}" for i in range(5, 8)]
+        items = [up(i + 1, b if t == "to b" else gid, t, t != "to b") for i, t in enumerate(texts)]
+        results = yield self.store.commit_messages(items)
+        self.assertEqual([r.code for r in results], [200] * 9)
+
+        def runs(cur: Any) -> dict[int, int]:
+            cur.execute(
+                "SELECT user_id, COUNT(*) FROM user_runs WHERE user_id IN (?, ?, ?)"
+                " GROUP BY user_id",
+                (a, b, c),
+            )
+            return {int(u): int(n) for u, n in cur.fetchall()}
+
+        counted = yield self.store.db.run_interaction("runs", runs, write=False)
+        # a and b: the group's stream, b's chat, the group's stream again; c: one run
+        self.assertEqual(counted, {a: 3, b: 3, c: 1})
+        expected = {
+            a: [t.encode() for t in texts],
+            b: [t.encode() for t in texts],
+            c: [t.encode() for t in texts if t != "to b"],
+        }
+        for uid, contents in expected.items():
+            rows = yield self.rows(self.store, uid)  # the user_messages view
+            self.assertEqual(rows, list(enumerate(contents, start=1)), uid)
+            for after in range(len(contents) + 1):
+                for limit in (1, 2, 3, 50):
+                    got, more = yield self.store.sync(uid, after, limit)
+                    page = contents[after : after + limit]
+                    self.assertEqual(
+                        [(m.seq, m.content) for m in got],
+                        list(enumerate(page, start=after + 1)),
+                        (uid, after, limit),
+                    )
+                    self.assertEqual(more, after + limit < len(contents), (uid, after, limit))
+
     # -- schema --------------------------------------------------------------
 
     @defer.inlineCallbacks

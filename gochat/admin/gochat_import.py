@@ -45,7 +45,7 @@ from gochat.store.engines import (
 
 MAX_ID = 2**63 - 1  # the node's ids are signed 64-bit
 BATCH = 2000  # rows per insert transaction
-ENTRY_BATCH = 10_000  # narrow user_messages rows per transaction (fewer commits)
+ENTRY_BATCH = 10_000  # list entries (runs of one) per transaction (fewer commits)
 #: copies of one (sender, receiver, session type, second) kept in memory while
 #: grouping; a larger run (a client that sent no times) falls back to one body per row
 RUN_LIMIT = 50_000
@@ -57,7 +57,7 @@ ST_SINGLE, ST_GROUP = 1, 2
 #: a message_bodies row: owner_id, owner_seq, sender_id, session_type,
 #: receiver_id, message_type, content, send_time
 Body = tuple[int, int, int, int, int, int, bytes, int]
-#: a user_messages row: user_id, seq, owner_id, owner_seq
+#: a list entry: user_id, seq, owner_id, owner_seq (written as a run of one)
 Entry = tuple[int, int, int, int]
 
 
@@ -249,9 +249,9 @@ class GoChatImport:
             self._friends(src, dst, cur)
             self._groups(src, dst, cur)
             self._members(src, dst, cur)
-            before = _count(cur, "user_messages"), _count(cur, "message_bodies")
+            before = _list_entries(cur), _count(cur, "message_bodies")
             self._messages(src, dst, cur)
-            self.summary.messages_new = _count(cur, "user_messages") - before[0]
+            self.summary.messages_new = _list_entries(cur) - before[0]
             self.summary.bodies = _count(cur, "message_bodies") - before[1]
             self._seqs(src, dst, cur)
         finally:
@@ -438,18 +438,21 @@ class GoChatImport:
         bodies: list[Body] = []
         entries: list[Entry] = []
         body_suffix = self.target.upsert_suffix("owner_id, owner_seq", ["owner_id"])
-        entry_suffix = self.target.upsert_suffix("user_id, seq", ["user_id"])
+        entry_suffix = self.target.upsert_suffix("user_id, last_seq", ["user_id"])
 
         def flush() -> None:
+            # Each body is a stream of its own and each list entry a run of one.
             cur.insert_many(
                 "INSERT INTO message_bodies (owner_id, owner_seq, sender_id, session_type,"
-                " receiver_id, message_type, content, send_time) VALUES",
-                bodies,
+                " receiver_id, message_type, content, send_time, stream_owner, stream_seq,"
+                " idx) VALUES",
+                [(*b, b[0], b[1], 0) for b in bodies],
                 body_suffix,
             )
             cur.insert_many(
-                "INSERT INTO user_messages (user_id, seq, owner_id, owner_seq) VALUES",
-                entries,
+                "INSERT INTO user_runs (user_id, last_seq, seq, stream_owner, stream_seq,"
+                " first_idx) VALUES",
+                [(u, seq, seq, o, o_seq, 0) for u, seq, o, o_seq in entries],
                 entry_suffix,
             )
             dst.commit()
@@ -581,6 +584,12 @@ def _text(value: Any) -> str:
 
 def _count(cur: Cursor, table: str) -> int:
     cur.execute(f"SELECT COUNT(*) FROM {table}")
+    return int(cur.fetchone()[0])
+
+
+def _list_entries(cur: Cursor) -> int:
+    """Messages in all users' lists: each run holds last_seq - seq + 1."""
+    cur.execute("SELECT COALESCE(SUM(last_seq - seq + 1), 0) FROM user_runs")
     return int(cur.fetchone()[0])
 
 

@@ -84,6 +84,8 @@ class Router:
         self._drain_call: Any = None
         #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
+        #: this turn's messages for recipients that may be on other nodes
+        self._remote_turn: list[tuple[codec.PushFrames, list[tuple[int, int]]]] = []
 
     def add(self, session: Session) -> bool:
         """Register a logged-in session; True when it is the user's first here."""
@@ -120,6 +122,7 @@ class Router:
             pushed += self._deliver_logged(*backlog.popleft())
         if pushed:
             _LOCAL_PUSHES.inc(pushed)
+        self._route_remote()
         self._backlog_rows = 0
         if self.on_drained is not None:
             self.on_drained()
@@ -141,6 +144,7 @@ class Router:
             budget -= len(rows)
         if pushed:  # counted once per turn: a counter's lock costs as much as a push
             _LOCAL_PUSHES.inc(pushed)
+        self._route_remote()
         self._backlog_rows -= self.budget - budget
         if backlog:
             self._drain_call = self.clock.callLater(0, self._drain)
@@ -172,7 +176,7 @@ class Router:
                         session.push(seq, frame)
                         local += 1
         if self.remote is not None and rows:
-            self._deliver_remote(frames, rows)
+            self._remote_turn.append((frames, rows))
         return local
 
     def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
@@ -251,18 +255,40 @@ class Router:
                     sent += len(sessions)
         return sent
 
-    def _deliver_remote(self, push: codec.PushFrames, rows: list[tuple[int, int]]) -> None:
-        seqs = dict(rows)
+    def _route_remote(self) -> None:
+        """One presence lookup for all of this turn's messages, then one call per node each.
+
+        The lookup names the nodes of every recipient of the turn at once;
+        a cluster of one (or a turn whose recipients are all here) then costs
+        nothing per message.
+        """
+        pending, self._remote_turn = self._remote_turn, []
+        if not pending:
+            return
+        wanted = {uid for _, rows in pending for uid, _ in rows}
 
         def route(nodes: dict[str, list[int]]) -> None:
+            if not nodes:
+                return
             assert self.remote is not None
+            where: dict[int, list[str]] = {}
             for node_id, user_ids in nodes.items():
-                flat: list[int] = []
-                for u in user_ids:
-                    flat += (u, seqs[u])
-                _REMOTE_PUSHES.inc(len(user_ids))
-                self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(flat))
+                for uid in user_ids:
+                    where.setdefault(uid, []).append(node_id)
+            for push, rows in pending:
+                flat: dict[str, list[int]] = {}
+                for uid, seq in rows:
+                    holders = where.get(uid)
+                    if holders:
+                        for node_id in holders:
+                            out = flat.get(node_id)
+                            if out is None:
+                                out = flat[node_id] = []
+                            out += (uid, seq)
+                for node_id, pairs in flat.items():
+                    _REMOTE_PUSHES.inc(len(pairs) // 2)
+                    self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs))
 
-        d = self.presence.nodes_for(list(seqs))
+        d = self.presence.nodes_for(list(wanted))
         d.addCallback(route)
         d.addErrback(lambda f: self.log.failure("presence lookup for a push failed", f))

@@ -223,7 +223,7 @@ class SQLiteEngine(BaseEngine):
         cursor.execute("BEGIN IMMEDIATE")
 
     def on_connect(self, conn: Any) -> None:
-        # Write diffusion appends to every recipient's part of the user_messages
+        # Write diffusion appends to every recipient's part of the user_runs
         # index at once: 16 KiB pages split a quarter as often as 4 KiB ones
         # (about a third more rows per second). It only takes effect while
         # the file is still empty, i.e. for a new database; an older one keeps
@@ -233,7 +233,7 @@ class SQLiteEngine(BaseEngine):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        # Write diffusion appends to every recipient's part of the user_messages
+        # Write diffusion appends to every recipient's part of the user_runs
         # index at once; with SQLite's 2 MiB default those pages keep being
         # evicted and re-read within one batch. 16 MiB holds them for groups
         # of a few thousand; 64 MiB ran no faster and kept 48 MB more resident

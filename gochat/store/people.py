@@ -413,12 +413,28 @@ def list_conversations(
     return out, (rows[-1][0] if more and rows else None)
 
 
+def body_at(user: str, seq: str) -> str:
+    """Joins ``r`` (the run) and ``b`` (the body) of the message at ``user``'s ``seq``.
+
+    ``user`` and ``seq`` are SQL expressions. The run holding a seq is the
+    first with ``last_seq >= seq`` (an index minimum), if it starts at or
+    before it; the body is then the stream's message that far into the run.
+    """
+    return (
+        f" JOIN user_runs r ON r.user_id = {user} AND r.last_seq ="
+        f" (SELECT MIN(x.last_seq) FROM user_runs x WHERE x.user_id = {user}"
+        f" AND x.last_seq >= {seq}) AND r.seq <= {seq}"
+        " JOIN message_bodies b ON b.stream_owner = r.stream_owner"
+        f" AND b.stream_seq = r.stream_seq AND b.idx = r.first_idx + ({seq} - r.seq)"
+    )
+
+
 #: the peers' read positions and their messages, by primary keys only
 PEER_READ_SQL = (
-    "SELECT c.user_id, um.owner_id, um.owner_seq, p.peer_seq FROM conversations c"
-    " JOIN user_messages um ON um.user_id = c.user_id AND um.seq = c.read_seq"
-    " LEFT JOIN message_positions p ON p.owner_id = um.owner_id"
-    " AND p.owner_seq = um.owner_seq"
+    "SELECT c.user_id, b.owner_id, b.owner_seq, p.peer_seq FROM conversations c"
+    + body_at("c.user_id", "c.read_seq")
+    + " LEFT JOIN message_positions p ON p.owner_id = b.owner_id"
+    " AND p.owner_seq = b.owner_seq"
     " WHERE c.user_id IN ({marks}) AND c.session_type = 1 AND c.peer_id = ?"
     " AND c.read_seq > 0"
 )
@@ -464,10 +480,16 @@ def _last_message(
         # Each unread message has its own seq past read_seq, so the last one
         # is at read_seq + unread or later: a bounded walk of the user's list.
         low = read_seq + unread
+        # (A run is at most one batch long, far less than the window, so a
+        # run holding a seq of the window ends before twice its end.)
         cur.execute(
-            "SELECT seq FROM user_messages WHERE user_id = ? AND seq >= ? AND seq < ?"
-            " AND owner_id = ? AND owner_seq = ? ORDER BY seq LIMIT 1",
-            (user_id, low, low + LAST_SEQ_WINDOW, owner, owner_seq),
+            "SELECT r.seq + (b.idx - r.first_idx) FROM message_bodies b JOIN user_runs r"
+            " ON r.stream_owner = b.stream_owner AND r.stream_seq = b.stream_seq"
+            " AND b.idx >= r.first_idx AND b.idx <= r.first_idx + (r.last_seq - r.seq)"
+            " WHERE b.owner_id = ? AND b.owner_seq = ? AND r.user_id = ?"
+            " AND r.last_seq >= ? AND r.last_seq < ? AND r.seq < ?"
+            " ORDER BY r.last_seq LIMIT 1",
+            (owner, owner_seq, user_id, low, low + 2 * LAST_SEQ_WINDOW, low + LAST_SEQ_WINDOW),
         )
         found = cur.fetchone()
         seq = int(found[0]) if found else 0
@@ -502,12 +524,12 @@ def mark_read(cur: Cursor, engine: Any, user_id: int, st: int, peer: int, seq: i
     row = None
     if 0 < seq <= MAX_ID:
         cur.execute(
-            "SELECT um.owner_id, um.owner_seq, b.session_type, b.sender_id, b.receiver_id,"
-            " p.pos, p.peer_seq FROM user_messages um JOIN message_bodies b"
-            " ON b.owner_id = um.owner_id AND b.owner_seq = um.owner_seq"
-            " LEFT JOIN message_positions p ON p.owner_id = um.owner_id"
-            " AND p.owner_seq = um.owner_seq WHERE um.user_id = ? AND um.seq = ?",
-            (user_id, seq),
+            "SELECT b.owner_id, b.owner_seq, b.session_type, b.sender_id, b.receiver_id,"
+            " p.pos, p.peer_seq FROM users u"
+            + body_at("u.id", "?")
+            + " LEFT JOIN message_positions p ON p.owner_id = b.owner_id"
+            " AND p.owner_seq = b.owner_seq WHERE u.id = ?",
+            (seq, seq, seq, user_id),
         )
         row = cur.fetchone()
     if row is not None:

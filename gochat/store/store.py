@@ -53,10 +53,13 @@ _BODY_COLUMNS = (
     "message_type",
     "content",
     "send_time",
+    "stream_owner",
+    "stream_seq",
+    "idx",
 )
-_BODY_KINDS = ("bigint", "bigint", "bigint", "int", "bigint", "int", "blob", "bigint")
-_LIST_COLUMNS = ("user_id", "seq", "owner_id", "owner_seq")
-_LIST_KINDS = ("bigint", "bigint", "bigint", "bigint")
+_BODY_KINDS = ("bigint", "bigint", "bigint", "int", "bigint", "int", "blob") + ("bigint",) * 4
+_RUN_COLUMNS = ("user_id", "last_seq", "seq", "stream_owner", "stream_seq", "first_idx")
+_RUN_KINDS = ("bigint",) * 6
 
 
 #: ``(name, owner_id, [(id, nickname)] in join order, read_count)`` of a group
@@ -352,12 +355,21 @@ class Store:
         after_seq = min(after_seq, MAX_ID)
 
         def txn(cur: Cursor) -> tuple[list[pb.Message], bool]:
+            # The first limit + 1 runs past after_seq hold the first limit + 1
+            # messages, and each run gives at most that many from where it
+            # passes after_seq: a bounded read whatever the runs' lengths.
             cur.execute(
-                "SELECT um.seq, b.sender_id, b.session_type, b.receiver_id, b.message_type,"
-                " b.content, b.send_time FROM user_messages um JOIN message_bodies b"
-                " ON b.owner_id = um.owner_id AND b.owner_seq = um.owner_seq"
-                " WHERE um.user_id = ? AND um.seq > ? ORDER BY um.seq LIMIT ?",
-                (user_id, after_seq, limit + 1),
+                "SELECT r.seq + (b.idx - r.first_idx) AS s, b.sender_id, b.session_type,"
+                " b.receiver_id, b.message_type, b.content, b.send_time FROM"
+                " (SELECT seq, last_seq, stream_owner, stream_seq, first_idx,"
+                " first_idx + CASE WHEN seq > ? THEN 0 ELSE ? - seq + 1 END AS lo"
+                " FROM user_runs WHERE user_id = ? AND last_seq > ?"
+                " ORDER BY last_seq LIMIT ?) r"
+                " JOIN message_bodies b ON b.stream_owner = r.stream_owner"
+                " AND b.stream_seq = r.stream_seq AND b.idx >= r.lo"
+                " AND b.idx <= r.first_idx + (r.last_seq - r.seq) AND b.idx <= r.lo + ?"
+                " ORDER BY s LIMIT ?",
+                (after_seq, after_seq, user_id, after_seq, limit + 1, limit, limit + 1),
             )
             rows = cur.fetchall()
             out = [
@@ -521,12 +533,17 @@ class Store:
         # 2. current seqs of every recipient, locked in a fixed order
         recipients_all = sorted({u for _, code, rcpts in plans if code == codes.OK for u in rcpts})
         current = self._current_seqs(cur, recipients_all)
-        # 3. one body per message, under the sender's own list entry, and a
-        # narrow row per recipient pointing at it. Rows are gathered per
-        # user: inserted in (user_id, seq) order they fill the primary key's
-        # pages one after the other, about a third cheaper than one message's
-        # recipients at a time.
-        per_user: dict[int, list[int]] = {}  # user -> that user's rows, laid end to end
+        # 3. one body per message, under the sender's own list entry, and the
+        # recipients' lists as runs: the messages one batch commits to one
+        # conversation are a stream (named by its first body), and a user's
+        # consecutive seqs over consecutive messages of a stream are one run.
+        # A batch of messages to one group is one run per member, not one row
+        # per member per message.
+        streams: dict[tuple[int, int, int], list[int]] = {}
+        #: user -> its open run: [last_seq, seq, stream_owner, stream_seq,
+        #: first_idx, stream, next idx]
+        runs: dict[int, list[Any]] = {}
+        closed: dict[int, list[int]] = {}  # user -> its earlier runs of the batch, flat
         bodies: list[SQLValue] = []
         results = []
         device_acks = []
@@ -542,15 +559,28 @@ class Store:
                 owner = item.user_id  # the sender, always among the recipients
                 owner_seq = result.sender_seq = current[owner] + 1
                 current[owner] = owner_seq
+                receiver = msg.receiver_id
+                if msg.session_type == pb.ST_Single:
+                    conv = (1, owner, receiver) if owner < receiver else (1, receiver, owner)
+                else:
+                    conv = (2, receiver, 0)
+                stream = streams.get(conv)
+                if stream is None:
+                    stream = streams[conv] = [owner, owner_seq, 0]
+                s_owner, s_seq, idx = stream
+                stream[2] = idx + 1
                 bodies += (
                     owner,
                     owner_seq,
                     msg.sender_id,
                     msg.session_type,
-                    msg.receiver_id,
+                    receiver,
                     msg.message_type,
                     msg.content,
                     msg.send_time,
+                    s_owner,
+                    s_seq,
+                    idx,
                 )
                 pushed = result.rows
                 for uid in recipients:
@@ -559,10 +589,17 @@ class Store:
                     else:
                         seq = current[uid] + 1
                         current[uid] = seq
-                    user_rows = per_user.get(uid)
-                    if user_rows is None:
-                        user_rows = per_user[uid] = []
-                    user_rows += (uid, seq, owner, owner_seq)
+                    run = runs.get(uid)
+                    if run is not None and run[5] is stream and run[6] == idx:
+                        run[0] = seq  # the user's seqs in a batch are consecutive
+                        run[6] = idx + 1
+                    else:
+                        if run is not None:
+                            earlier = closed.get(uid)
+                            if earlier is None:
+                                earlier = closed[uid] = []
+                            earlier += (uid, *run[:5])
+                        runs[uid] = [seq, seq, s_owner, s_seq, idx, stream, idx + 1]
                     pushed.append((uid, seq))
                 result.message = msg
                 entries.append((msg, owner, owner_seq, pushed, item.op))
@@ -581,10 +618,15 @@ class Store:
             by_item.update(duplicates)
             results = [by_item[id(item)] for item in items]
         cur.write_rows("message_bodies", _BODY_COLUMNS, _BODY_KINDS, bodies)
-        list_rows: list[int] = []
-        for uid in sorted(per_user):
-            list_rows += per_user[uid]
-        cur.write_rows("user_messages", _LIST_COLUMNS, _LIST_KINDS, list_rows)
+        # in (user_id, last_seq) order: each user's part of the key filled in turn
+        run_rows: list[int] = []
+        for uid in sorted(runs):
+            earlier = closed.get(uid)
+            if earlier is not None:
+                run_rows += earlier
+            run = runs[uid]
+            run_rows += (uid, run[0], run[1], run[2], run[3], run[4])
+        cur.write_rows("user_runs", _RUN_COLUMNS, _RUN_KINDS, run_rows)
         state["positions"] = people.record_positions(
             cur, self.engine, entries, self._pos_cache, now
         )
