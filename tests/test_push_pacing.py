@@ -18,6 +18,7 @@ from gochat.logic.writer import MessageWriter
 from gochat.pb import pb
 from gochat.presence import LocalPresence
 from gochat.store import UpItem, UpResult
+from gochat.store.store import BlockRows, MemberBlock
 from tests.logic_util import LogicTestCase, up_frame
 
 
@@ -85,6 +86,57 @@ class RouterPacing(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.pushed), 15)
         self.assertEqual(drained, [False])
+
+
+class BlockFanOut(unittest.TestCase):
+    """A group block's pushes walk only the members online here, found once."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.router = Router(LocalPresence(), self.clock, budget=100, backlog_limit=200)
+        self.pushed: list[tuple[int, int]] = []
+        self.sessions = {uid: PushedTo(uid, self.pushed) for uid in (1, 3)}
+        for session in self.sessions.values():
+            self.router.add(session)
+
+    def block(self, count: int) -> list[Any]:
+        # members 1..5 with seqs before the block of 10, 20, ..., 50
+        block = MemberBlock((1, 2, 3, 4, 5), [10, 20, 30, 40, 50])
+        return [delivery(1, BlockRows(block, i)) for i in range(1, count + 1)]
+
+    def test_each_online_member_gets_its_own_seq_of_each_message(self):
+        self.router.deliver_many(self.block(2))
+        self.assertEqual(self.pushed, [(1, 11), (3, 31), (1, 12), (3, 32)])
+
+    def test_the_cost_of_a_block_message_is_its_online_members_not_its_rows(self):
+        router = Router(LocalPresence(), self.clock, budget=3, backlog_limit=6)
+        for session in self.sessions.values():
+            router.add(session)
+        router.deliver_many(self.block(4))  # 5 rows each, 2 online: a cost of 3 each
+        self.assertEqual(len(self.pushed), 2)  # one message this turn
+        self.assertTrue(router.congested)  # 9 still waiting
+        self.clock.advance(0)
+        self.assertFalse(router.congested)
+        while self.clock.getDelayedCalls():
+            self.clock.advance(0)
+        self.assertEqual(len(self.pushed), 8)
+
+    def test_members_who_come_and_go_between_messages_are_seen_for_the_later_ones(self):
+        router = Router(LocalPresence(), self.clock, budget=1, backlog_limit=100)
+        router.add(self.sessions[1])
+        router.deliver_many(self.block(3))  # one message this turn
+        self.assertEqual(self.pushed, [(1, 11)])
+        router.add(PushedTo(4, self.pushed))
+        router.remove(self.sessions[1])
+        self.clock.advance(0)
+        self.assertEqual(self.pushed, [(1, 11), (4, 42), (4, 43)])
+
+    def test_block_rows_read_as_the_pairs_they_stand_for(self):
+        rows = self.block(2)[1][1]
+        self.assertEqual(len(rows), 5)
+        self.assertEqual(rows, [(1, 12), (2, 22), (3, 32), (4, 42), (5, 52)])
+        self.assertEqual(rows[2], (3, 32))
+        self.assertEqual(dict(rows)[5], 52)
 
 
 class FakeStore:

@@ -31,6 +31,7 @@ from gochat.store.engines import (
     MySQLEngine,
     pg_binary_int8_rows,
 )
+from gochat.store.people import GroupOp
 from tests import services
 from tests.processes import free_port, twistd
 
@@ -140,6 +141,68 @@ class StoreTests:
                         (uid, after, limit),
                     )
                     self.assertEqual(more, after + limit < len(contents), (uid, after, limit))
+
+    @defer.inlineCallbacks
+    def test_a_batch_to_a_group_from_several_senders_and_a_change_sequences_as_one_by_one(self):
+        a, b, c, d = yield self.users(4, "blk")
+        gid = yield self.store.create_group(a, "g", [b, c])
+        for uid in (a, b, c):
+            yield self.store.load_device(uid, "d")
+
+        def to_group(sender: int, cid: int, text: str) -> UpItem:
+            msg = pb.Message(
+                session_type=pb.ST_Group, receiver_id=gid, sender_id=sender, content=text.encode()
+            )
+            return UpItem(sender, "d", cid, msg)
+
+        to_d = UpItem(
+            c,
+            "d",
+            2,
+            pb.Message(session_type=pb.ST_Single, receiver_id=d, sender_id=c, content=b"c to d"),
+        )
+        items = [
+            to_group(a, 1, "a1"),
+            to_group(b, 1, "b1"),
+            to_group(a, 2, "a2"),
+            to_group(c, 1, "c1"),
+            to_d,  # ends the block: c's and d's next seqs go to the chat
+            to_group(b, 2, "b2"),
+            UpItem(a, None, 0, None, op=GroupOp("add", gid, a, [d])),  # d joins here
+            to_group(c, 3, "c3"),
+            to_group(a, 3, "a3"),
+        ]
+        results = yield self.store.commit_messages(items)
+        self.assertEqual([r.code for r in results], [200] * 9)
+        # the reference: every message in turn, each recipient's next seq
+        members = [a, b, c]
+        seqs = dict.fromkeys((a, b, c, d), 0)
+        lists: dict[int, list[bytes]] = {u: [] for u in seqs}
+        for item, result in zip(items, results, strict=True):
+            if item.op is not None:
+                members.append(d)
+                recipients = members
+            elif item.message.session_type == pb.ST_Single:
+                recipients = [c, d]
+            else:
+                recipients = members
+            expected = []
+            for uid in recipients:
+                seqs[uid] += 1
+                expected.append((uid, seqs[uid]))
+                lists[uid].append(result.message.content)
+            self.assertEqual(sorted(result.rows), sorted(expected), item)
+            if item.op is None:
+                self.assertEqual(result.sender_seq, seqs[item.user_id], item)
+        for uid, contents in lists.items():
+            got, more = yield self.store.sync(uid, 0, 100)
+            self.assertEqual(
+                [(m.seq, m.content) for m in got], list(enumerate(contents, start=1)), uid
+            )
+            self.assertFalse(more)
+        # and the next batch goes on from there
+        (r,) = yield self.store.commit_messages([to_group(b, 3, "b3")])
+        self.assertEqual(sorted(r.rows), sorted((u, seqs[u] + 1) for u in (a, b, c, d)))
 
     # -- schema --------------------------------------------------------------
 

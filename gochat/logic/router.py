@@ -9,7 +9,7 @@ call per node. Offline users get nothing: they sync.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from gochat import codec, metrics
 from gochat.pb import pb
+from gochat.store.store import BlockRows, MemberBlock
 
 if TYPE_CHECKING:
     from gochat.logic.session import Session
@@ -36,7 +37,9 @@ PUSH_BUDGET = 65536
 PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
 
 #: (message, its rows, the device it came from) of a committed message
-Delivery = tuple[pb.Message, list[tuple[int, int]], Any]
+Delivery = tuple[pb.Message, Sequence[tuple[int, int]], Any]
+#: a delivery waiting in the backlog, with the pushes it will cost
+_Waiting = tuple[pb.Message, Sequence[tuple[int, int]], Any, int]
 
 
 class RemoteDeliverer(Protocol):
@@ -78,20 +81,26 @@ class Router:
         #: waiting pushes past which the writer holds (see :data:`PUSH_BACKLOG_LIMIT`)
         self.backlog_limit = backlog_limit
         self.online: dict[int, list[Session]] = {}
+        #: changes each time a user comes online here or goes (a block's
+        #: online members, found once, stay valid while it does not change)
+        self._online_version = 0
         #: committed messages whose pushes wait for the next reactor turn
-        self._backlog: deque[Delivery] = deque()
+        self._backlog: deque[_Waiting] = deque()
         self._backlog_rows = 0
         self._drain_call: Any = None
         #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
         #: this turn's messages for recipients that may be on other nodes
-        self._remote_turn: list[tuple[codec.PushFrames, list[tuple[int, int]]]] = []
+        self._remote_turn: list[tuple[codec.PushFrames, Sequence[tuple[int, int]]]] = []
 
     def add(self, session: Session) -> bool:
         """Register a logged-in session; True when it is the user's first here."""
         sessions = self.online.setdefault(session.user_id, [])
         sessions.append(session)
-        return len(sessions) == 1
+        if len(sessions) == 1:
+            self._online_version += 1
+            return True
+        return False
 
     def remove(self, session: Session) -> bool:
         """Unregister; True when the user has no session left here."""
@@ -101,13 +110,34 @@ class Router:
         sessions.remove(session)
         if not sessions:
             del self.online[session.user_id]
+            self._online_version += 1
             return True
         return False
 
+    def _online_members(self, block: MemberBlock) -> list[tuple[list[Session], int]]:
+        """(sessions, seq base) of the block's members online here, found once per block."""
+        if block.online_version != self._online_version:
+            get = self.online.get
+            block.online = [
+                (sessions, base)
+                for uid, base in zip(block.members, block.bases, strict=True)
+                if (sessions := get(uid))
+            ]
+            block.online_version = self._online_version
+        return block.online
+
+    def _cost(self, rows: Sequence[tuple[int, int]]) -> int:
+        """Pushes a message's rows will take: its online members for a block, else every row."""
+        if type(rows) is BlockRows:
+            return len(self._online_members(rows.block)) + 1
+        return len(rows)
+
     def deliver_many(self, deliveries: list[Delivery]) -> None:
         """Push committed messages in commit order, ``budget`` pushes per reactor turn."""
-        self._backlog.extend(deliveries)
-        self._backlog_rows += sum(len(rows) for _, rows, _ in deliveries)
+        cost = self._cost
+        waiting = [(message, rows, origin, cost(rows)) for message, rows, origin in deliveries]
+        self._backlog.extend(waiting)
+        self._backlog_rows += sum(w[3] for w in waiting)
         if self._drain_call is None:
             self._drain()
 
@@ -119,7 +149,8 @@ class Router:
         backlog = self._backlog
         pushed = 0
         while backlog:
-            pushed += self._deliver_logged(*backlog.popleft())
+            message, rows, origin, _ = backlog.popleft()
+            pushed += self._deliver_logged(message, rows, origin)
         if pushed:
             _LOCAL_PUSHES.inc(pushed)
         self._route_remote()
@@ -139,9 +170,9 @@ class Router:
         budget = self.budget
         pushed = 0
         while backlog and budget > 0:
-            message, rows, origin = backlog.popleft()
+            message, rows, origin, cost = backlog.popleft()
             pushed += self._deliver_logged(message, rows, origin)
-            budget -= len(rows)
+            budget -= cost
         if pushed:  # counted once per turn: a counter's lock costs as much as a push
             _LOCAL_PUSHES.inc(pushed)
         self._route_remote()
@@ -151,30 +182,43 @@ class Router:
         if congested and not self.congested and self.on_drained is not None:
             self.on_drained()
 
-    def _deliver_logged(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> int:
+    def _deliver_logged(
+        self, message: pb.Message, rows: Sequence[tuple[int, int]], origin: Any
+    ) -> int:
         try:
             return self._push(message, rows, origin)
         except Exception:
             self.log.failure("pushing a message of user {uid}", uid=message.sender_id)
             return 0
 
-    def _push(self, message: pb.Message, rows: list[tuple[int, int]], origin: Any) -> int:
+    def _push(self, message: pb.Message, rows: Sequence[tuple[int, int]], origin: Any) -> int:
         """Push ``message`` to each recipient row now, skipping devices of ``origin``.
 
         Returns the local pushes made; the caller counts them once per turn.
+        A group message walks only the block's members online here.
         """
         frames = codec.PushFrames(codec.message_base(message))
         frame_for = frames.frame
-        get = self.online.get
         local = 0
-        for user_id, seq in rows:
-            sessions = get(user_id)
-            if sessions:
+        if type(rows) is BlockRows:
+            offset = rows.offset
+            for sessions, base in self._online_members(rows.block):
+                seq = base + offset
                 frame = frame_for(seq)
                 for session in sessions:
                     if session.device is not origin:
                         session.push(seq, frame)
                         local += 1
+        else:
+            get = self.online.get
+            for user_id, seq in rows:
+                found = get(user_id)
+                if found:
+                    frame = frame_for(seq)
+                    for session in found:
+                        if session.device is not origin:
+                            session.push(seq, frame)
+                            local += 1
         if self.remote is not None and rows:
             self._remote_turn.append((frames, rows))
         return local
@@ -265,7 +309,15 @@ class Router:
         pending, self._remote_turn = self._remote_turn, []
         if not pending:
             return
-        wanted = {uid for _, rows in pending for uid, _ in rows}
+        wanted: set[int] = set()
+        blocks: dict[int, MemberBlock] = {}
+        for _, rows in pending:
+            if type(rows) is BlockRows:
+                blocks[id(rows.block)] = rows.block
+            else:
+                wanted.update(uid for uid, _ in rows)
+        for block in blocks.values():
+            wanted.update(block.members)
 
         def route(nodes: dict[str, list[int]]) -> None:
             if not nodes:
@@ -275,16 +327,31 @@ class Router:
             for node_id, user_ids in nodes.items():
                 for uid in user_ids:
                     where.setdefault(uid, []).append(node_id)
+            # a block's members held elsewhere, found once for all its messages
+            remote_members = {
+                key: [
+                    (uid, base, holders)
+                    for uid, base in zip(block.members, block.bases, strict=True)
+                    if (holders := where.get(uid))
+                ]
+                for key, block in blocks.items()
+            }
             for push, rows in pending:
                 flat: dict[str, list[int]] = {}
-                for uid, seq in rows:
-                    holders = where.get(uid)
-                    if holders:
-                        for node_id in holders:
-                            out = flat.get(node_id)
-                            if out is None:
-                                out = flat[node_id] = []
-                            out += (uid, seq)
+                if type(rows) is BlockRows:
+                    offset = rows.offset
+                    targets = [
+                        (uid, base + offset, holders)
+                        for uid, base, holders in remote_members[id(rows.block)]
+                    ]
+                else:
+                    targets = [(uid, seq, h) for uid, seq in rows if (h := where.get(uid))]
+                for uid, seq, holders in targets:
+                    for node_id in holders:
+                        out = flat.get(node_id)
+                        if out is None:
+                            out = flat[node_id] = []
+                        out += (uid, seq)
                 for node_id, pairs in flat.items():
                     _REMOTE_PUSHES.inc(len(pairs) // 2)
                     self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs))

@@ -10,6 +10,7 @@ row per recipient.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,7 @@ def lock_group_versions(cur: Cursor, group_ids: set[int], suffix: str) -> dict[i
 def record_positions(
     cur: Cursor,
     engine: Any,
-    entries: list[tuple[pb.Message, int, int, list[tuple[int, int]], GroupOp | None]],
+    entries: list[tuple[pb.Message, int, int, Sequence[tuple[int, int]], GroupOp | None]],
     cache: Any,
     now: int,
 ) -> dict[ConvKey, int]:
@@ -264,7 +265,7 @@ def _op_rows(
     pos: int,
     owner: int,
     owner_seq: int,
-    rows: list[tuple[int, int]],
+    rows: Sequence[tuple[int, int]],
     now: int,
 ) -> None:
     """Read rows of a group change: joiners start at the event, leavers stop at it."""

@@ -8,7 +8,7 @@ so all rows of a message (and of every message in the batch) commit together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,12 +87,62 @@ class UpItem:
     op: GroupOp | None = None
 
 
+class MemberBlock:
+    """The recipients of a run of consecutive messages of one batch to one group.
+
+    Every member gets one seq per message, consecutive: member ``k``'s seq
+    for the block's message ``i`` (from 1) is ``bases[k] + i``. The block is
+    sequenced once per batch instead of once per message, and the router
+    finds the online members once per block (``online``, its own cache,
+    valid while ``online_version`` matches its own).
+    """
+
+    __slots__ = ("members", "bases", "online", "online_version")
+
+    def __init__(self, members: tuple[int, ...], bases: list[int]) -> None:
+        self.members = members
+        self.bases = bases
+        self.online: list[tuple[Any, int]] = []
+        self.online_version = -1
+
+
+class BlockRows(Sequence[tuple[int, int]]):
+    """The (user_id, seq) rows of the block's message ``offset``, without a pair each."""
+
+    __slots__ = ("block", "offset")
+
+    def __init__(self, block: MemberBlock, offset: int) -> None:
+        self.block = block
+        self.offset = offset
+
+    def __len__(self) -> int:
+        return len(self.block.members)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        off = self.offset
+        return zip(self.block.members, [b + off for b in self.block.bases], strict=True)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return (self.block.members[index], self.block.bases[index] + self.offset)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"BlockRows({list(self)!r})"
+
+
 @dataclass
 class UpResult:
     code: int
     sender_seq: int = 0
-    #: (user_id, seq) of every row written, the sender's own included
-    rows: list[tuple[int, int]] = field(default_factory=list)
+    #: (user_id, seq) of every row written, the sender's own included; a
+    #: group message's are :class:`BlockRows`
+    rows: Sequence[tuple[int, int]] = field(default_factory=list)
     message: pb.Message | None = None
     #: why a group change was refused
     detail: str = ""
@@ -546,20 +596,59 @@ class Store:
         closed: dict[int, list[int]] = {}  # user -> its earlier runs of the batch, flat
         bodies: list[SQLValue] = []
         results = []
-        device_acks = []
+        device_acks: list[tuple[Any, ...]] = []
         device_first: dict[tuple[int, str], int] = {}
         device_last: dict[tuple[int, str], int] = {}
         # committed messages, for their conversation positions
-        entries: list[tuple[pb.Message, int, int, list[tuple[int, int]], GroupOp | None]] = []
-        for item, code, recipients in plans:
+        entries: list[tuple[pb.Message, int, int, Sequence[tuple[int, int]], GroupOp | None]] = []
+        spans = _group_blocks(plans)
+        block: MemberBlock | None = None
+        block_start = block_end = block_idx = 0
+        for k, (item, code, recipients) in enumerate(plans):
             result = UpResult(code=code)
             if code == codes.OK:
                 msg = item.message
                 assert msg is not None
                 owner = item.user_id  # the sender, always among the recipients
+                receiver = msg.receiver_id
+                end = spans.get(k)
+                if end is not None:
+                    # The first of a block of messages to one group: each
+                    # member's seqs and run for all of them at once.
+                    m = end - k
+                    conv = (2, receiver, 0)
+                    stream = streams.get(conv)
+                    if stream is None:
+                        stream = streams[conv] = [owner, current[owner] + 1, 0]
+                    s_owner, s_seq, block_idx = stream
+                    stream[2] = block_idx + m
+                    bases = _sequence_block(current, runs, closed, recipients, stream, block_idx, m)
+                    block = MemberBlock(recipients, bases)
+                    block_start, block_end = k, end
+                if k < block_end:
+                    assert block is not None
+                    owner_seq = result.sender_seq = current[owner] - (block_end - k) + 1
+                    bodies += (
+                        owner,
+                        owner_seq,
+                        msg.sender_id,
+                        msg.session_type,
+                        receiver,
+                        msg.message_type,
+                        msg.content,
+                        msg.send_time,
+                        s_owner,
+                        s_seq,
+                        block_idx + k - block_start,
+                    )
+                    result.rows = BlockRows(block, k - block_start + 1)
+                    result.message = msg
+                    entries.append((msg, owner, owner_seq, result.rows, None))
+                    results.append(result)
+                    _device_ack(item, result, device_acks, device_first, device_last)
+                    continue
                 owner_seq = result.sender_seq = current[owner] + 1
                 current[owner] = owner_seq
-                receiver = msg.receiver_id
                 if msg.session_type == pb.ST_Single:
                     conv = (1, owner, receiver) if owner < receiver else (1, receiver, owner)
                 else:
@@ -582,7 +671,8 @@ class Store:
                     s_seq,
                     idx,
                 )
-                pushed = result.rows
+                pushed: list[tuple[int, int]] = []
+                result.rows = pushed
                 for uid in recipients:
                     if uid == owner:
                         seq = owner_seq
@@ -605,14 +695,8 @@ class Store:
                 entries.append((msg, owner, owner_seq, pushed, item.op))
             elif item.op is not None:
                 result.detail = state.get("details", {}).get(id(item), "")
-            if item.device_id is not None:
-                device_acks.append(
-                    (item.user_id, item.device_id, item.client_id, code, result.sender_seq)
-                )
-                key = (item.user_id, item.device_id)
-                device_first.setdefault(key, item.client_id)
-                device_last[key] = item.client_id
             results.append(result)
+            _device_ack(item, result, device_acks, device_first, device_last)
         if duplicates:
             by_item = {id(item): r for (item, _, _), r in zip(plans, results, strict=True)}
             by_item.update(duplicates)
@@ -879,6 +963,88 @@ class Store:
             return people.mark_read(cur, self.engine, user_id, session_type, peer_id, seq)
 
         return self.db.run_with_retry("mark_read", txn)
+
+
+def _group_blocks(plans: list[tuple[UpItem, int, tuple[int, ...]]]) -> dict[int, int]:
+    """``{first: end}`` of each block of consecutive messages to one group in ``plans``.
+
+    A block is messages (not group changes) to the same group with the same
+    member list; a message to another conversation, a change or a refusal
+    ends it.
+    """
+    spans: dict[int, int] = {}
+    start = -1
+    gid = 0
+    members: tuple[int, ...] = ()
+    for k, (item, code, recipients) in enumerate(plans):
+        msg = item.message
+        if (
+            code != codes.OK
+            or item.op is not None
+            or msg is None
+            or (msg.session_type != pb.ST_Group)
+        ):
+            start = -1
+            continue
+        if start >= 0 and recipients is members and msg.receiver_id == gid:
+            spans[start] = k + 1
+            continue
+        start, gid, members = k, msg.receiver_id, recipients
+        spans[k] = k + 1
+    return spans
+
+
+def _sequence_block(
+    current: dict[int, int],
+    runs: dict[int, list[Any]],
+    closed: dict[int, list[int]],
+    members: tuple[int, ...],
+    stream: list[int],
+    idx: int,
+    count: int,
+) -> list[int]:
+    """Give every member ``count`` consecutive seqs (and one run) for a block.
+
+    Returns each member's seq before the block, in ``members`` order. A
+    member's open run over the same stream, ending just before the block,
+    is extended; any other open run is closed.
+    """
+    s_owner, s_seq = stream[0], stream[1]
+    end = idx + count
+    bases: list[int] = []
+    append = bases.append
+    get = runs.get
+    for uid in members:
+        base = current[uid]
+        last = current[uid] = base + count
+        append(base)
+        run = get(uid)
+        if run is not None:
+            if run[5] is stream and run[6] == idx:
+                run[0] = last
+                run[6] = end
+                continue
+            earlier = closed.get(uid)
+            if earlier is None:
+                earlier = closed[uid] = []
+            earlier += (uid, *run[:5])
+        runs[uid] = [last, base + 1, s_owner, s_seq, idx, stream, end]
+    return bases
+
+
+def _device_ack(
+    item: UpItem,
+    result: UpResult,
+    acks: list[tuple[Any, ...]],
+    first: dict[tuple[int, str], int],
+    last: dict[tuple[int, str], int],
+) -> None:
+    """Record the answer to a device's clientId (for retransmits) and its window."""
+    if item.device_id is not None:
+        acks.append((item.user_id, item.device_id, item.client_id, result.code, result.sender_seq))
+        key = (item.user_id, item.device_id)
+        first.setdefault(key, item.client_id)
+        last[key] = item.client_id
 
 
 def _lock_devices(cur: Cursor, items: list[UpItem]) -> dict[tuple[int, str | None], int]:
