@@ -8,6 +8,7 @@ the seq differs, and protobuf lets a field be appended to prebuilt bytes.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterator
 from typing import cast
@@ -149,6 +150,11 @@ class PushFrames:
         self.base = base
         self._heads: dict[int, bytes] = {}
 
+    def head(self, size: int) -> bytes:
+        """The frame's bytes before a seq whose varint takes ``size`` bytes."""
+        head = self._heads.get(size)
+        return head if head is not None else self._head(size)
+
     def _head(self, size: int) -> bytes:
         message_len = len(self.base) + 1 + size
         push_len = 1 + len(_varint(message_len)) + message_len
@@ -170,6 +176,35 @@ class PushFrames:
         if head is None:
             head = self._head(len(tail))
         return head + tail
+
+
+class PushRun:
+    """The push frames of consecutive messages for recipients whose seqs for them run on.
+
+    A batch of messages to one group gives each member consecutive seqs, so a
+    member's frames of those messages are the messages' heads (shared by all
+    members whose seqs take as many varint bytes) each followed by the next
+    seq: one ``map`` per member, not a frame built per push in Python.
+    """
+
+    __slots__ = ("pushes", "_heads")
+
+    def __init__(self, pushes: list[PushFrames]) -> None:
+        self.pushes = pushes
+        self._heads: dict[int, list[bytes]] = {}
+
+    def frames(self, first: int) -> list[bytes]:
+        """Frames of every message, the first with seq ``first``, the next ``first + 1``..."""
+        last = first + len(self.pushes) - 1
+        if last < 16384:
+            tails = _SMALL_VARINTS[first : last + 1]
+            size = len(tails[0])
+            if len(tails[-1]) == size:
+                heads = self._heads.get(size)
+                if heads is None:
+                    heads = self._heads[size] = [p.head(size) for p in self.pushes]
+                return list(map(operator.add, heads, tails))
+        return [push.frame(first + i) for i, push in enumerate(self.pushes)]
 
 
 #: (user id, seq) pairs of a push to many users of one node, as node-to-node

@@ -146,6 +146,9 @@ class LogicTestCase(unittest.TestCase):
         self.clock.advance(self.clock_start)
         # A copy: a test may change its hub's settings.
         self.hub = Hub(self.store, self.signer, self.clock, dataclasses.replace(self.hub_config))
+        # The store answers on the real reactor (its threads), and so does the
+        # writer's start at the end of a turn; the hub's timers stay on the Clock.
+        self.hub.writer.clock = reactor
         self.addCleanup(self.hub.pushes.stop)
 
     @defer.inlineCallbacks

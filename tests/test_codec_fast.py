@@ -54,3 +54,19 @@ class PushFrames(unittest.TestCase):
         msg = pb.Message(sender_id=1, seq=99)
         self.assertEqual(pb.Message.FromString(codec.message_base(msg)).seq, 0)
         self.assertEqual(msg.seq, 99)  # the caller's message is not changed
+
+
+class PushRuns(unittest.TestCase):
+    def test_a_run_of_frames_is_each_message_with_the_next_seq(self):
+        pushes = [
+            codec.PushFrames(codec.message_base(pb.Message(sender_id=i, content=b"m" * (i * 40))))
+            for i in range(1, 5)
+        ]
+        run = codec.PushRun(pushes)
+        # within one varint size, across 127/128 and 16383/16384, and past the table
+        for first in (1, 100, 125, 126, 127, 128, 16380, 16381, 16383, 2**21 - 2, 2**40):
+            self.assertEqual(
+                run.frames(first), [p.frame(first + i) for i, p in enumerate(pushes)], first
+            )
+            again = run.frames(first)  # from the heads kept for this varint size
+            self.assertEqual(again, [p.frame(first + i) for i, p in enumerate(pushes)], first)

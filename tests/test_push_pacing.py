@@ -36,6 +36,9 @@ class PushedTo:
     def push(self, seq: int, frame: bytes) -> None:
         self.log.append((self.user_id, seq))
 
+    def push_run(self, first_seq: int, frames: list[bytes]) -> None:
+        self.log += [(self.user_id, first_seq + i) for i in range(len(frames))]
+
 
 def delivery(sender: int, rows: list[tuple[int, int]]) -> Any:
     return (pb.Message(sender_id=sender, session_type=pb.ST_Group), rows, object())
@@ -105,8 +108,8 @@ class BlockFanOut(unittest.TestCase):
         return [delivery(1, BlockRows(block, i)) for i in range(1, count + 1)]
 
     def test_each_online_member_gets_its_own_seq_of_each_message(self):
-        self.router.deliver_many(self.block(2))
-        self.assertEqual(self.pushed, [(1, 11), (3, 31), (1, 12), (3, 32)])
+        self.router.deliver_many(self.block(2))  # member by member
+        self.assertEqual(self.pushed, [(1, 11), (1, 12), (3, 31), (3, 32)])
 
     def test_the_cost_of_a_block_message_is_its_online_members_not_its_rows(self):
         router = Router(LocalPresence(), self.clock, budget=3, backlog_limit=6)
@@ -131,6 +134,18 @@ class BlockFanOut(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(self.pushed, [(1, 11), (4, 42), (4, 43)])
 
+    def test_a_senders_device_misses_only_its_own_messages_of_the_block(self):
+        own = self.sessions[3]
+        own.device = object()
+        block = MemberBlock((1, 2, 3), [10, 20, 30])
+        messages = [
+            (pb.Message(sender_id=1), BlockRows(block, 1), object()),
+            (pb.Message(sender_id=3), BlockRows(block, 2), own.device),
+            (pb.Message(sender_id=1), BlockRows(block, 3), object()),
+        ]
+        self.router.deliver_many(messages)
+        self.assertEqual(sorted(self.pushed), [(1, 11), (1, 12), (1, 13), (3, 31), (3, 33)])
+
     def test_block_rows_read_as_the_pairs_they_stand_for(self):
         rows = self.block(2)[1][1]
         self.assertEqual(len(rows), 5)
@@ -152,6 +167,21 @@ class FakeStore:
 
 
 class WriterHold(unittest.TestCase):
+    def test_with_a_clock_an_idle_writer_starts_at_the_end_of_the_turn(self):
+        store = FakeStore()
+        clock = Clock()
+        writer = MessageWriter(
+            store,  # type: ignore[arg-type]
+            lambda item, owner, result: None,
+            lambda item, owner: None,
+            clock=clock,
+        )
+        for cid in (1, 2, 3):  # what arrives on several connections in one turn
+            writer.submit(UpItem(user_id=cid, device_id=None, client_id=1, message=None), cid)
+        self.assertEqual(store.batches, [])
+        clock.advance(0)
+        self.assertEqual([[i.user_id for i in items] for items, _ in store.batches], [[1, 2, 3]])
+
     def test_the_next_batch_waits_while_may_start_is_false_and_starts_on_resume(self):
         store = FakeStore()
         ready = [True]
@@ -190,12 +220,12 @@ class AcksBeforePushes(LogicTestCase):
         bob, bob_token = yield self.user("bob")
         sender, sender_conn = yield self.login(alice_token)
         _, bob_conn = yield self.login(bob_token)
-        for cid in (1, 2, 3):  # one batch: the first is in flight, 2 and 3 queue behind it
+        for cid in (1, 2, 3):  # one turn: one batch, started at the end of it
             sender.frame_received(up_frame(cid, bob, f"m{cid}"))
         yield self.hub.wait_idle()
         acks = [o for o in sender_conn.outputs() if o.type == pb.CT_ACK]
         self.assertEqual([pb.ACKMsg.FromString(o.data).clientId for o in acks[1:]], [1, 2, 3])
-        self.assertEqual(bob_conn.pushes(), [1, 2])  # the second batch's first push
+        self.assertEqual(bob_conn.pushes(), [1])  # a budget of one push a turn
         self.clock.advance(0)
         self.assertEqual(bob_conn.pushes(), [1, 2, 3])
 

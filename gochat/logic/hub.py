@@ -104,6 +104,7 @@ class Hub:
             on_batch_end=self._batch_end,
             may_start=lambda: not self.router.congested,
             on_backlog=self._writer_backlog,
+            clock=clock,
         )
         self.router.on_drained = self.writer.resume
         #: committed messages of the batch being answered, pushed once its ACKs are out

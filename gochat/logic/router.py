@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -149,8 +149,7 @@ class Router:
         backlog = self._backlog
         pushed = 0
         while backlog:
-            message, rows, origin, _ = backlog.popleft()
-            pushed += self._deliver_logged(message, rows, origin)
+            pushed += self._take(1 << 62)[0]
         if pushed:
             _LOCAL_PUSHES.inc(pushed)
         self._route_remote()
@@ -170,8 +169,8 @@ class Router:
         budget = self.budget
         pushed = 0
         while backlog and budget > 0:
-            message, rows, origin, cost = backlog.popleft()
-            pushed += self._deliver_logged(message, rows, origin)
+            made, cost = self._take(budget)
+            pushed += made
             budget -= cost
         if pushed:  # counted once per turn: a counter's lock costs as much as a push
             _LOCAL_PUSHES.inc(pushed)
@@ -181,6 +180,67 @@ class Router:
             self._drain_call = self.clock.callLater(0, self._drain)
         if congested and not self.congested and self.on_drained is not None:
             self.on_drained()
+
+    def _take(self, budget: int) -> tuple[int, int]:
+        """Push the next waiting message, or the next of one block that ``budget`` allows.
+
+        Returns (pushes made, their cost).
+        """
+        backlog = self._backlog
+        message, rows, origin, cost = backlog.popleft()
+        if type(rows) is not BlockRows or not backlog:
+            return self._deliver_logged(message, rows, origin), cost
+        block = rows.block
+        segment: list[Delivery] = [(message, rows, origin)]
+        spent = cost
+        while backlog and spent < budget:
+            nxt = backlog[0]
+            later = nxt[1]
+            if type(later) is not BlockRows or later.block is not block:
+                break
+            backlog.popleft()
+            segment.append(nxt[:3])
+            spent += nxt[3]
+        if len(segment) == 1:
+            return self._deliver_logged(message, rows, origin), cost
+        try:
+            return self._push_segment(block, segment), spent
+        except Exception:
+            self.log.failure("pushing messages of a group block")
+            return 0, spent
+
+    def _push_segment(self, block: MemberBlock, segment: list[Delivery]) -> int:
+        """Push consecutive messages of one block, member by member.
+
+        Their offsets run on, so each online member's seqs for them do too:
+        a member's frames are built by one :meth:`codec.PushRun.frames` and
+        sent by one :meth:`Session.push_run`. Only sessions of a sender's
+        device (which must not get its own message) go message by message.
+        """
+        pushes = [codec.PushFrames(codec.message_base(message)) for message, _, _ in segment]
+        run = codec.PushRun(pushes)
+        first = cast(BlockRows, segment[0][1]).offset
+        origins = {id(origin) for _, _, origin in segment}
+        local = 0
+        for sessions, base in self._online_members(block):
+            seq0 = base + first
+            frames: list[bytes] | None = None
+            for session in sessions:
+                if id(session.device) in origins:
+                    for i, (_, _, origin) in enumerate(segment):
+                        if session.device is not origin:
+                            seq = seq0 + i
+                            session.push(seq, pushes[i].frame(seq))
+                            local += 1
+                    continue
+                if frames is None:
+                    frames = run.frames(seq0)
+                session.push_run(seq0, frames)
+                local += len(frames)
+        if self.remote is not None:
+            for push, (_, rows, _) in zip(pushes, segment, strict=True):
+                self._remote_turn.append((push, rows))
+        return local
 
     def _deliver_logged(
         self, message: pb.Message, rows: Sequence[tuple[int, int]], origin: Any

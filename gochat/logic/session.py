@@ -195,6 +195,17 @@ class Session:
         if self.push_ack:
             self.hub.pushes.track(self, seq, frame)
 
+    def push_run(self, first_seq: int, frames: list[bytes]) -> None:
+        """Pushes of consecutive seqs from ``first_seq``, in one go (a group block's)."""
+        if self.closed:
+            return
+        self.last_active = self.clock.seconds()
+        self.conn.send_many(frames)
+        if self.push_ack:
+            track = self.hub.pushes.track
+            for i, frame in enumerate(frames):
+                track(self, first_seq + i, frame)
+
     def connection_lost(self) -> None:
         if self.closed:
             return

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -47,8 +48,14 @@ class MessageWriter:
         may_start: Callable[[], bool] = lambda: True,
         on_backlog: Callable[[bool], None] | None = None,
         max_rows: int = 256_000,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.store = store
+        #: with a clock, an idle writer starts its batch at the end of the
+        #: reactor turn, not on the first message: what arrived on the other
+        #: connections in the same turn (a round of a busy group) joins it
+        self.clock = clock
+        self._start_call: Any = None
         self.on_result = on_result
         #: called once every outcome of a committed batch went out
         self.on_batch_end = on_batch_end
@@ -83,9 +90,11 @@ class MessageWriter:
         queue = self._queue
         queue.append((item, owner, size))
         self.queued_bytes += size
-        if not self._busy and self.may_start():
-            self._flush()
-            return
+        if not self._busy and self._start_call is None and self.may_start():
+            if self.clock is None:
+                self._flush()
+                return
+            self._start_call = self.clock.callLater(0, self._start)
         n = len(queue)
         if n > self.queue_peak:
             self.queue_peak = n
@@ -114,6 +123,11 @@ class MessageWriter:
         ):
             self._set_backlogged(False)
 
+    def _start(self) -> None:
+        self._start_call = None
+        if not self._busy and self._queue and self.may_start():
+            self._flush()
+
     def resume(self) -> None:
         """Start the queued batch that :attr:`may_start` held back."""
         if not self._busy and self._queue and self.may_start():
@@ -129,8 +143,9 @@ class MessageWriter:
         if weigh is None:
             return self.max_batch
         count = rows = 0
+        seen: set[int] = set()
         for entry in self._queue[: self.max_batch]:
-            rows += weigh(entry[0])
+            rows += weigh(entry[0], seen)
             if count and rows > self.max_rows:
                 break
             count += 1

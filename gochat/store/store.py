@@ -508,17 +508,25 @@ class Store:
             "commit_messages", self._commit_txn, items, txn_state
         ).addCallback(done)
 
-    def rows_estimate(self, item: UpItem) -> int:
+    def rows_estimate(self, item: UpItem, groups_seen: set[int] | None = None) -> int:
         """Rows ``item`` will write, from the caches (1 for a group not cached yet).
 
         The writer bounds a batch's rows with it, read on the reactor thread.
+        A batch's messages to one group share their members' runs (one each
+        per batch), so with ``groups_seen`` (the batch's groups so far) only
+        the first message to a group counts its members.
         """
         msg = item.message
         if msg is None or item.reject_code != codes.OK:
             return 1
         if msg.session_type == pb.ST_Single:
             return 2
-        members = self._group_cache.get(msg.receiver_id)
+        gid = msg.receiver_id
+        if groups_seen is not None:
+            if gid in groups_seen:
+                return 1
+            groups_seen.add(gid)
+        members = self._group_cache.get(gid)
         return len(members) if members else 1
 
     def _commit_txn(
@@ -581,7 +589,9 @@ class Store:
                 else:
                     plans.append((item, codes.OK, members))
         # 2. current seqs of every recipient, locked in a fixed order
-        recipients_all = sorted({u for _, code, rcpts in plans if code == codes.OK for u in rcpts})
+        # (a group's member tuple once, not once per message to it)
+        lists = {id(rcpts): rcpts for _, code, rcpts in plans if code == codes.OK}
+        recipients_all = sorted({u for rcpts in lists.values() for u in rcpts})
         current = self._current_seqs(cur, recipients_all)
         # 3. one body per message, under the sender's own list entry, and the
         # recipients' lists as runs: the messages one batch commits to one
@@ -806,9 +816,11 @@ class Store:
         current: dict[int, int] = {}
         missing = users
         if self.engine.single_writer:
-            get = self._users.get
-            current = {u: seq for u in users if (seq := get(u)) is not None}
-            missing = [u for u in users if u not in current]
+            current = self._users.get_many(users)
+            if len(current) < len(users):
+                missing = [u for u in users if u not in current]
+            else:
+                missing = []
         for uid, seq in cur.read_seqs(missing):
             current[int(uid)] = int(seq)
         return current
@@ -1011,7 +1023,23 @@ def _sequence_block(
     """
     s_owner, s_seq = stream[0], stream[1]
     end = idx + count
-    bases: list[int] = []
+    if runs.keys().isdisjoint(members):
+        # No member has a run in this batch yet (the usual case): in bulk.
+        bases = [current[uid] for uid in members]
+        lasts = [base + count for base in bases]
+        current.update(zip(members, lasts, strict=True))
+        runs.update(
+            zip(
+                members,
+                [
+                    [last, base + 1, s_owner, s_seq, idx, stream, end]
+                    for base, last in zip(bases, lasts, strict=True)
+                ],
+                strict=True,
+            )
+        )
+        return bases
+    bases = []
     append = bases.append
     get = runs.get
     for uid in members:
