@@ -36,6 +36,13 @@ ACK_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+FANOUT_LATENCY = Histogram(
+    "gochat_fanout_seconds",
+    "From receiving the first message of a committed batch to its last push handed to the"
+    " connections (written at the end of that reactor turn)",
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
+)
 PUSHES = Counter("gochat_pushes_total", "Pushes by where they went", ["where"], registry=REGISTRY)
 HEARTBEAT_CLOSES = Counter(
     "gochat_heartbeat_closes_total", "Connections closed for idleness", registry=REGISTRY

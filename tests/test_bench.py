@@ -154,6 +154,24 @@ class WebSocketFraming(unittest.TestCase):
         self.assertEqual(got, [b"abc", big, b"z"])
 
 
+class NodeFanOut(unittest.TestCase):
+    """The node's fan-out quantiles come from its histogram, between two readings."""
+
+    def test_quantiles_are_the_bucket_bounds_of_the_batches_between_readings(self):
+        from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+        registry = CollectorRegistry()
+        h = Histogram("gochat_fanout_seconds", "x", registry=registry, buckets=(0.01, 0.1, 1))
+        h.observe(5)  # before the run: not counted
+        before = runner.fanout_buckets(generate_latest(registry).decode())
+        for value in [0.005] * 60 + [0.05] * 39 + [0.5]:
+            h.observe(value)
+        after = runner.fanout_buckets(generate_latest(registry).decode())
+        self.assertEqual(runner.fanout_quantiles(before, after), (10.0, 100.0))
+        self.assertEqual(runner.fanout_quantiles(after, after), (None, None))
+        self.assertEqual(runner.fanout_quantiles({}, {}), (None, None))
+
+
 class Scenarios(NodeTestCase):
     """Small real runs; the assertions are about counts, never about speed."""
 
@@ -184,6 +202,9 @@ class Scenarios(NodeTestCase):
         # 3 senders x 3 rounds, each to the 4 other online members
         self.assertEqual(report["expected"], 36)
         self.assertEqual(report["sent"], 9)
+        # the node's own part, read from its /metrics before and after the run
+        self.assertIsNotNone(report["node_fanout_p99_ms"])
+        self.assertLessEqual(report["node_fanout_p50_ms"], report["node_fanout_p99_ms"])
 
     @defer.inlineCallbacks
     def test_group_paced_rounds(self):

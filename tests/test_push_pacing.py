@@ -111,18 +111,32 @@ class BlockFanOut(unittest.TestCase):
         self.router.deliver_many(self.block(2))  # member by member
         self.assertEqual(self.pushed, [(1, 11), (1, 12), (3, 31), (3, 32)])
 
-    def test_the_cost_of_a_block_message_is_its_online_members_not_its_rows(self):
-        router = Router(LocalPresence(), self.clock, budget=3, backlog_limit=6)
+    def test_a_block_message_costs_a_share_of_its_online_members_not_its_rows(self):
+        router = Router(LocalPresence(), self.clock, budget=3, backlog_limit=3)
         for session in self.sessions.values():
             router.add(session)
-        router.deliver_many(self.block(4))  # 5 rows each, 2 online: a cost of 3 each
-        self.assertEqual(len(self.pushed), 2)  # one message this turn
-        self.assertTrue(router.congested)  # 9 still waiting
+        router.deliver_many(self.block(4))  # 5 rows each, 2 online: a cost of 1 each
+        self.assertEqual(len(self.pushed), 6)  # three messages this turn
+        self.assertFalse(router.congested)  # one still waiting
         self.clock.advance(0)
-        self.assertFalse(router.congested)
-        while self.clock.getDelayedCalls():
-            self.clock.advance(0)
         self.assertEqual(len(self.pushed), 8)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_batch_is_timed_from_its_first_message_to_its_last_push(self):
+        from gochat import metrics
+
+        def count(le: str) -> float:
+            value = metrics.REGISTRY.get_sample_value("gochat_fanout_seconds_bucket", {"le": le})
+            return value or 0.0
+
+        router = Router(LocalPresence(), self.clock, budget=1, backlog_limit=100)
+        router.add(self.sessions[1])
+        received = self.clock.seconds()
+        before = (count("0.1"), count("0.25"))
+        router.deliver_many(self.block(3), received)  # one message a turn
+        self.clock.advance(0.2)  # the next turns run later than they would
+        self.assertEqual(len(self.pushed), 3)
+        self.assertEqual((count("0.1"), count("0.25")), (before[0], before[1] + 1))
 
     def test_members_who_come_and_go_between_messages_are_seen_for_the_later_ones(self):
         router = Router(LocalPresence(), self.clock, budget=1, backlog_limit=100)

@@ -84,6 +84,47 @@ def node_rss_kb(pid: int | None) -> int | None:
     return None
 
 
+def fanout_buckets(text: str) -> dict[float, float]:
+    """``{upper bound: cumulative count}`` of ``gochat_fanout_seconds`` in Prometheus text."""
+    found: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith('gochat_fanout_seconds_bucket{le="'):
+            le, _, count = line[len('gochat_fanout_seconds_bucket{le="') :].partition('"} ')
+            found[float(le)] = float(count)
+    return found
+
+
+def fanout_quantiles(
+    before: dict[float, float], after: dict[float, float]
+) -> tuple[float | None, float | None]:
+    """p50 and p99 (as bucket upper bounds, ms) of the batches timed between two readings."""
+    counts = sorted((le, n - before.get(le, 0.0)) for le, n in after.items())
+    if not counts or counts[-1][1] <= 0:
+        return None, None
+    total = counts[-1][1]
+
+    def at(q: float) -> float:
+        return next(le for le, n in counts if n >= q * total) * 1000
+
+    return at(0.5), at(0.99)
+
+
+@defer.inlineCallbacks
+def read_fanout(reactor: Any, http: str) -> Any:
+    """The node's fan-out histogram from its ``/metrics`` ({} if it has none: a Go node)."""
+    from twisted.web.client import Agent, readBody
+
+    try:
+        d = Agent(reactor).request(b"GET", http.rstrip("/").encode() + b"/metrics")
+        response = yield bounded(d, reactor, 10.0, "GET /metrics")
+        if response.code != 200:
+            return {}
+        body = yield readBody(response)
+    except Exception:
+        return {}
+    return fanout_buckets(body.decode("utf-8", "replace"))
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -257,6 +298,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             if target.pid is None:
                 raise ValueError("--callgrind needs --pid (the node's process id)")
             callgrind.start(target.pid)
+        fanout0 = yield read_fanout(reactor, target.http)
         node_cpu0 = nodes_cpu_seconds(target)
         own_cpu0 = cpu_seconds()
         wall0 = time.time()
@@ -281,6 +323,8 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
         if target.callgrind:
             assert target.pid is not None
             instructions = callgrind.stop(target.pid, target.callgrind)
+        fanout1 = yield read_fanout(reactor, target.http)
+        fanout_p50, fanout_p99 = fanout_quantiles(fanout0, fanout1)
         pids: Sequence[int | None] = target.pids or [target.pid]
         node_rss = [node_rss_kb(pid) for pid in pids]
         client_cpu = sum(r["cpu_s"] for r in results)
@@ -299,6 +343,9 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             load=load,
             # the node's resident memory at the end of the run (summed over a cluster)
             node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
+            # the node's own part: first message of a batch in -> its last push out
+            node_fanout_p50_ms=fanout_p50,
+            node_fanout_p99_ms=fanout_p99,
         )
         if instructions is not None:
             report.update(

@@ -104,6 +104,13 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{_ms(report['push_p50_ms'])} / {_ms(report['push_p99_ms'])}",
             ),
         ]
+    if report.get("node_fanout_p99_ms") is not None:
+        rows.append(
+            (
+                "node fan-out p50 / p99 (its /metrics)",
+                f"<= {report['node_fanout_p50_ms']:g} ms / <= {report['node_fanout_p99_ms']:g} ms",
+            )
+        )
     if report.get("setup"):
         rows.append(
             (

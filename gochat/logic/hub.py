@@ -110,6 +110,8 @@ class Hub:
         #: committed messages of the batch being answered, pushed once its ACKs are out
         self._deliveries: list[Any] = []
         self._codes: dict[int, int] = {}  # ACK codes of that batch, for the metric
+        #: when that batch's first pushed message arrived (for gochat_fanout_seconds)
+        self._batch_received: float | None = None
         self.pushes = PushTracker(
             clock,
             timeout=self.config.push_retry_timeout,
@@ -279,6 +281,8 @@ class Hub:
             metrics.ACK_LATENCY.observe(self.clock.seconds() - started)
         if result.code == codes.OK and result.message is not None:
             self._deliveries.append((result.message, result.rows, device))
+            if self._batch_received is None or started < self._batch_received:
+                self._batch_received = started
         if session is None:
             self._maybe_forget(device)
 
@@ -291,8 +295,9 @@ class Hub:
             counter.inc(count)
         self._codes.clear()
         deliveries, self._deliveries = self._deliveries, []
+        received, self._batch_received = self._batch_received, None
         if deliveries:
-            self.router.deliver_many(deliveries)
+            self.router.deliver_many(deliveries, received)
 
     def _failed(self, item: UpItem, owner: _Owner) -> None:
         if item.op is not None:

@@ -32,6 +32,9 @@ _REMOTE_PUSHES = metrics.PUSHES.labels("remote")
 #: upstream message is read meanwhile and the database waits idle for the
 #: next batch instead of writing it while these go out.
 PUSH_BUDGET = 65536
+#: A push of a group block (frames built and queued member by member) costs
+#: about a quarter of a push made on its own: measured 0.45 against 1.8 µs.
+BLOCK_PUSH_SHARE = 4
 #: Past this many waiting pushes the writer holds the next batch: senders get
 #: their ACKs ahead of the pushes, and this keeps them from running far ahead.
 PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
@@ -87,6 +90,10 @@ class Router:
         #: committed messages whose pushes wait for the next reactor turn
         self._backlog: deque[_Waiting] = deque()
         self._backlog_rows = 0
+        #: deliveries ever queued and taken, and (queued count, received) of
+        #: each timed batch's last delivery
+        self._queued = self._taken = 0
+        self._batch_ends: deque[tuple[int, float]] = deque()
         self._drain_call: Any = None
         #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
@@ -127,19 +134,34 @@ class Router:
         return block.online
 
     def _cost(self, rows: Sequence[tuple[int, int]]) -> int:
-        """Pushes a message's rows will take: its online members for a block, else every row."""
+        """What a message's pushes cost of the budget (see :data:`BLOCK_PUSH_SHARE`)."""
         if type(rows) is BlockRows:
-            return len(self._online_members(rows.block)) + 1
+            return len(self._online_members(rows.block)) // BLOCK_PUSH_SHARE + 1
         return len(rows)
 
-    def deliver_many(self, deliveries: list[Delivery]) -> None:
-        """Push committed messages in commit order, ``budget`` pushes per reactor turn."""
+    def deliver_many(self, deliveries: list[Delivery], received: float | None = None) -> None:
+        """Push committed messages in commit order, ``budget`` pushes per reactor turn.
+
+        ``received`` (when the batch's first message arrived) times the
+        batch's fan-out: ``gochat_fanout_seconds`` once its last push is out.
+        """
         cost = self._cost
         waiting = [(message, rows, origin, cost(rows)) for message, rows, origin in deliveries]
         self._backlog.extend(waiting)
         self._backlog_rows += sum(w[3] for w in waiting)
+        self._queued += len(waiting)
+        if received is not None:
+            self._batch_ends.append((self._queued, received))
         if self._drain_call is None:
             self._drain()
+
+    def _batches_out(self) -> None:
+        """Time the batches whose last push went out this turn."""
+        ends = self._batch_ends
+        if ends and ends[0][0] <= self._taken:
+            now = self.clock.seconds()
+            while ends and ends[0][0] <= self._taken:
+                metrics.FANOUT_LATENCY.observe(now - ends.popleft()[1])
 
     def flush(self) -> None:
         """Make every waiting push now (at shutdown, before connections close)."""
@@ -152,6 +174,7 @@ class Router:
             pushed += self._take(1 << 62)[0]
         if pushed:
             _LOCAL_PUSHES.inc(pushed)
+        self._batches_out()
         self._route_remote()
         self._backlog_rows = 0
         if self.on_drained is not None:
@@ -174,6 +197,7 @@ class Router:
             budget -= cost
         if pushed:  # counted once per turn: a counter's lock costs as much as a push
             _LOCAL_PUSHES.inc(pushed)
+        self._batches_out()
         self._route_remote()
         self._backlog_rows -= self.budget - budget
         if backlog:
@@ -188,6 +212,7 @@ class Router:
         """
         backlog = self._backlog
         message, rows, origin, cost = backlog.popleft()
+        self._taken += 1
         if type(rows) is not BlockRows or not backlog:
             return self._deliver_logged(message, rows, origin), cost
         block = rows.block
@@ -199,6 +224,7 @@ class Router:
             if type(later) is not BlockRows or later.block is not block:
                 break
             backlog.popleft()
+            self._taken += 1
             segment.append(nxt[:3])
             spent += nxt[3]
         if len(segment) == 1:
