@@ -196,6 +196,28 @@ class WriterHold(unittest.TestCase):
         clock.advance(0)
         self.assertEqual([[i.user_id for i in items] for items, _ in store.batches], [[1, 2, 3]])
 
+    def test_a_batch_to_a_big_group_waits_a_moment_for_the_rest_of_its_round(self):
+        from gochat.logic import writer as writer_module
+
+        store = FakeStore()
+        store.rows_estimate = lambda item, seen=None: item.user_id  # type: ignore[attr-defined]
+        clock = Clock()
+        writer = MessageWriter(
+            store,  # type: ignore[arg-type]
+            lambda item, owner, result: None,
+            lambda item, owner: None,
+            clock=clock,
+        )
+        big = writer_module.GATHER_ROWS
+        writer.submit(UpItem(user_id=big, device_id=None, client_id=1, message=None), 1)
+        clock.advance(0)
+        self.assertEqual(store.batches, [])  # still gathering
+        clock.advance(writer_module.GATHER_DELAY / 2)
+        writer.submit(UpItem(user_id=big, device_id=None, client_id=2, message=None), 2)
+        self.assertEqual(store.batches, [])
+        clock.advance(writer_module.GATHER_DELAY / 2)
+        self.assertEqual([[i.client_id for i in items] for items, _ in store.batches], [[1, 2]])
+
     def test_the_next_batch_waits_while_may_start_is_false_and_starts_on_resume(self):
         store = FakeStore()
         ready = [True]
