@@ -160,6 +160,34 @@ class BlockFanOut(unittest.TestCase):
         self.router.deliver_many(messages)
         self.assertEqual(sorted(self.pushed), [(1, 11), (1, 12), (1, 13), (3, 31), (3, 33)])
 
+    def test_a_blocks_messages_go_to_another_node_as_one_run(self):
+        from gochat import codec
+
+        class Elsewhere:
+            def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
+                return defer.succeed({"n2": [u for u in user_ids if u in (2, 4)]})
+
+        class Remote:
+            def __init__(self) -> None:
+                self.runs: list[tuple[str, int, list[tuple[int, int]]]] = []
+                self.pushes: list[tuple[str, list[tuple[int, int]]]] = []
+
+            def deliver_push_run(self, node_id: str, bases: list[bytes], pairs: bytes) -> None:
+                self.runs.append((node_id, len(bases), list(codec.iter_pairs(pairs))))
+
+            def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes) -> None:
+                self.pushes.append((node_id, list(codec.iter_pairs(pairs))))
+
+        remote = Remote()
+        router = Router(Elsewhere(), self.clock, remote=remote, budget=100)  # type: ignore[arg-type]
+        router.add(self.sessions[1])
+        router.deliver_many(self.block(3))
+        self.assertEqual(remote.runs, [("n2", 3, [(2, 21), (4, 41)])])  # seqs of the first
+        self.assertEqual(remote.pushes, [])
+        block = MemberBlock((1, 2, 3, 4, 5), [10, 20, 30, 40, 50])
+        router.deliver_many([delivery(1, BlockRows(block, 1))])  # a block of one message
+        self.assertEqual(remote.pushes, [("n2", [(2, 21), (4, 41)])])
+
     def test_block_rows_read_as_the_pairs_they_stand_for(self):
         rows = self.block(2)[1][1]
         self.assertEqual(len(rows), 5)

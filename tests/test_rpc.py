@@ -205,6 +205,96 @@ class RpcEndpoint(unittest.TestCase):
         self.flushLoggedErrors(AttributeError)
 
     @defer.inlineCallbacks
+    def test_a_run_names_each_recipient_once_for_consecutive_messages(self):
+        other, token = yield self.node.user("fay")
+        fay = yield self.node.connect(token)
+        self.addCleanup(fay.close)
+        fay_got: list[pb.Message] = []
+        fay.on_message = fay_got.append
+        bases = [codec.message_base(message(1, self.uid, t)) for t in ("r1", "r2", "r3")]
+        pool = self.pool()
+        # a push, then a run of three (carol's seqs 2..4, fay's 1..3), then a push
+        sent = [
+            pool.deliver_pushes(
+                "node",
+                codec.message_base(message(1, self.uid, "p1")),
+                codec.pack_pairs([self.uid, 1]),
+            ),
+            pool.deliver_push_run("node", bases, codec.pack_pairs([self.uid, 2, other, 1])),
+            pool.deliver_pushes(
+                "node",
+                codec.message_base(message(1, self.uid, "p5")),
+                codec.pack_pairs([self.uid, 5]),
+            ),
+        ]
+        yield defer.gatherResults(sent)
+        yield services.poll_until(
+            lambda: len(self.received) == 5 and len(fay_got) == 3, 10, what="eight pushes"
+        )
+        self.assertEqual(
+            [(m.content, m.seq) for m in self.received],
+            [(b"p1", 1), (b"r1", 2), (b"r2", 3), (b"r3", 4), (b"p5", 5)],
+        )
+        self.assertEqual(
+            [(m.content, m.seq) for m in fay_got], [(b"r1", 1), (b"r2", 2), (b"r3", 3)]
+        )
+
+    @defer.inlineCallbacks
+    def test_bad_runs_get_an_error_and_the_node_keeps_serving(self):
+        pool = self.pool()
+        base = codec.message_base(message(1, self.uid, "x"))
+        pairs = codec.pack_pairs([self.uid, 1])
+        for batch in (
+            [],
+            [[base, pairs]],  # a base, not a list of them
+            [[[], pairs]],
+            [[[base], pairs[:-1]]],
+            [[[base, "text"], pairs]],
+            [[[base] * 10_001, pairs]],
+        ):
+            yield self.assertFailure(pool.call("node", "DeliverPushRuns", batch), spread.Error)
+        self.assertEqual(self.received, [])
+        arrived = self.next_message()
+        yield pool.call("node", "DeliverPushRuns", [[[base], pairs]])
+        msg = yield arrived
+        self.assertEqual((msg.content, msg.seq), (b"x", 1))
+
+    @defer.inlineCallbacks
+    def test_a_peer_without_runs_gets_them_as_pushes_a_message(self):
+        hub = self.service.hub
+
+        class Older(server.PeerPerspective):
+            def __getattribute__(self, name: str) -> Any:
+                if name == "perspective_DeliverPushRuns":
+                    raise AttributeError(name)
+                return super().__getattribute__(name)
+
+        class OlderRealm(server.NodeRealm):
+            def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+                return spread.IPerspective, Older(hub, "tester"), lambda: None
+
+        factory = spread.PBServerFactory(
+            portal.Portal(OlderRealm(hub), [server.ClusterSecretChecker(services.CLUSTER_SECRET)])
+        )
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        address = f"127.0.0.1:{port.getHost().port}"
+        pool = PeerPool("tester", services.CLUSTER_SECRET, lambda node: defer.succeed(address))
+        self.addCleanup(pool.close)
+        bases = [codec.message_base(message(1, self.uid, t)) for t in ("a", "b")]
+        yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 1]))
+        yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
+        self.assertEqual(pool.no_runs, {"old"})
+        # later runs go straight as DeliverPushes
+        yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 3]))
+        yield services.poll_until(lambda: len(self.received) == 4, 10, what="four pushes")
+        self.assertEqual(
+            [(m.content, m.seq) for m in self.received],
+            [(b"a", 1), (b"b", 2), (b"a", 3), (b"b", 4)],
+        )
+        self.flushLoggedErrors(AttributeError)
+
+    @defer.inlineCallbacks
     def test_wrong_secret_is_refused_and_delivers_nothing(self):
         result = yield self.pool(secret=b"not-the-cluster-secret").deliver(
             "node", {self.uid: [push(1, self.uid, "forged", 1)]}

@@ -419,6 +419,10 @@ class Hub:
         """Pushes another node routed here as (message base, packed pairs)."""
         return self.router.deliver_pushes_local(batch)
 
+    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes]]) -> int:
+        """Runs of pushes another node routed here as ([message base, ...], packed pairs)."""
+        return self.router.deliver_push_runs_local(batch)
+
     def kick_device(self, user_id: int, device_id: str, reason: str) -> bool:
         """Close this node's connection of (user, device): it logged in elsewhere."""
         device = self.devices.get((user_id, device_id))

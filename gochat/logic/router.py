@@ -58,6 +58,13 @@ class RemoteDeliverer(Protocol):
         a frame each.
         """
 
+    def deliver_push_run(self, node_id: str, bases: list[bytes], pairs: bytes) -> Any:
+        """Push consecutive messages of one group batch to users of one node.
+
+        ``pairs`` are (user, seq of the first message): each recipient's
+        seqs for the messages run on. Failures are logged, not raised.
+        """
+
     def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
         """Ask one node to close its connection of (user, device); failures are logged."""
 
@@ -385,6 +392,21 @@ class Router:
                     sent += len(sessions)
         return sent
 
+    def deliver_push_runs_local(self, batch: list[tuple[list[bytes], bytes]]) -> int:
+        """Runs of pushes another node sent as ([message base, ...], pairs); returns the count."""
+        sent = 0
+        get = self.online.get
+        for bases, pairs in batch:
+            run = codec.PushRun([codec.PushFrames(base) for base in bases])
+            for user_id, first in codec.iter_pairs(pairs):
+                sessions = get(user_id)
+                if sessions and first:
+                    frames = run.frames(first)
+                    for session in sessions:
+                        session.push_run(first, frames)
+                    sent += len(frames) * len(sessions)
+        return sent
+
     def _route_remote(self) -> None:
         """One presence lookup for all of this turn's messages, then one call per node each.
 
@@ -422,7 +444,24 @@ class Router:
                 ]
                 for key, block in blocks.items()
             }
-            for push, rows in pending:
+            i = 0
+            while i < len(pending):
+                push, rows = pending[i]
+                if type(rows) is BlockRows:
+                    # consecutive messages of one block: one run per node
+                    end = i + 1
+                    while (
+                        end < len(pending)
+                        and type(pending[end][1]) is BlockRows
+                        and cast(BlockRows, pending[end][1]).block is rows.block
+                        and cast(BlockRows, pending[end][1]).offset == rows.offset + end - i
+                    ):
+                        end += 1
+                    if end - i > 1:
+                        self._route_run(remote_members[id(rows.block)], rows.offset, pending[i:end])
+                        i = end
+                        continue
+                i += 1
                 flat: dict[str, list[int]] = {}
                 if type(rows) is BlockRows:
                     offset = rows.offset
@@ -445,3 +484,23 @@ class Router:
         d = self.presence.nodes_for(list(wanted))
         d.addCallback(route)
         d.addErrback(lambda f: self.log.failure("presence lookup for a push failed", f))
+
+    def _route_run(
+        self,
+        members: list[tuple[int, int, list[str]]],
+        offset: int,
+        run: list[tuple[codec.PushFrames, Sequence[tuple[int, int]]]],
+    ) -> None:
+        """One call per node for consecutive messages of a block (its members held there)."""
+        assert self.remote is not None
+        flat: dict[str, list[int]] = {}
+        for uid, base, holders in members:
+            for node_id in holders:
+                out = flat.get(node_id)
+                if out is None:
+                    out = flat[node_id] = []
+                out += (uid, base + offset)
+        bases = [push.base for push, _ in run]
+        for node_id, pairs in flat.items():
+            _REMOTE_PUSHES.inc(len(pairs) // 2 * len(bases))
+            self.remote.deliver_push_run(node_id, bases, codec.pack_pairs(pairs))

@@ -126,6 +126,16 @@ def _frames_of(batch: list[tuple[bytes, bytes]]) -> dict[int, list[bytes]]:
     return frames
 
 
+def _expanded(runs: list[tuple[list[bytes], bytes]]) -> list[tuple[bytes, bytes]]:
+    """Runs as one (base, pairs) push a message, for a peer without DeliverPushRuns."""
+    out: list[tuple[bytes, bytes]] = []
+    for bases, pairs in runs:
+        firsts = list(codec.iter_pairs(pairs))
+        for i, base in enumerate(bases):
+            out.append((base, codec.pack_pairs([v for uid, s in firsts for v in (uid, s + i)])))
+    return out
+
+
 def _wire(frames: dict[int, list[bytes]]) -> dict[int, bytes | list[bytes]]:
     """``{user_id: frame or [frames]}``: a lone frame goes bare (DeliverMessageAll's shape)."""
     return {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
@@ -168,8 +178,12 @@ class PeerPool(service.Service):
         # Pushes for each node gathered during one reactor turn, sent as one call.
         self._outbox: dict[str, dict[int, list[bytes]]] = {}
         self._outbox_waiters: dict[str, list[defer.Deferred[Any]]] = {}
-        # (message base, packed pairs) for each node, gathered the same way.
-        self._pushes: dict[str, list[tuple[bytes, bytes]]] = {}
+        # (message base, packed pairs) and runs ([base, ...], packed pairs)
+        # for each node, gathered the same way, in order.
+        self._pushes: dict[str, list[tuple[Any, bytes]]] = {}
+        # Peers that answered DeliverPushRuns with "no such method": runs go
+        # to them as DeliverPushes.
+        self.no_runs: set[str] = set()
         # Peers that answered DeliverPushes with "no such method": an older
         # release during a rolling upgrade. They get DeliverMessageAll.
         self.legacy: set[str] = set()
@@ -233,6 +247,66 @@ class PeerPool(service.Service):
         self._pushes.setdefault(node_id, []).append((base, pairs))
         return self._queued(node_id)
 
+    def deliver_push_run(
+        self, node_id: str, bases: list[bytes], pairs: bytes
+    ) -> defer.Deferred[Any]:
+        """Hand consecutive messages of one group batch to one node (the router's RemoteDeliverer).
+
+        Queued in order with :meth:`deliver_pushes`; one ``DeliverPushRuns``
+        call for the runs of a turn. Never fails; fires once it is done.
+        """
+        if node_id in self.no_runs or node_id in self.legacy:
+            for base, each in _expanded([(bases, pairs)]):
+                self.deliver_pushes(node_id, base, each)
+            return self._queued(node_id)
+        self._pushes.setdefault(node_id, []).append((bases, pairs))
+        return self._queued(node_id)
+
+    def _send_queued(self, node_id: str, queued: list[tuple[Any, bytes]]) -> defer.Deferred[Any]:
+        """Pushes and runs for one node, in their order: one call per stretch of one kind."""
+        sent = []
+        start = 0
+        while start < len(queued):
+            runs = isinstance(queued[start][0], list)
+            end = start + 1
+            while end < len(queued) and isinstance(queued[end][0], list) == runs:
+                end += 1
+            part = queued[start:end]
+            sent.append(
+                self._send_runs(node_id, part) if runs else self._send_pushes(node_id, part)
+            )
+            start = end
+        if len(sent) == 1:
+            return sent[0]
+        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+
+    def _send_runs(
+        self, node_id: str, runs: list[tuple[list[bytes], bytes]]
+    ) -> defer.Deferred[Any]:
+        def older(failure: Any, part: list[tuple[list[bytes], bytes]]) -> Any:
+            # The peer's perspective has no perspective_DeliverPushRuns.
+            if not failure.check(AttributeError, "builtins.AttributeError"):
+                return failure
+            self.log.info(
+                "rpc: node {node} is an older release: runs by DeliverPushes", node=node_id
+            )
+            self.no_runs.add(node_id)
+            return self._send_pushes(node_id, _expanded(part))
+
+        sent = []
+        part: list[tuple[list[bytes], bytes]] = []
+        messages = 0
+        for run in runs:
+            if part and messages + len(run[0]) > PUSHES_PER_CALL:
+                sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
+                part, messages = [], 0
+            part.append(run)
+            messages += len(run[0])
+        sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
+        if len(sent) == 1:
+            return sent[0]
+        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+
     def _send_pushes(self, node_id: str, batch: list[tuple[bytes, bytes]]) -> defer.Deferred[Any]:
         def older(failure: Any, part: list[tuple[bytes, bytes]]) -> Any:
             # The peer's perspective has no perspective_DeliverPushes.
@@ -258,7 +332,7 @@ class PeerPool(service.Service):
         pushes, self._pushes = self._pushes, {}
         waiters, self._outbox_waiters = self._outbox_waiters, {}
         for node_id, queued in pushes.items():
-            d = self._send_pushes(node_id, queued)
+            d = self._send_queued(node_id, queued)
             d.addErrback(self._failed, node_id, "deliver", len(queued))
             if node_id not in outbox:
                 d.addCallback(_fire, waiters.pop(node_id, []))

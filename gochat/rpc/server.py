@@ -57,6 +57,8 @@ class PeerHub(Protocol):
 
     def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes]]) -> int: ...
 
+    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes]]) -> int: ...
+
 
 @implementer(ICredentialsChecker)
 class ClusterSecretChecker:
@@ -126,6 +128,21 @@ class PeerPerspective(pb.Avatar):
         metrics.RPC_SERVED.labels("DeliverPushes").inc()
         return self.hub.deliver_pushes_from_peer(pushes)
 
+    def perspective_DeliverPushRuns(self, batch: Any) -> int:  # noqa: N802
+        """``[[[base, ...], packed (user_id, first seq) pairs], ...]``: runs of pushes, in order.
+
+        A run is consecutive messages of one group batch: each recipient's
+        seqs for them are consecutive, so one pair names all of its pushes
+        (the first message with ``first seq``, the next with the next seq).
+        """
+        if not isinstance(batch, list) or not 0 < len(batch) <= MAX_MESSAGES_PER_CALL:
+            raise pb.Error("DeliverPushRuns takes a list of [[base, ...], pairs]")
+        runs = [_run_entry(entry) for entry in batch]
+        if sum(len(bases) for bases, _ in runs) > MAX_MESSAGES_PER_CALL:
+            raise pb.Error(f"DeliverPushRuns carries at most {MAX_MESSAGES_PER_CALL} messages")
+        metrics.RPC_SERVED.labels("DeliverPushRuns").inc()
+        return self.hub.deliver_push_runs_from_peer(runs)
+
     def perspective_DeliverNotice(self, notices: Any) -> int:  # noqa: N802
         """``{receiver_id: frame or [frames]}`` of read/typing notices, never pushes."""
         if not isinstance(notices, dict) or len(notices) > MAX_USERS_PER_CALL:
@@ -175,6 +192,16 @@ def _push_entry(entry: Any) -> tuple[bytes, bytes]:
         ):
             return base, pairs
     raise pb.Error("a push is [message base (bytes), (user_id, seq) pairs (16 bytes each)]")
+
+
+def _run_entry(entry: Any) -> tuple[list[bytes], bytes]:
+    if isinstance(entry, list | tuple) and len(entry) == 2:
+        bases, pairs = entry
+        if isinstance(bases, list) and 0 < len(bases) <= MAX_MESSAGES_PER_CALL:
+            for base in bases:
+                _push_entry([base, pairs])
+            return bases, pairs
+    raise pb.Error("a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each)]")
 
 
 def _frames(data: Any) -> list[bytes]:
