@@ -209,15 +209,20 @@ class FakeStore:
 
 
 class WriterHold(unittest.TestCase):
-    def test_with_a_clock_an_idle_writer_starts_at_the_end_of_the_turn(self):
-        store = FakeStore()
-        clock = Clock()
-        writer = MessageWriter(
+    @staticmethod
+    def writer(store: FakeStore, clock: Clock) -> MessageWriter:
+        """A writer on ``clock`` that drops its outcomes."""
+        return MessageWriter(
             store,  # type: ignore[arg-type]
             lambda item, owner, result: None,
             lambda item, owner: None,
             clock=clock,
         )
+
+    def test_with_a_clock_an_idle_writer_starts_at_the_end_of_the_turn(self):
+        store = FakeStore()
+        clock = Clock()
+        writer = self.writer(store, clock)
         for cid in (1, 2, 3):  # what arrives on several connections in one turn
             writer.submit(UpItem(user_id=cid, device_id=None, client_id=1, message=None), cid)
         self.assertEqual(store.batches, [])
@@ -230,12 +235,7 @@ class WriterHold(unittest.TestCase):
         store = FakeStore()
         store.rows_estimate = lambda item, seen=None: item.user_id  # type: ignore[attr-defined]
         clock = Clock()
-        writer = MessageWriter(
-            store,  # type: ignore[arg-type]
-            lambda item, owner, result: None,
-            lambda item, owner: None,
-            clock=clock,
-        )
+        writer = self.writer(store, clock)
         big = writer_module.GATHER_ROWS
         writer.submit(UpItem(user_id=big, device_id=None, client_id=1, message=None), 1)
         clock.advance(0)

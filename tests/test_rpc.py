@@ -61,6 +61,31 @@ class RpcEndpoint(unittest.TestCase):
         return pool
 
     @defer.inlineCallbacks
+    def older_peer(self, missing: str) -> Any:
+        """A pool whose one peer is this node without ``missing`` (an older release)."""
+        hub = self.service.hub
+
+        class Older(server.PeerPerspective):
+            def __getattribute__(self, name: str) -> Any:
+                if name == missing:
+                    raise AttributeError(name)
+                return super().__getattribute__(name)
+
+        class OlderRealm(server.NodeRealm):
+            def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+                return spread.IPerspective, Older(hub, "tester"), lambda: None
+
+        factory = spread.PBServerFactory(
+            portal.Portal(OlderRealm(hub), [server.ClusterSecretChecker(services.CLUSTER_SECRET)])
+        )
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        address = f"127.0.0.1:{port.getHost().port}"
+        pool = PeerPool("tester", services.CLUSTER_SECRET, lambda node: defer.succeed(address))
+        self.addCleanup(pool.close)
+        return pool
+
+    @defer.inlineCallbacks
     def login(self, creds: Any) -> Any:
         factory = spread.PBClientFactory()
         port = self.address.split(":")[1]
@@ -174,26 +199,7 @@ class RpcEndpoint(unittest.TestCase):
     def test_a_peer_of_an_older_release_gets_the_pushes_as_frames(self):
         # A node of the release before DeliverPushes (a rolling upgrade):
         # its perspective has no such method, so the pool falls back.
-        hub = self.service.hub
-
-        class Older(server.PeerPerspective):
-            def __getattribute__(self, name: str) -> Any:
-                if name == "perspective_DeliverPushes":
-                    raise AttributeError(name)
-                return super().__getattribute__(name)
-
-        class OlderRealm(server.NodeRealm):
-            def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
-                return spread.IPerspective, Older(hub, "tester"), lambda: None
-
-        factory = spread.PBServerFactory(
-            portal.Portal(OlderRealm(hub), [server.ClusterSecretChecker(services.CLUSTER_SECRET)])
-        )
-        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
-        address = f"127.0.0.1:{port.getHost().port}"
-        pool = PeerPool("tester", services.CLUSTER_SECRET, lambda node: defer.succeed(address))
-        self.addCleanup(pool.close)
+        pool = yield self.older_peer("perspective_DeliverPushes")
         base = codec.message_base(message(1, self.uid, "old"))
         n = yield pool.deliver_pushes("old", base, codec.pack_pairs([self.uid, 1]))
         msg = yield self.next_message()
@@ -261,26 +267,7 @@ class RpcEndpoint(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_peer_without_runs_gets_them_as_pushes_a_message(self):
-        hub = self.service.hub
-
-        class Older(server.PeerPerspective):
-            def __getattribute__(self, name: str) -> Any:
-                if name == "perspective_DeliverPushRuns":
-                    raise AttributeError(name)
-                return super().__getattribute__(name)
-
-        class OlderRealm(server.NodeRealm):
-            def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
-                return spread.IPerspective, Older(hub, "tester"), lambda: None
-
-        factory = spread.PBServerFactory(
-            portal.Portal(OlderRealm(hub), [server.ClusterSecretChecker(services.CLUSTER_SECRET)])
-        )
-        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
-        address = f"127.0.0.1:{port.getHost().port}"
-        pool = PeerPool("tester", services.CLUSTER_SECRET, lambda node: defer.succeed(address))
-        self.addCleanup(pool.close)
+        pool = yield self.older_peer("perspective_DeliverPushRuns")
         bases = [codec.message_base(message(1, self.uid, t)) for t in ("a", "b")]
         yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 1]))
         yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")

@@ -64,7 +64,6 @@ def client_address(peer: Any) -> str | None:
     return host
 
 
-_SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # a lookup, not a bytes() per push
 _ELEMENT_HEADS = [codec.batch_element_head(n) for n in range(16384)]  # --output-batch
 
 
@@ -77,7 +76,7 @@ def frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
-#: headers of frames under 16 KiB (most pushes), for send_many's lookups
+#: headers of frames under 16 KiB (nearly every frame): a lookup, not a bytes() per push
 _HEADS = [frame_header(n) for n in range(16384)]
 
 
@@ -311,7 +310,7 @@ class GatewayProtocol(ServerProtocol):
                 # --output-batch: an OutputBatch element's head; flush adds the frames'.
                 head = _ELEMENT_HEADS[n] if n < 16384 else codec.batch_element_head(n)
             else:
-                head = _SMALL_HEADS[n] if n < 126 else frame_header(n)
+                head = _HEADS[n] if n < 16384 else frame_header(n)
             if self._paused:
                 # The client is not reading: what waits here counts against it.
                 self._stalled(n + len(head))
@@ -393,7 +392,7 @@ def _batched(parts: list[bytes]) -> list[bytes]:
             payloads = [payload]
         for payload in payloads:
             n = len(payload)
-            frames.append(_SMALL_HEADS[n] if n < 126 else frame_header(n))
+            frames.append(_HEADS[n] if n < 16384 else frame_header(n))
             frames.append(payload)
     return frames
 

@@ -220,7 +220,7 @@ class Router:
         backlog = self._backlog
         message, rows, origin, cost = backlog.popleft()
         self._taken += 1
-        if type(rows) is not BlockRows or not backlog:
+        if type(rows) is not BlockRows:
             return self._deliver_logged(message, rows, origin), cost
         block = rows.block
         segment: list[Delivery] = [(message, rows, origin)]
@@ -234,8 +234,6 @@ class Router:
             self._taken += 1
             segment.append(nxt[:3])
             spent += nxt[3]
-        if len(segment) == 1:
-            return self._deliver_logged(message, rows, origin), cost
         try:
             return self._push_segment(block, segment), spent
         except Exception:
@@ -288,30 +286,20 @@ class Router:
         """Push ``message`` to each recipient row now, skipping devices of ``origin``.
 
         Returns the local pushes made; the caller counts them once per turn.
-        A group message walks only the block's members online here.
+        (A group block's messages go by :meth:`_push_segment`.)
         """
         frames = codec.PushFrames(codec.message_base(message))
         frame_for = frames.frame
+        get = self.online.get
         local = 0
-        if type(rows) is BlockRows:
-            offset = rows.offset
-            for sessions, base in self._online_members(rows.block):
-                seq = base + offset
+        for user_id, seq in rows:
+            sessions = get(user_id)
+            if sessions:
                 frame = frame_for(seq)
                 for session in sessions:
                     if session.device is not origin:
                         session.push(seq, frame)
                         local += 1
-        else:
-            get = self.online.get
-            for user_id, seq in rows:
-                found = get(user_id)
-                if found:
-                    frame = frame_for(seq)
-                    for session in found:
-                        if session.device is not origin:
-                            session.push(seq, frame)
-                            local += 1
         if self.remote is not None and rows:
             self._remote_turn.append((frames, rows))
         return local
@@ -462,7 +450,6 @@ class Router:
                         i = end
                         continue
                 i += 1
-                flat: dict[str, list[int]] = {}
                 if type(rows) is BlockRows:
                     offset = rows.offset
                     targets = [
@@ -471,13 +458,7 @@ class Router:
                     ]
                 else:
                     targets = [(uid, seq, h) for uid, seq in rows if (h := where.get(uid))]
-                for uid, seq, holders in targets:
-                    for node_id in holders:
-                        out = flat.get(node_id)
-                        if out is None:
-                            out = flat[node_id] = []
-                        out += (uid, seq)
-                for node_id, pairs in flat.items():
+                for node_id, pairs in _by_node(targets).items():
                     _REMOTE_PUSHES.inc(len(pairs) // 2)
                     self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs))
 
@@ -493,14 +474,20 @@ class Router:
     ) -> None:
         """One call per node for consecutive messages of a block (its members held there)."""
         assert self.remote is not None
-        flat: dict[str, list[int]] = {}
-        for uid, base, holders in members:
-            for node_id in holders:
-                out = flat.get(node_id)
-                if out is None:
-                    out = flat[node_id] = []
-                out += (uid, base + offset)
         bases = [push.base for push, _ in run]
-        for node_id, pairs in flat.items():
+        targets = [(uid, base + offset, holders) for uid, base, holders in members]
+        for node_id, pairs in _by_node(targets).items():
             _REMOTE_PUSHES.inc(len(pairs) // 2 * len(bases))
             self.remote.deliver_push_run(node_id, bases, codec.pack_pairs(pairs))
+
+
+def _by_node(targets: list[tuple[int, int, list[str]]]) -> dict[str, list[int]]:
+    """``{node: [user, seq, user, seq, ...]}`` of (user, seq, its nodes) targets."""
+    flat: dict[str, list[int]] = {}
+    for uid, seq, holders in targets:
+        for node_id in holders:
+            out = flat.get(node_id)
+            if out is None:
+                out = flat[node_id] = []
+            out += (uid, seq)
+    return flat

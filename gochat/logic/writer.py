@@ -58,6 +58,8 @@ class MessageWriter:
         clock: IReactorTime | None = None,
     ) -> None:
         self.store = store
+        #: the store's estimate of an item's rows (a test's store may have none)
+        self._weigh = getattr(store, "rows_estimate", None)
         #: with a clock, an idle writer starts its batch at the end of the
         #: reactor turn, not on the first message: what arrived on the other
         #: connections in the same turn joins it (after GATHER_DELAY when
@@ -102,7 +104,7 @@ class MessageWriter:
             if self.clock is None:
                 self._flush()
                 return
-            weigh = getattr(self.store, "rows_estimate", None)
+            weigh = self._weigh
             big = weigh is not None and weigh(item) >= GATHER_ROWS
             self._start_call = self.clock.callLater(GATHER_DELAY if big else 0, self._start)
         n = len(queue)
@@ -149,7 +151,7 @@ class MessageWriter:
 
     def _batch_size(self) -> int:
         """Queued items for the next batch: at most max_batch, and max_rows (at least one)."""
-        weigh = getattr(self.store, "rows_estimate", None)
+        weigh = self._weigh
         if weigh is None:
             return self.max_batch
         count = rows = 0

@@ -141,6 +141,13 @@ def _wire(frames: dict[int, list[bytes]]) -> dict[int, bytes | list[bytes]]:
     return {u: f[0] if len(f) == 1 else f for u, f in frames.items()}
 
 
+def _summed(sent: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:
+    """The one call's answer, or the sum of several calls' (pushes made)."""
+    if len(sent) == 1:
+        return sent[0]
+    return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+
+
 def _fire(result: Any, waiters: list[defer.Deferred[Any]]) -> None:
     for waiter in waiters:
         waiter.callback(result)
@@ -276,9 +283,7 @@ class PeerPool(service.Service):
                 self._send_runs(node_id, part) if runs else self._send_pushes(node_id, part)
             )
             start = end
-        if len(sent) == 1:
-            return sent[0]
-        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+        return _summed(sent)
 
     def _send_runs(
         self, node_id: str, runs: list[tuple[list[bytes], bytes]]
@@ -303,9 +308,7 @@ class PeerPool(service.Service):
             part.append(run)
             messages += len(run[0])
         sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
-        if len(sent) == 1:
-            return sent[0]
-        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+        return _summed(sent)
 
     def _send_pushes(self, node_id: str, batch: list[tuple[bytes, bytes]]) -> defer.Deferred[Any]:
         def older(failure: Any, part: list[tuple[bytes, bytes]]) -> Any:
@@ -322,9 +325,7 @@ class PeerPool(service.Service):
         for i in range(0, len(batch), PUSHES_PER_CALL):
             part = batch[i : i + PUSHES_PER_CALL]
             sent.append(self.call(node_id, "DeliverPushes", part).addErrback(older, part))
-        if len(sent) == 1:
-            return sent[0]
-        return defer.gatherResults(sent, consumeErrors=True).addCallback(sum)
+        return _summed(sent)
 
     def _flush(self) -> None:
         self._flush_call = None

@@ -637,37 +637,42 @@ class Store:
                     block_start, block_end = k, end
                 if k < block_end:
                     assert block is not None
-                    owner_seq = result.sender_seq = current[owner] - (block_end - k) + 1
-                    bodies += (
-                        owner,
-                        owner_seq,
-                        msg.sender_id,
-                        msg.session_type,
-                        receiver,
-                        msg.message_type,
-                        msg.content,
-                        msg.send_time,
-                        s_owner,
-                        s_seq,
-                        block_idx + k - block_start,
-                    )
+                    owner_seq = current[owner] - (block_end - k) + 1
+                    idx = block_idx + k - block_start
                     result.rows = BlockRows(block, k - block_start + 1)
-                    result.message = msg
-                    entries.append((msg, owner, owner_seq, result.rows, None))
-                    results.append(result)
-                    _device_ack(item, result, device_acks, device_first, device_last)
-                    continue
-                owner_seq = result.sender_seq = current[owner] + 1
-                current[owner] = owner_seq
-                if msg.session_type == pb.ST_Single:
-                    conv = (1, owner, receiver) if owner < receiver else (1, receiver, owner)
                 else:
-                    conv = (2, receiver, 0)
-                stream = streams.get(conv)
-                if stream is None:
-                    stream = streams[conv] = [owner, owner_seq, 0]
-                s_owner, s_seq, idx = stream
-                stream[2] = idx + 1
+                    owner_seq = current[owner] + 1
+                    current[owner] = owner_seq
+                    if msg.session_type == pb.ST_Single:
+                        conv = (1, owner, receiver) if owner < receiver else (1, receiver, owner)
+                    else:
+                        conv = (2, receiver, 0)
+                    stream = streams.get(conv)
+                    if stream is None:
+                        stream = streams[conv] = [owner, owner_seq, 0]
+                    s_owner, s_seq, idx = stream
+                    stream[2] = idx + 1
+                    pushed: list[tuple[int, int]] = []
+                    for uid in recipients:
+                        if uid == owner:
+                            seq = owner_seq
+                        else:
+                            seq = current[uid] + 1
+                            current[uid] = seq
+                        run = runs.get(uid)
+                        if run is not None and run[5] is stream and run[6] == idx:
+                            run[0] = seq  # the user's seqs in a batch are consecutive
+                            run[6] = idx + 1
+                        else:
+                            if run is not None:
+                                earlier = closed.get(uid)
+                                if earlier is None:
+                                    earlier = closed[uid] = []
+                                earlier += (uid, *run[:5])
+                            runs[uid] = [seq, seq, s_owner, s_seq, idx, stream, idx + 1]
+                        pushed.append((uid, seq))
+                    result.rows = pushed
+                result.sender_seq = owner_seq
                 bodies += (
                     owner,
                     owner_seq,
@@ -681,28 +686,8 @@ class Store:
                     s_seq,
                     idx,
                 )
-                pushed: list[tuple[int, int]] = []
-                result.rows = pushed
-                for uid in recipients:
-                    if uid == owner:
-                        seq = owner_seq
-                    else:
-                        seq = current[uid] + 1
-                        current[uid] = seq
-                    run = runs.get(uid)
-                    if run is not None and run[5] is stream and run[6] == idx:
-                        run[0] = seq  # the user's seqs in a batch are consecutive
-                        run[6] = idx + 1
-                    else:
-                        if run is not None:
-                            earlier = closed.get(uid)
-                            if earlier is None:
-                                earlier = closed[uid] = []
-                            earlier += (uid, *run[:5])
-                        runs[uid] = [seq, seq, s_owner, s_seq, idx, stream, idx + 1]
-                    pushed.append((uid, seq))
                 result.message = msg
-                entries.append((msg, owner, owner_seq, pushed, item.op))
+                entries.append((msg, owner, owner_seq, result.rows, item.op))
             elif item.op is not None:
                 result.detail = state.get("details", {}).get(id(item), "")
             results.append(result)
