@@ -8,15 +8,17 @@ import io
 import json
 import os
 import tempfile
+import time
 
 from twisted.internet import defer, reactor
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from gochat import codec
 from gochat.bench import cli, runner, stats
 from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
 from gochat.bench.wire import BenchSocket, mask_frame
-from gochat.bench.worker import Conn, Worker
+from gochat.bench.worker import _CONTENT, Conn, Worker
 from gochat.pb import pb
 from tests.util import NodeTestCase
 
@@ -95,8 +97,8 @@ class Percentiles(unittest.TestCase):
         self.assertIsNone(Histogram().percentile(50))
 
 
-def _push(seq: int) -> bytes:
-    msg = pb.Message(session_type=pb.ST_Group, receiver_id=7, sender_id=3, content=b"x" * 12)
+def _push(seq: int, content: bytes = b"x" * 12) -> bytes:
+    msg = pb.Message(session_type=pb.ST_Group, receiver_id=7, sender_id=3, content=content)
     return codec.push_frame_from_base(codec.message_base(msg), seq)
 
 
@@ -126,6 +128,38 @@ class DeliveryAccounting(unittest.TestCase):
         self.conn.frame(_push(10 + 5000))
         self.assertEqual((self.worker.received, self.worker.duplicated), (1, 1))
 
+    def test_a_read_of_consecutive_pushes_is_counted_at_once(self):
+        self.conn.frames([_push(seq) for seq in range(11, 21)])
+        self.assertEqual((self.worker.received, self.worker.duplicated), (10, 0))
+        self.assertEqual(sum(self.worker.push_hist), 10)  # each one timed
+        self.conn.frames([_push(15)])  # the run marked every seq seen
+        self.assertEqual((self.worker.received, self.worker.duplicated), (10, 1))
+
+    def test_a_read_of_pushes_already_seen_is_all_duplicates(self):
+        self.conn.frames([_push(11), _push(12)])
+        self.conn.frames([_push(11), _push(12)])
+        self.assertEqual((self.worker.received, self.worker.duplicated), (2, 2))
+
+    def test_a_read_with_a_repeat_or_a_gap_is_counted_push_by_push(self):
+        self.conn.frames([_push(seq) for seq in (11, 12, 12, 14)])
+        self.assertEqual((self.worker.received, self.worker.duplicated), (3, 1))
+        self.conn.frames([_push(13), _push(10)])  # a late one, and one at the base
+        self.assertEqual((self.worker.received, self.worker.duplicated), (4, 2))
+
+    def test_a_read_with_an_ack_among_pushes_handles_each(self):
+        self.conn.inflight[1] = 0.0
+        self.conn.frames([_push(11), codec.ack_frame(pb.AT_Up, client_id=1), _push(12)])
+        self.assertEqual((self.worker.received, self.worker.acked), (2, 1))
+
+    def test_a_run_is_timed_from_the_send_time_in_each_content(self):
+        now = time.time()
+        self.conn.frames(
+            [_push(11, _CONTENT.pack(now - 0.05, 0)), _push(12, _CONTENT.pack(now - 0.2, 0))]
+        )
+        hist = Histogram(self.worker.push_hist)
+        first, last = hist.percentile(0), hist.percentile(100)  # ms, to within a bucket
+        self.assertTrue(45 < first < 55 and 180 < last < 220, (first, last))
+
     def test_losses_are_expected_minus_received(self):
         self.conn.frame(_push(11))
         merged = runner.merge([dict(self.worker.result(), expected=3)])
@@ -145,13 +179,32 @@ class WebSocketFraming(unittest.TestCase):
     def test_server_frames_split_across_reads_are_reassembled(self):
         got = []
         sock = BenchSocket("h", "/ws")
-        sock.on_frame = got.append
+        sock.on_frames = got.extend
         sock._open = True
         big = b"y" * 300
         stream = b"\x82\x03abc" + b"\x82\x7e" + len(big).to_bytes(2, "big") + big + b"\x82\x01z"
         for i in range(0, len(stream), 7):
             sock.dataReceived(stream[i : i + 7])
         self.assertEqual(got, [b"abc", big, b"z"])
+
+    def test_a_reads_frames_come_in_one_call_and_a_ping_between_keeps_its_place(self):
+        calls: list[list[bytes]] = []
+        sock = BenchSocket("h", "/ws")
+        sock.on_frames = lambda payloads: calls.append(list(payloads))
+        sock._open = True
+        transport = StringTransport()
+        sock.transport = transport
+        sock.dataReceived(b"\x82\x01a\x82\x01b")
+        self.assertEqual(calls, [[b"a", b"b"]])
+
+        def pong_after_c(payloads: list[bytes]) -> None:
+            calls.append([*payloads, transport.value()])  # no pong written yet for "c"
+
+        sock.on_frames = pong_after_c
+        sock.dataReceived(b"\x82\x01c\x89\x00\x82\x01d")
+        self.assertEqual(calls[1], [b"c", b""])
+        self.assertEqual(calls[2][0], b"d")
+        self.assertEqual(calls[2][1][:1], b"\x8a")  # the pong went out between them
 
 
 class NodeFanOut(unittest.TestCase):

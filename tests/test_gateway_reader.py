@@ -137,14 +137,15 @@ class Pipelined(NodeTestCase):
         logged_in, done = defer.Deferred(), defer.Deferred()
         count = 300
 
-        def on_frame(payload):
-            outputs.append(pb.Output.FromString(payload))
-            if len(outputs) == 1:
-                logged_in.callback(None)
-            elif len(outputs) == count + 1:
-                done.callback(None)
+        def on_frames(payloads):
+            for payload in payloads:
+                outputs.append(pb.Output.FromString(payload))
+                if len(outputs) == 1:
+                    logged_in.callback(None)
+                elif len(outputs) == count + 1:
+                    done.callback(None)
 
-        sock = yield open_socket(reactor, self.node.ws_url, on_frame)
+        sock = yield open_socket(reactor, self.node.ws_url, on_frames)
         self.addCleanup(sock.close)
         sock.send(login_input(alice_token))
         yield logged_in

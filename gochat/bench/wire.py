@@ -77,9 +77,14 @@ class HandshakeError(Exception):
 
 
 class BenchSocket(protocol.Protocol):
-    """A WebSocket client connection; ``on_frame(payload)`` gets each binary message."""
+    """A WebSocket client connection; ``on_frames([payload, ...])`` gets the binary messages.
 
-    on_frame: Callable[[bytes], None]
+    Each read's messages come in one list, in order: a client of a big
+    group gets dozens of pushes per read, and one call for all of them
+    lets it count them in bulk.
+    """
+
+    on_frames: Callable[[list[bytes]], None]
     on_lost: Callable[[Any], None] | None = None
     #: set by connectionMade: the benchmark connects over TCP only
     transport: ITCPTransport
@@ -142,7 +147,8 @@ class BenchSocket(protocol.Protocol):
         # The hot loop: frames from the server are unmasked.
         pos = 0
         size = len(buf)
-        on_frame = self.on_frame
+        payloads: list[bytes] = []
+        add = payloads.append
         while size - pos >= 2:
             b0 = buf[pos]
             n = buf[pos + 1] & 0x7F
@@ -163,17 +169,23 @@ class BenchSocket(protocol.Protocol):
             pos = end
             opcode = b0 & 0x0F
             if b0 & 0x80 and opcode == OP_BINARY:
-                on_frame(buf[start:end])
+                add(buf[start:end])
             else:
+                if payloads:  # what came before it goes first
+                    self.on_frames(payloads)
+                    payloads = []
+                    add = payloads.append
                 self._control(b0, opcode, buf[start:end])
         self._buf = buf[pos:] if pos < size else b""
+        if payloads:
+            self.on_frames(payloads)
 
     def _control(self, b0: int, opcode: int, payload: bytes) -> None:
         if opcode in (OP_BINARY, OP_TEXT, OP_CONT):
             self._fragments.append(payload)
             if b0 & 0x80:
                 whole, self._fragments = b"".join(self._fragments), []
-                self.on_frame(whole)
+                self.on_frames([whole])
         elif opcode == OP_PING:
             self.transport.write(mask_frame(OP_PONG, payload))
         elif opcode == OP_CLOSE:
@@ -211,12 +223,12 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
 
 
 def open_socket(
-    reactor: Any, url: str, on_frame: Callable[[bytes], None], timeout: float = 30.0
+    reactor: Any, url: str, on_frames: Callable[[list[bytes]], None], timeout: float = 30.0
 ) -> defer.Deferred[BenchSocket]:
     """Connect and finish the handshake within ``timeout`` s; fires with the socket."""
     host, port, path = parse_ws_url(url)
     sock = BenchSocket(f"{host}:{port}", path, reactor, timeout)
-    sock.on_frame = on_frame
+    sock.on_frames = on_frames
     endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=max(1, int(timeout)))
     # connectProtocol is unannotated; it fires with the protocol, then this with the open socket
     d: defer.Deferred[Any] = endpoints.connectProtocol(endpoint, sock)
