@@ -117,6 +117,37 @@ def _varint(value: int) -> bytes:
 # Output{type: CT_Message (field 1 varint), code: 200 (field 2 varint)} prefix.
 _PUSH_PREFIX = b"\x08" + _varint(pb.CT_Message) + b"\x10" + _varint(codes.OK)
 _SEQ_TAG = b"\x30"  # Message.seq: field 6, varint
+#: a varint's first byte when more follow: the low 7 bits of the value
+_LOW7 = [bytes((0x80 | i,)) for i in range(128)]
+
+
+def consecutive_varints(first: int, count: int) -> list[bytes]:
+    """The varints of ``first``, ``first + 1``, ... (``count`` of them), built by C loops.
+
+    Past 16,383 a varint is its value's low 7 bits (with the "more" bit)
+    followed by the varint of the rest, and the rest is the same for 128
+    values in a row: each such stretch is one ``map``.
+    """
+    last = first + count - 1
+    if last < 16384:
+        return _SMALL_VARINTS[first : last + 1]
+    out: list[bytes] = []
+    value = first
+    while value <= last:
+        end = min(last, value | 127)
+        if value < 16384:
+            out += _SMALL_VARINTS[value : min(end, 16383) + 1]
+            value = min(end, 16383) + 1
+            continue
+        out += map(
+            operator.add,
+            _LOW7[value & 127 : (end & 127) + 1],
+            [_varint(value >> 7)] * (end - value + 1),
+        )
+        value = end + 1
+    return out
+
+
 # Output{type: CT_ACK, code: 200} prefix.
 _ACK_OK_PREFIX = b"\x08" + _varint(pb.CT_ACK) + b"\x10" + _varint(codes.OK)
 
@@ -178,6 +209,9 @@ class PushFrames:
         return head + tail
 
 
+_UNSET: list[bytes] = []  # not yet looked at (None: no wire form)
+
+
 class PushRun:
     """The push frames of consecutive messages for recipients whose seqs for them run on.
 
@@ -187,24 +221,54 @@ class PushRun:
     seq: one ``map`` per member, not a frame built per push in Python.
     """
 
-    __slots__ = ("pushes", "_heads")
+    __slots__ = ("pushes", "_heads", "_wire")
 
     def __init__(self, pushes: list[PushFrames]) -> None:
         self.pushes = pushes
         self._heads: dict[int, list[bytes]] = {}
+        #: (varint size, header table) -> [header + head, tail, header + head, tail, ...]
+        self._wire: dict[tuple[int, int], list[bytes] | None] = {}
+
+    def _heads_for(self, size: int) -> list[bytes]:
+        heads = self._heads.get(size)
+        if heads is None:
+            heads = self._heads[size] = [p.head(size) for p in self.pushes]
+        return heads
 
     def frames(self, first: int) -> list[bytes]:
         """Frames of every message, the first with seq ``first``, the next ``first + 1``..."""
-        last = first + len(self.pushes) - 1
-        if last < 16384:
-            tails = _SMALL_VARINTS[first : last + 1]
-            size = len(tails[0])
-            if len(tails[-1]) == size:
-                heads = self._heads.get(size)
-                if heads is None:
-                    heads = self._heads[size] = [p.head(size) for p in self.pushes]
-                return list(map(operator.add, heads, tails))
+        tails = consecutive_varints(first, len(self.pushes))
+        size = len(tails[0])
+        if len(tails[-1]) == size:
+            return list(map(operator.add, self._heads_for(size), tails))
         return [push.frame(first + i) for i, push in enumerate(self.pushes)]
+
+    def wire(self, first: int, headers: list[bytes]) -> bytes | None:
+        """Every frame, as :meth:`frames`, each behind its ``headers[len(frame)]``, as one bytes.
+
+        What a WebSocket connection writes for one recipient: the headers
+        and heads are joined once per run, so a recipient costs a slice
+        assignment of its seqs and one ``join``. ``None`` when the seqs'
+        varints differ in size or a frame is as long as ``headers``.
+        """
+        tails = consecutive_varints(first, len(self.pushes))
+        size = len(tails[0])
+        if len(tails[-1]) != size:
+            return None
+        key = (size, id(headers))
+        parts = self._wire.get(key, _UNSET)
+        if parts is _UNSET:
+            heads = self._heads_for(size)
+            if max(map(len, heads)) + size >= len(headers):
+                parts = None
+            else:
+                parts = [b""] * (2 * len(heads))
+                parts[::2] = [headers[len(head) + size] + head for head in heads]
+            self._wire[key] = parts
+        if parts is None:
+            return None
+        parts[1::2] = tails
+        return b"".join(parts)
 
 
 #: (user id, seq) pairs of a push to many users of one node, as node-to-node

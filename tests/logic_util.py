@@ -52,6 +52,9 @@ class Recorder:
         for frame in frames:
             self.send(frame)
 
+    def send_run(self, run: Any, first_seq: int) -> bool:
+        return False  # frame by frame, through send_many
+
     def close(self, reason: str, going_away: bool = False) -> None:
         self.closed = reason
         if self.session is not None:

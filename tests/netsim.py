@@ -118,6 +118,9 @@ class _ServerEnd:
         for frame in frames:
             self.send(frame)
 
+    def send_run(self, run: Any, first_seq: int) -> bool:
+        return False  # frame by frame, through send_many
+
     def close(self, reason: str, going_away: bool = False) -> None:
         self.link.close(reason)
 

@@ -70,3 +70,40 @@ class PushRuns(unittest.TestCase):
             )
             again = run.frames(first)  # from the heads kept for this varint size
             self.assertEqual(again, [p.frame(first + i) for i, p in enumerate(pushes)], first)
+
+    def test_consecutive_varints_are_each_values_varint_across_every_boundary(self):
+        for first in (0, 1, 120, 16250, 16383, 16384, 2**21 - 130, 2**35 - 5, U64 - 300):
+            for count in (1, 2, 129, 300):
+                if first + count - 1 > U64:
+                    continue
+                self.assertEqual(
+                    codec.consecutive_varints(first, count),
+                    [codec._varint_slow(v) for v in range(first, first + count)],
+                    (first, count),
+                )
+
+    def test_a_runs_wire_is_each_frame_behind_its_header(self):
+        from gochat.gateway.protocol import _HEADS
+
+        pushes = [
+            codec.PushFrames(codec.message_base(pb.Message(sender_id=i, content=b"m" * (i * 40))))
+            for i in range(1, 5)
+        ]
+        run = codec.PushRun(pushes)
+        for first in (1, 120, 16380, 2**21 - 10, 2**40):  # seqs of one varint size
+            for _ in range(2):  # built, then from what it kept
+                frames = [p.frame(first + i) for i, p in enumerate(pushes)]
+                self.assertEqual(
+                    run.wire(first, _HEADS), b"".join(_HEADS[len(f)] + f for f in frames), first
+                )
+
+    def test_a_run_whose_seqs_change_varint_size_or_too_long_a_frame_has_no_wire(self):
+        from gochat.gateway.protocol import _HEADS
+
+        short = codec.PushRun([codec.PushFrames(codec.message_base(pb.Message(sender_id=1)))] * 3)
+        self.assertIsNone(short.wire(16382, _HEADS))  # 16383 takes two bytes, 16384 three
+        self.assertIsNotNone(short.wire(16384, _HEADS))
+        long = codec.PushRun(
+            [codec.PushFrames(codec.message_base(pb.Message(content=b"x" * len(_HEADS))))]
+        )
+        self.assertIsNone(long.wire(5, _HEADS))  # a header the table does not hold

@@ -39,6 +39,10 @@ class PushedTo:
     def push_run(self, first_seq: int, frames: list[bytes]) -> None:
         self.log += [(self.user_id, first_seq + i) for i in range(len(frames))]
 
+    def push_block(self, run: Any, first_seq: int) -> int:
+        self.push_run(first_seq, run.frames(first_seq))
+        return len(run.pushes)
+
 
 def delivery(sender: int, rows: list[tuple[int, int]]) -> Any:
     return (pb.Message(sender_id=sender, session_type=pb.ST_Group), rows, object())

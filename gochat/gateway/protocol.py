@@ -347,6 +347,21 @@ class GatewayProtocol(ServerProtocol):
         else:
             out += parts
 
+    def send_run(self, run: codec.PushRun, first_seq: int) -> bool:
+        """A group block's pushes to this connection as one bytes; False: use :meth:`send_many`."""
+        if self.state != _OPEN or self.queued_writes or self._paused or self.factory.output_batch:
+            return False
+        data = run.wire(first_seq, _HEADS)
+        if data is None:
+            return False
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.factory.schedule_flush(self)
+        else:
+            out.append(data)
+        return True
+
     def flush(self) -> None:
         """Write what :meth:`send` collected."""
         out, self._out = self._out, None

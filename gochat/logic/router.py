@@ -244,9 +244,9 @@ class Router:
         """Push consecutive messages of one block, member by member.
 
         Their offsets run on, so each online member's seqs for them do too:
-        a member's frames are built by one :meth:`codec.PushRun.frames` and
-        sent by one :meth:`Session.push_run`. Only sessions of a sender's
-        device (which must not get its own message) go message by message.
+        a member's frames are built and sent by one :meth:`Session.push_block`.
+        Only sessions of a sender's device (which must not get its own
+        message) go message by message.
         """
         pushes = [codec.PushFrames(codec.message_base(message)) for message, _, _ in segment]
         run = codec.PushRun(pushes)
@@ -255,7 +255,6 @@ class Router:
         local = 0
         for sessions, base in self._online_members(block):
             seq0 = base + first
-            frames: list[bytes] | None = None
             for session in sessions:
                 if id(session.device) in origins:
                     for i, (_, _, origin) in enumerate(segment):
@@ -264,10 +263,7 @@ class Router:
                             session.push(seq, pushes[i].frame(seq))
                             local += 1
                     continue
-                if frames is None:
-                    frames = run.frames(seq0)
-                session.push_run(seq0, frames)
-                local += len(frames)
+                local += session.push_block(run, seq0)
         if self.remote is not None:
             for push, (_, rows, _) in zip(pushes, segment, strict=True):
                 self._remote_turn.append((push, rows))
@@ -389,10 +385,8 @@ class Router:
             for user_id, first in codec.iter_pairs(pairs):
                 sessions = get(user_id)
                 if sessions and first:
-                    frames = run.frames(first)
                     for session in sessions:
-                        session.push_run(first, frames)
-                    sent += len(frames) * len(sessions)
+                        sent += session.push_block(run, first)
         return sent
 
     def _route_remote(self) -> None:

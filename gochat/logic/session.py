@@ -42,6 +42,9 @@ class Connection(Protocol):
     def send_many(self, frames: list[bytes]) -> None:
         """Send several ``Output`` frames, in order, in as few writes as possible."""
 
+    def send_run(self, run: codec.PushRun, first_seq: int) -> bool:
+        """Send ``run.frames(first_seq)`` if it can do so cheaper; False: it sent nothing."""
+
     def close(self, reason: str, going_away: bool = False) -> None:
         """Close the connection (politely); ``connection_lost`` follows."""
 
@@ -205,6 +208,19 @@ class Session:
             track = self.hub.pushes.track
             for i, frame in enumerate(frames):
                 track(self, first_seq + i, frame)
+
+    def push_block(self, run: codec.PushRun, first_seq: int) -> int:
+        """A group block's pushes (seqs from ``first_seq``), built for this connection's framing.
+
+        Returns how many went out.
+        """
+        if self.closed:
+            return 0
+        if self.push_ack or not self.conn.send_run(run, first_seq):
+            self.push_run(first_seq, run.frames(first_seq))
+        else:
+            self.last_active = self.clock.seconds()
+        return len(run.pushes)
 
     def connection_lost(self) -> None:
         if self.closed:
