@@ -10,6 +10,8 @@ import os
 import tempfile
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -18,7 +20,7 @@ from gochat import codec
 from gochat.bench import cli, runner, stats
 from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
 from gochat.bench.wire import BenchSocket, mask_frame
-from gochat.bench.worker import _CONTENT, Conn, Worker
+from gochat.bench.worker import _CONTENT, Conn, Worker, _count_latencies
 from gochat.pb import pb
 from tests.util import NodeTestCase
 
@@ -159,6 +161,16 @@ class DeliveryAccounting(unittest.TestCase):
         hist = Histogram(self.worker.push_hist)
         first, last = hist.percentile(0), hist.percentile(100)  # ms, to within a bucket
         self.assertTrue(45 < first < 55 and 180 < last < 220, (first, last))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.floats(min_value=-0.01, max_value=100.0), min_size=1, max_size=80))
+    def test_a_reads_latencies_land_in_the_buckets_one_by_one_would(self, latencies):
+        latencies.sort()
+        counted, expected = [0] * stats.BUCKETS, Histogram()
+        _count_latencies(counted, latencies, 0, len(latencies))
+        for latency in latencies:
+            expected.record(latency)
+        self.assertEqual(counted, expected.counts)
 
     def test_losses_are_expected_minus_received(self):
         self.conn.frame(_push(11))

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from gochat.pb import pb
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_FIN_BINARY = 0x80 | OP_BINARY
 
 _getrandbits = random.getrandbits
 
@@ -151,7 +152,15 @@ class BenchSocket(protocol.Protocol):
         add = payloads.append
         while size - pos >= 2:
             b0 = buf[pos]
-            n = buf[pos + 1] & 0x7F
+            n = buf[pos + 1]
+            if b0 == _FIN_BINARY and n < 126:  # a whole small binary frame: nearly all
+                end = pos + 2 + n
+                if end > size:
+                    break
+                add(buf[pos + 2 : end])
+                pos = end
+                continue
+            n &= 0x7F
             start = pos + 2
             if n == 126:
                 if size - pos < 4:
