@@ -19,6 +19,7 @@ import resource
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -89,7 +90,7 @@ def _view_classes() -> tuple[Any, Any]:
     )
     field = descriptor_pb2.FieldDescriptorProto
 
-    def add(name: str, fields: list[tuple[str, int, int, str]], label: int) -> None:
+    def add(name: str, fields: Sequence[tuple[str, int, int, str]], label: int) -> None:
         message = fdp.message_type.add(name=name)
         for fname, number, kind, type_name in fields:
             f = message.field.add(name=fname, number=number, type=kind, label=label)
