@@ -237,7 +237,7 @@ class WriterHold(unittest.TestCase):
         from gochat.logic import writer as writer_module
 
         store = FakeStore()
-        store.rows_estimate = lambda item, seen=None: item.user_id  # type: ignore[attr-defined]
+        store.rows_estimate = lambda item, seen=None, unknown=1: item.user_id  # type: ignore[attr-defined]
         clock = Clock()
         writer = self.writer(store, clock)
         big = writer_module.GATHER_ROWS
@@ -249,6 +249,20 @@ class WriterHold(unittest.TestCase):
         self.assertEqual(store.batches, [])
         clock.advance(writer_module.GATHER_DELAY / 2)
         self.assertEqual([[i.client_id for i in items] for items, _ in store.batches], [[1, 2]])
+
+    def test_a_batch_to_a_group_of_unknown_size_waits_as_for_a_big_one(self):
+        from gochat.logic import writer as writer_module
+
+        store = FakeStore()
+        store.rows_estimate = lambda item, seen=None, unknown=1: unknown  # type: ignore[attr-defined]
+        clock = Clock()
+        writer = self.writer(store, clock)
+        writer.submit(UpItem(user_id=1, device_id=None, client_id=1, message=None), 1)
+        clock.advance(writer_module.GATHER_DELAY / 2)
+        self.assertEqual(store.batches, [])  # its members are not known yet: it gathers
+        writer.submit(UpItem(user_id=2, device_id=None, client_id=1, message=None), 2)
+        clock.advance(writer_module.GATHER_DELAY / 2)
+        self.assertEqual([[i.user_id for i in items] for items, _ in store.batches], [[1, 2]])
 
     def test_the_next_batch_waits_while_may_start_is_false_and_starts_on_resume(self):
         store = FakeStore()

@@ -186,6 +186,10 @@ class WriterBatchRows(unittest.TestCase):
         # a batch's later messages to a group share its members' runs
         seen: set[int] = set()
         self.assertEqual([store.rows_estimate(item, seen) for _ in range(3)], [50, 1, 1])
+        # a group not cached yet may be as big as any: the caller says what to assume
+        cold = UpItem(ids[0], None, 3, group(ids[0], max(gids) + 1, "x"))
+        self.assertEqual(store.rows_estimate(cold), 1)
+        self.assertEqual(store.rows_estimate(cold, None, 1000), 1000)
 
         batches: list[int] = []
         real_commit = store.commit_messages

@@ -28,11 +28,12 @@ from gochat.store import Store, UpItem, UpResult
 #: Queued messages (waiting for a transaction) past which reading stops: ten
 #: full batches, a few seconds of a busy node's commits.
 HIGH_WATER = 10_000
-#: A batch that starts with a message to a group this big waits this long
-#: for more: its members' seqs and runs cost the same for one message as for
-#: fifty (a 10,000-member group's take about 30 ms), and the messages of one
-#: round of a busy group arrive over a few milliseconds (as PostgreSQL's
-#: ``commit_delay`` lets commits gather).
+#: A batch that starts with a message to a group this big (or to a group
+#: not cached yet, which may be as big) waits this long for more: its
+#: members' seqs and runs cost the same for one message as for fifty (a
+#: 10,000-member group's take about 30 ms, 90 ms the first time), and the
+#: messages of one round of a busy group arrive over a few milliseconds (as
+#: PostgreSQL's ``commit_delay`` lets commits gather).
 GATHER_ROWS = 1000
 GATHER_DELAY = 0.003
 #: Queued upstream bytes past which reading stops (256 messages of 64 KiB).
@@ -105,7 +106,7 @@ class MessageWriter:
                 self._flush()
                 return
             weigh = self._weigh
-            big = weigh is not None and weigh(item) >= GATHER_ROWS
+            big = weigh is not None and weigh(item, None, GATHER_ROWS) >= GATHER_ROWS
             self._start_call = self.clock.callLater(GATHER_DELAY if big else 0, self._start)
         n = len(queue)
         if n > self.queue_peak:

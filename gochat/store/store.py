@@ -508,8 +508,10 @@ class Store:
             "commit_messages", self._commit_txn, items, txn_state
         ).addCallback(done)
 
-    def rows_estimate(self, item: UpItem, groups_seen: set[int] | None = None) -> int:
-        """Rows ``item`` will write, from the caches (1 for a group not cached yet).
+    def rows_estimate(
+        self, item: UpItem, groups_seen: set[int] | None = None, unknown: int = 1
+    ) -> int:
+        """Rows ``item`` will write, from the caches (``unknown`` for a group not cached yet).
 
         The writer bounds a batch's rows with it, read on the reactor thread.
         A batch's messages to one group share their members' runs (one each
@@ -527,7 +529,7 @@ class Store:
                 return 1
             groups_seen.add(gid)
         members = self._group_cache.get(gid)
-        return len(members) if members else 1
+        return len(members) if members else unknown
 
     def _commit_txn(
         self, cur: Cursor, items: list[UpItem], txn_state: dict[str, Any] | None = None
