@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.gateway._autobahn import ServerProtocol, use_clock, valid_close_code
+from gochat.gateway._twisted import write_now
 from gochat.logic import Hub, Session
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "frame_header", "unmask", "valid_close_code"]
@@ -370,7 +371,7 @@ class GatewayProtocol(ServerProtocol):
                 out = _batched(out)
             # Bytes queued while paused were counted by send(); the write that
             # fills the transport's buffer is not held against the client.
-            self.transport.write(b"".join(out))
+            write_now(self.transport, b"".join(out))
 
     def close(self, reason: str, going_away: bool = False) -> None:
         if self.state in (WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED):
