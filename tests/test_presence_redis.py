@@ -51,6 +51,29 @@ class RedisPresenceTests(unittest.TestCase):
         self.assertEqual(address, "127.0.0.1:1001")
 
     @defer.inlineCallbacks
+    def test_a_lookup_of_thousands_finds_each_users_node(self):
+        a = yield self.node("127.0.0.1:1001")
+        b = yield self.node("127.0.0.1:1002")
+        c = yield self.node("127.0.0.1:1003")
+        yield defer.gatherResults(
+            [(a if uid % 3 else c).user_online(uid) for uid in range(1, 3001)]
+        )
+        found = yield b.nodes_for(list(range(1, 3002)))  # 3001 is online nowhere
+        self.assertEqual(sorted(found), sorted([a.node_id, c.node_id]))
+        self.assertEqual(sorted(found[a.node_id]), [u for u in range(1, 3001) if u % 3])
+        self.assertEqual(sorted(found[c.node_id]), list(range(3, 3001, 3)))
+
+    @defer.inlineCallbacks
+    def test_lookups_of_one_turn_share_a_call_and_each_gets_its_own_users(self):
+        a = yield self.node("127.0.0.1:1001")
+        b = yield self.node("127.0.0.1:1002")
+        for uid in (1, 2, 3):
+            yield a.user_online(uid)
+        first, second = b.nodes_for([1, 2]), b.nodes_for([3, 4])
+        found = yield defer.gatherResults([first, second])
+        self.assertEqual(found, [{a.node_id: [1, 2]}, {a.node_id: [3]}])
+
+    @defer.inlineCallbacks
     def test_a_user_on_two_nodes_is_found_on_both(self):
         a = yield self.node("127.0.0.1:1001")
         b = yield self.node("127.0.0.1:1002")
