@@ -241,20 +241,14 @@ class PushRun:
         size = len(tails[0])
         if len(tails[-1]) == size:
             return list(map(operator.add, self._heads_for(size), tails))
+        if len(tails[-1]) == size + 1:  # the seqs cross one varint size (127 to 128, ...)
+            k = (1 << (7 * size)) - first
+            heads = self._heads_for(size)[:k] + self._heads_for(size + 1)[k:]
+            return list(map(operator.add, heads, tails))
         return [push.frame(first + i) for i, push in enumerate(self.pushes)]
 
-    def wire(self, first: int, headers: list[bytes]) -> bytes | None:
-        """Every frame, as :meth:`frames`, each behind its ``headers[len(frame)]``, as one bytes.
-
-        What a WebSocket connection writes for one recipient: the headers
-        and heads are joined once per run, so a recipient costs a slice
-        assignment of its seqs and one ``join``. ``None`` when the seqs'
-        varints differ in size or a frame is as long as ``headers``.
-        """
-        tails = consecutive_varints(first, len(self.pushes))
-        size = len(tails[0])
-        if len(tails[-1]) != size:
-            return None
+    def _wire_parts(self, size: int, headers: list[bytes]) -> list[bytes] | None:
+        """[header + head, tail slot, ...] for seqs of ``size`` varint bytes (kept)."""
         key = (size, id(headers))
         parts = self._wire.get(key, _UNSET)
         if parts is _UNSET:
@@ -265,8 +259,29 @@ class PushRun:
                 parts = [b""] * (2 * len(heads))
                 parts[::2] = [headers[len(head) + size] + head for head in heads]
             self._wire[key] = parts
+        return parts
+
+    def wire(self, first: int, headers: list[bytes]) -> bytes | None:
+        """Every frame, as :meth:`frames`, each behind its ``headers[len(frame)]``, as one bytes.
+
+        What a WebSocket connection writes for one recipient: the headers
+        and heads are joined once per run, so a recipient costs a slice
+        assignment of its seqs and one ``join``. ``None`` when a frame is as
+        long as ``headers`` (or the seqs span more than two varint sizes).
+        """
+        tails = consecutive_varints(first, len(self.pushes))
+        size = len(tails[0])
+        parts = self._wire_parts(size, headers)
         if parts is None:
             return None
+        if len(tails[-1]) != size:
+            # The seqs cross one varint size: the later messages' heads are
+            # those for the longer seqs (every member's run crosses 128 once).
+            longer = self._wire_parts(size + 1, headers)
+            if longer is None or len(tails[-1]) != size + 1:
+                return None
+            k = 2 * ((1 << (7 * size)) - first)
+            parts = parts[:k] + longer[k:]
         parts[1::2] = tails
         return b"".join(parts)
 

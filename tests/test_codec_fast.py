@@ -90,19 +90,23 @@ class PushRuns(unittest.TestCase):
             for i in range(1, 5)
         ]
         run = codec.PushRun(pushes)
-        for first in (1, 120, 16380, 2**21 - 10, 2**40):  # seqs of one varint size
+        # within one varint size, and across 127/128, 16383/16384 and 2**21
+        for first in (1, 120, 125, 127, 16380, 16381, 2**21 - 10, 2**21 - 2, 2**40):
             for _ in range(2):  # built, then from what it kept
                 frames = [p.frame(first + i) for i, p in enumerate(pushes)]
                 self.assertEqual(
                     run.wire(first, _HEADS), b"".join(_HEADS[len(f)] + f for f in frames), first
                 )
 
-    def test_a_run_whose_seqs_change_varint_size_or_too_long_a_frame_has_no_wire(self):
+    def test_a_run_over_more_than_two_varint_sizes_or_with_too_long_a_frame_has_no_wire(self):
         from gochat.gateway.protocol import _HEADS
 
-        short = codec.PushRun([codec.PushFrames(codec.message_base(pb.Message(sender_id=1)))] * 3)
-        self.assertIsNone(short.wire(16382, _HEADS))  # 16383 takes two bytes, 16384 three
-        self.assertIsNotNone(short.wire(16384, _HEADS))
+        base = codec.message_base(pb.Message(sender_id=1))
+        many = codec.PushRun([codec.PushFrames(base)] * 16300)
+        self.assertIsNone(many.wire(127, _HEADS))  # seqs of one, two and three bytes
+        self.assertEqual(
+            many.frames(127), [codec.PushFrames(base).frame(127 + i) for i in range(16300)]
+        )
         long = codec.PushRun(
             [codec.PushFrames(codec.message_base(pb.Message(content=b"x" * len(_HEADS))))]
         )
