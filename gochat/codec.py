@@ -235,17 +235,30 @@ class PushRun:
             heads = self._heads[size] = [p.head(size) for p in self.pushes]
         return heads
 
-    def frames(self, first: int) -> list[bytes]:
-        """Frames of every message, the first with seq ``first``, the next ``first + 1``..."""
+    def _tails(self, first: int) -> tuple[list[bytes], int, int] | None:
+        """The seqs' varints, their first size, and how many take it (the rest one more).
+
+        Every member's run crosses a varint size once (127 to 128, ...);
+        ``None`` when the seqs span more than two sizes.
+        """
         tails = consecutive_varints(first, len(self.pushes))
         size = len(tails[0])
         if len(tails[-1]) == size:
-            return list(map(operator.add, self._heads_for(size), tails))
-        if len(tails[-1]) == size + 1:  # the seqs cross one varint size (127 to 128, ...)
-            k = (1 << (7 * size)) - first
-            heads = self._heads_for(size)[:k] + self._heads_for(size + 1)[k:]
-            return list(map(operator.add, heads, tails))
-        return [push.frame(first + i) for i, push in enumerate(self.pushes)]
+            return tails, size, len(tails)
+        if len(tails[-1]) == size + 1:
+            return tails, size, (1 << (7 * size)) - first
+        return None
+
+    def frames(self, first: int) -> list[bytes]:
+        """Frames of every message, the first with seq ``first``, the next ``first + 1``..."""
+        split = self._tails(first)
+        if split is None:
+            return [push.frame(first + i) for i, push in enumerate(self.pushes)]
+        tails, size, k = split
+        heads = self._heads_for(size)
+        if k < len(tails):
+            heads = heads[:k] + self._heads_for(size + 1)[k:]
+        return list(map(operator.add, heads, tails))
 
     def _wire_parts(self, size: int, headers: list[bytes]) -> list[bytes] | None:
         """[header + head, tail slot, ...] for seqs of ``size`` varint bytes (kept)."""
@@ -269,19 +282,18 @@ class PushRun:
         assignment of its seqs and one ``join``. ``None`` when a frame is as
         long as ``headers`` (or the seqs span more than two varint sizes).
         """
-        tails = consecutive_varints(first, len(self.pushes))
-        size = len(tails[0])
+        split = self._tails(first)
+        if split is None:
+            return None
+        tails, size, k = split
         parts = self._wire_parts(size, headers)
         if parts is None:
             return None
-        if len(tails[-1]) != size:
-            # The seqs cross one varint size: the later messages' heads are
-            # those for the longer seqs (every member's run crosses 128 once).
+        if k < len(tails):  # the later messages' heads are those for the longer seqs
             longer = self._wire_parts(size + 1, headers)
-            if longer is None or len(tails[-1]) != size + 1:
+            if longer is None:
                 return None
-            k = 2 * ((1 << (7 * size)) - first)
-            parts = parts[:k] + longer[k:]
+            parts = parts[: 2 * k] + longer[2 * k :]
         parts[1::2] = tails
         return b"".join(parts)
 

@@ -12,6 +12,13 @@ RESOLUTION = 40
 BUCKETS = 1024
 
 
+def bucket(seconds: float) -> int:
+    """The bucket of a latency in a :class:`Histogram`'s counts."""
+    us = seconds * 1e6
+    b = int(math.log(us + 1.0) * RESOLUTION) if us > 0 else 0
+    return b if b < BUCKETS else BUCKETS - 1
+
+
 class Histogram:
     """Log-bucketed latencies, cheap to record and to merge across processes."""
 
@@ -21,9 +28,7 @@ class Histogram:
         self.counts = list(counts) if counts is not None else [0] * BUCKETS
 
     def record(self, seconds: float) -> None:
-        us = seconds * 1e6
-        b = int(math.log(us + 1.0) * RESOLUTION) if us > 0 else 0
-        self.counts[b if b < BUCKETS else BUCKETS - 1] += 1
+        self.counts[bucket(seconds)] += 1
 
     def merge(self, other: Histogram | list[int]) -> None:
         counts = other.counts if isinstance(other, Histogram) else other

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import os
 import resource
 import struct
@@ -29,7 +28,7 @@ from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from gochat.bench.stats import BUCKETS, RESOLUTION, Histogram
+from gochat.bench.stats import BUCKETS, Histogram, bucket
 from gochat.bench.wire import HandshakeError, login_input, message_input, open_socket
 from gochat.codec import DecodeError, split_outputs
 from gochat.pb import pb
@@ -48,7 +47,6 @@ _Ack = pb.ACKMsg.FromString
 _CT_ACK = pb.CT_ACK
 _AT_LOGIN = pb.AT_Login
 _BATCH = b"\x0a"
-_log = math.log
 _unpack = _CONTENT.unpack_from
 _now = time.time
 
@@ -118,14 +116,6 @@ _ONE_VIEW, _MANY_VIEW = _view_classes()
 _PushView = _ONE_VIEW.FromString
 _ManyPushes = _MANY_VIEW.FromString
 _REPEAT_PUSH_OK = itertools.repeat(_PUSH_OK)
-_ONES = b"\x01" * 1024
-
-
-def _bucket(seconds: float) -> int:
-    """The push histogram's bucket of a latency (as :class:`stats.Histogram` records)."""
-    us = seconds * 1e6
-    b = int(_log(us + 1.0) * RESOLUTION) if us > 0 else 0
-    return b if b < BUCKETS else BUCKETS - 1
 
 
 def _count_latencies(hist: list[int], latencies: list[float], lo: int, hi: int) -> None:
@@ -135,12 +125,12 @@ def _count_latencies(hist: list[int], latencies: list[float], lo: int, hi: int) 
     mostly share a bucket or two: halves whose ends share one are counted
     at once, so a read costs a few logarithms rather than one a push.
     """
-    first = _bucket(latencies[lo])
-    if first == _bucket(latencies[hi - 1]):
+    first = bucket(latencies[lo])
+    if first == bucket(latencies[hi - 1]):
         hist[first] += hi - lo
     elif hi - lo <= 4:
         for latency in latencies[lo:hi]:
-            hist[_bucket(latency)] += 1
+            hist[bucket(latency)] += 1
     else:
         mid = (lo + hi) // 2
         _count_latencies(hist, latencies, lo, mid)
@@ -222,7 +212,7 @@ class Conn:
         end = first + n
         if end > len(seen):
             seen.extend(bytes(end - len(seen)))
-        seen[first:end] = _ONES[:n] if n <= len(_ONES) else b"\x01" * n
+        seen[first:end] = b"\x01" * n
         w = self.worker
         now = _now()
         w.last_delivery = now
@@ -287,9 +277,7 @@ class Conn:
         w.received += 1
         content = msg.content
         if len(content) >= 12:
-            us = (now - _unpack(content)[0]) * 1e6
-            b = int(_log(us + 1.0) * RESOLUTION) if us > 0 else 0
-            w.push_hist[b if b < BUCKETS else BUCKETS - 1] += 1
+            w.push_hist[bucket(now - _unpack(content)[0])] += 1
 
     def send_message(self, receiver: int, group: bool, number: int) -> None:
         cid = self.next_cid

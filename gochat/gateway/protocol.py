@@ -325,22 +325,16 @@ class GatewayProtocol(ServerProtocol):
                 out.append(head)
                 out.append(frame)
 
-    def send_many(self, frames: list[bytes]) -> None:
-        if (
-            self.state != _OPEN
-            or self.queued_writes
-            or self._paused
-            or self.factory.output_batch
-            or not frames
-            or max(map(len, frames)) >= len(_HEADS)
-        ):
-            for frame in frames:
-                self.send(frame)
-            return
-        # A group block's pushes to this connection: every header a lookup,
-        # interleaved with the frames by C loops rather than one call a frame.
-        heads = map(_HEADS.__getitem__, map(len, frames))
-        parts = list(chain.from_iterable(zip(heads, frames, strict=True)))
+    def _plain(self) -> bool:
+        """Whole frames with plain headers may be queued at once (what send would do for each)."""
+        return (
+            self.state == _OPEN
+            and not self.queued_writes
+            and not self._paused
+            and not self.factory.output_batch
+        )
+
+    def _queue(self, parts: list[bytes]) -> None:
         out = self._out
         if out is None:
             self._out = parts
@@ -348,19 +342,24 @@ class GatewayProtocol(ServerProtocol):
         else:
             out += parts
 
+    def send_many(self, frames: list[bytes]) -> None:
+        if not self._plain() or not frames or max(map(len, frames)) >= len(_HEADS):
+            for frame in frames:
+                self.send(frame)
+            return
+        # A group block's pushes to this connection: every header a lookup,
+        # interleaved with the frames by C loops rather than one call a frame.
+        heads = map(_HEADS.__getitem__, map(len, frames))
+        self._queue(list(chain.from_iterable(zip(heads, frames, strict=True))))
+
     def send_run(self, run: codec.PushRun, first_seq: int) -> bool:
         """A group block's pushes to this connection as one bytes; False: use :meth:`send_many`."""
-        if self.state != _OPEN or self.queued_writes or self._paused or self.factory.output_batch:
+        if not self._plain():
             return False
         data = run.wire(first_seq, _HEADS)
         if data is None:
             return False
-        out = self._out
-        if out is None:
-            self._out = [data]
-            self.factory.schedule_flush(self)
-        else:
-            out.append(data)
+        self._queue([data])
         return True
 
     def flush(self) -> None:

@@ -198,9 +198,9 @@ def _run_entry(entry: Any) -> tuple[list[bytes], bytes]:
     if isinstance(entry, list | tuple) and len(entry) == 2:
         bases, pairs = entry
         if isinstance(bases, list) and 0 < len(bases) <= MAX_MESSAGES_PER_CALL:
-            for base in bases:
-                _push_entry([base, pairs])
-            return bases, pairs
+            _push_entry([bases[0], pairs])  # the pairs, once
+            if all(isinstance(base, bytes) and 0 < len(base) <= MAX_BASE for base in bases):
+                return bases, pairs
     raise pb.Error("a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each)]")
 
 
