@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -274,13 +274,15 @@ class PushRun:
             self._wire[key] = parts
         return parts
 
-    def wire(self, first: int, headers: list[bytes]) -> bytes | None:
+    def wire(self, first: int, headers: list[bytes], skip: Collection[int] = ()) -> bytes | None:
         """Every frame, as :meth:`frames`, each behind its ``headers[len(frame)]``, as one bytes.
 
         What a WebSocket connection writes for one recipient: the headers
         and heads are joined once per run, so a recipient costs a slice
         assignment of its seqs and one ``join``. ``None`` when a frame is as
         long as ``headers`` (or the seqs span more than two varint sizes).
+        The messages at the indexes in ``skip`` are left out (the
+        recipient's device sent them), their seqs with them.
         """
         split = self._tails(first)
         if split is None:
@@ -295,6 +297,10 @@ class PushRun:
                 return None
             parts = parts[: 2 * k] + longer[2 * k :]
         parts[1::2] = tails
+        if skip:
+            parts = parts.copy()  # the kept list is not cut
+            for i in sorted(skip, reverse=True):
+                del parts[2 * i : 2 * i + 2]
         return b"".join(parts)
 
 

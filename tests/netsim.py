@@ -118,7 +118,7 @@ class _ServerEnd:
         for frame in frames:
             self.send(frame)
 
-    def send_run(self, run: Any, first_seq: int) -> bool:
+    def send_run(self, run: Any, first_seq: int, skip: Any = ()) -> bool:
         return False  # frame by frame, through send_many
 
     def close(self, reason: str, going_away: bool = False) -> None:

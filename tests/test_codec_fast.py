@@ -97,6 +97,11 @@ class PushRuns(unittest.TestCase):
                 self.assertEqual(
                     run.wire(first, _HEADS), b"".join(_HEADS[len(f)] + f for f in frames), first
                 )
+                for skip in ({0}, {1, 3}, {3}):  # what the recipient's device sent
+                    kept = [f for i, f in enumerate(frames) if i not in skip]
+                    self.assertEqual(
+                        run.wire(first, _HEADS, skip), b"".join(_HEADS[len(f)] + f for f in kept)
+                    )
 
     def test_a_run_over_more_than_two_varint_sizes_or_with_too_long_a_frame_has_no_wire(self):
         from gochat.gateway.protocol import _HEADS

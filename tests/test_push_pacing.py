@@ -39,9 +39,10 @@ class PushedTo:
     def push_run(self, first_seq: int, frames: list[bytes]) -> None:
         self.log += [(self.user_id, first_seq + i) for i in range(len(frames))]
 
-    def push_block(self, run: Any, first_seq: int) -> int:
-        self.push_run(first_seq, run.frames(first_seq))
-        return len(run.pushes)
+    def push_block(self, run: Any, first_seq: int, skip: Any = ()) -> int:
+        frames = run.frames(first_seq)
+        self.log += [(self.user_id, first_seq + i) for i in range(len(frames)) if i not in skip]
+        return len(frames) - len(skip)
 
 
 def delivery(sender: int, rows: list[tuple[int, int]]) -> Any:
@@ -176,10 +177,14 @@ class BlockFanOut(unittest.TestCase):
                 self.runs: list[tuple[str, int, list[tuple[int, int]]]] = []
                 self.pushes: list[tuple[str, list[tuple[int, int]]]] = []
 
-            def deliver_push_run(self, node_id: str, bases: list[bytes], pairs: bytes) -> None:
+            def deliver_push_run(
+                self, node_id: str, bases: list[bytes], pairs: bytes, skip: bytes = b""
+            ) -> None:
                 self.runs.append((node_id, len(bases), list(codec.iter_pairs(pairs))))
 
-            def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes) -> None:
+            def deliver_pushes(
+                self, node_id: str, base: bytes, pairs: bytes, skip: bytes = b""
+            ) -> None:
                 self.pushes.append((node_id, list(codec.iter_pairs(pairs))))
 
         remote = Remote()

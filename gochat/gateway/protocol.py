@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Collection
 from itertools import chain
 from typing import Any, Protocol, cast
 
@@ -352,11 +353,11 @@ class GatewayProtocol(ServerProtocol):
         heads = map(_HEADS.__getitem__, map(len, frames))
         self._queue(list(chain.from_iterable(zip(heads, frames, strict=True))))
 
-    def send_run(self, run: codec.PushRun, first_seq: int) -> bool:
-        """A group block's pushes to this connection as one bytes; False: use :meth:`send_many`."""
+    def send_run(self, run: codec.PushRun, first_seq: int, skip: Collection[int] = ()) -> bool:
+        """A group block's pushes (but those at ``skip``) as one bytes; False: use send_many."""
         if not self._plain():
             return False
-        data = run.wire(first_seq, _HEADS)
+        data = run.wire(first_seq, _HEADS, skip)
         if data is None:
             return False
         self._queue([data])

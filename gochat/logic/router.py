@@ -251,19 +251,15 @@ class Router:
         pushes = [codec.PushFrames(codec.message_base(message)) for message, _, _ in segment]
         run = codec.PushRun(pushes)
         first = cast(BlockRows, segment[0][1]).offset
-        origins = {id(origin) for _, _, origin in segment}
+        # the messages each device sent: its sessions get the others
+        origins: dict[int, list[int]] = {}
+        for i, (_, _, origin) in enumerate(segment):
+            origins.setdefault(id(origin), []).append(i)
         local = 0
         for sessions, base in self._online_members(block):
             seq0 = base + first
             for session in sessions:
-                if id(session.device) in origins:
-                    for i, (_, _, origin) in enumerate(segment):
-                        if session.device is not origin:
-                            seq = seq0 + i
-                            session.push(seq, pushes[i].frame(seq))
-                            local += 1
-                    continue
-                local += session.push_block(run, seq0)
+                local += session.push_block(run, seq0, origins.get(id(session.device), ()))
         if self.remote is not None:
             for push, (_, rows, _) in zip(pushes, segment, strict=True):
                 self._remote_turn.append((push, rows))

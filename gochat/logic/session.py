@@ -8,6 +8,7 @@ node-wide state (devices, who is online, the writer) lives in the hub.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -42,8 +43,11 @@ class Connection(Protocol):
     def send_many(self, frames: list[bytes]) -> None:
         """Send several ``Output`` frames, in order, in as few writes as possible."""
 
-    def send_run(self, run: codec.PushRun, first_seq: int) -> bool:
-        """Send ``run.frames(first_seq)`` if it can do so cheaper; False: it sent nothing."""
+    def send_run(self, run: codec.PushRun, first_seq: int, skip: Collection[int] = ()) -> bool:
+        """Send ``run.frames(first_seq)`` (but those at ``skip``) if it can do so cheaper.
+
+        False: it sent nothing.
+        """
 
     def close(self, reason: str, going_away: bool = False) -> None:
         """Close the connection (politely); ``connection_lost`` follows."""
@@ -209,18 +213,24 @@ class Session:
             for i, frame in enumerate(frames):
                 track(self, first_seq + i, frame)
 
-    def push_block(self, run: codec.PushRun, first_seq: int) -> int:
+    def push_block(self, run: codec.PushRun, first_seq: int, skip: Collection[int] = ()) -> int:
         """A group block's pushes (seqs from ``first_seq``), built for this connection's framing.
 
-        Returns how many went out.
+        The messages at the indexes in ``skip`` came from this connection's
+        device: it does not get them. Returns how many went out.
         """
         if self.closed:
             return 0
-        if self.push_ack or not self.conn.send_run(run, first_seq):
-            self.push_run(first_seq, run.frames(first_seq))
+        if self.push_ack or not self.conn.send_run(run, first_seq, skip):
+            if skip:
+                for i, push in enumerate(run.pushes):
+                    if i not in skip:
+                        self.push(first_seq + i, push.frame(first_seq + i))
+            else:
+                self.push_run(first_seq, run.frames(first_seq))
         else:
             self.last_active = self.clock.seconds()
-        return len(run.pushes)
+        return len(run.pushes) - len(skip)
 
     def connection_lost(self) -> None:
         if self.closed:
