@@ -253,6 +253,20 @@ def run_cluster(reactor: Any, args: argparse.Namespace, count: int) -> Any:
             result = yield run_single(reactor, args, nodes, run, secret)
         else:
             result = yield run_group(reactor, args, nodes, run, secret, work)
+        if args.scenario == "group":
+            from gochat.bench.runner import metric_samples, metric_total, read_metrics
+
+            texts = yield defer.gatherResults([read_metrics(reactor, n.http) for n in nodes])
+            # messages a node sent to their group's home to be written (group affinity)
+            result["forwarded"] = int(
+                sum(metric_total(t, "gochat_forwarded_messages_total") for t in texts)
+            )
+            # node-to-node calls made, by method, all nodes together
+            calls: dict[str, int] = {}
+            for text in texts:
+                for method, n in metric_samples(text, "gochat_rpc_calls_total", "method").items():
+                    calls[method] = calls.get(method, 0) + int(n)
+            result["rpc_calls"] = ",".join(f"{m}:{n}" for m, n in sorted(calls.items()))
         result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for node in nodes:

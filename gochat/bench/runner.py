@@ -110,19 +110,46 @@ def fanout_quantiles(
 
 
 @defer.inlineCallbacks
-def read_fanout(reactor: Any, http: str) -> Any:
-    """The node's fan-out histogram from its ``/metrics`` ({} if it has none: a Go node)."""
+def read_metrics(reactor: Any, http: str) -> Any:
+    """The node's ``/metrics`` text ("" if it has none: a Go node)."""
     from twisted.web.client import Agent, readBody
 
     try:
         d = Agent(reactor).request(b"GET", http.rstrip("/").encode() + b"/metrics")
         response = yield bounded(d, reactor, 10.0, "GET /metrics")
         if response.code != 200:
-            return {}
+            return ""
         body = yield readBody(response)
     except Exception:
-        return {}
-    return fanout_buckets(body.decode("utf-8", "replace"))
+        return ""
+    return body.decode("utf-8", "replace")
+
+
+@defer.inlineCallbacks
+def read_fanout(reactor: Any, http: str) -> Any:
+    """The node's fan-out histogram from its ``/metrics`` ({} if it has none: a Go node)."""
+    text = yield read_metrics(reactor, http)
+    return fanout_buckets(text) if text else {}
+
+
+def metric_samples(text: str, name: str, label: str) -> dict[str, float]:
+    """``{value of label: sample}`` of counter ``name`` in ``/metrics`` text."""
+    out: dict[str, float] = {}
+    prefix = f'{name}{{{label}="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            value, _, rest = line[len(prefix) :].partition('"')
+            out[value] = float(rest.rsplit(" ", 1)[1])
+    return out
+
+
+def metric_total(text: str, name: str) -> float:
+    """The sum of every sample of counter ``name`` (all its labels) in ``/metrics`` text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def load_average() -> str:
