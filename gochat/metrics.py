@@ -88,6 +88,13 @@ RPC_SERVED = Counter(
     ["method"],
     registry=REGISTRY,
 )
+FORWARDED = Counter(
+    "gochat_forwarded_messages_total",
+    "Group messages sent to their group's home node to be written there (cluster), by outcome:"
+    " answered there, or written here after the call failed",
+    ["outcome"],
+    registry=REGISTRY,
+)
 RPC_REFUSED = Counter(
     "gochat_rpc_refused_logins_total",
     "Peers refused at the PB login (wrong or missing cluster secret)",

@@ -8,8 +8,10 @@ the store, presence and router it was given.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, cast
+from weakref import WeakValueDictionary
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +19,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.auth import Claims, TokenSigner, check_account
+from gochat.logic.affinity import FORWARDS_PER_CALL, Forward, Forwarder, RemoteOrigin
 from gochat.logic.pushes import PushTracker
 from gochat.logic.router import PUSH_BACKLOG_LIMIT, PUSH_BUDGET, RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
@@ -31,6 +34,9 @@ from gochat.store.people import GroupOp, ReadOutcome
 _UPSTREAM: dict[int, Any] = {}
 
 ACK_MEMORY = 4096  # recent ACKs a device keeps in memory for retransmits
+#: (peer, tag) of forwarded devices whose messages failed here, remembered so
+#: that their later messages (already on the way) fail too, not commit first
+FAILED_ORIGINS = 10_000
 
 
 @dataclass
@@ -57,6 +63,14 @@ class DeviceState:
     pending: int = 0  # last clientId queued for the store
     session: Session | None = None
     acks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: in a cluster: the node writing its messages in flight (None: this one),
+    #: how many are in flight, and those waiting to go to another writer
+    route: str | None = None
+    in_flight: int = 0
+    held: list[tuple[UpItem, int, float]] = field(default_factory=list)
+    #: names the device to the home nodes it forwards to (0: none yet); a
+    #: new one after a failure there
+    tag: int = 0
 
     def __post_init__(self) -> None:
         self.pending = self.accepted
@@ -67,8 +81,27 @@ class DeviceState:
 
 
 #: What the writer hands back with an outcome: (device, start time) for a
-#: message; (the Deferred of its UpResult, start time) for a group change.
-_Owner = tuple[DeviceState | defer.Deferred[UpResult], float]
+#: message; (the Deferred of its UpResult, start time) for a group change;
+#: (its origin, the call, its index) for a message another node forwarded.
+_Owner = tuple[Any, ...]
+
+
+class _Call:
+    """The answer to one WriteMessages call: a code and a seq per message, once all are in."""
+
+    __slots__ = ("answers", "left", "done")
+
+    def __init__(self, n: int) -> None:
+        self.answers = [0] * (2 * n)
+        self.left = n
+        self.done: defer.Deferred[list[int]] = defer.Deferred()
+
+    def set(self, index: int, code: int, seq: int) -> None:
+        self.answers[2 * index] = code
+        self.answers[2 * index + 1] = seq
+        self.left -= 1
+        if not self.left:
+            self.done.callback(self.answers)
 
 
 class Hub:
@@ -126,7 +159,29 @@ class Hub:
         self._waiting_address: dict[Session, str] = {}
         #: the writer's queue is over its high-water mark: clients are not read
         self.reading_paused = False
+        self._forwards_backlogged = False
         self.draining = False  # shutting down: frames are no longer read
+        #: group affinity (gochat.logic.affinity): with Redis presence and peers
+        self.forwarder: Forwarder | None = None
+        #: devices by tag, for the pushes a home sends back naming one
+        self._tags: WeakValueDictionary[int, DeviceState] = WeakValueDictionary()
+        self._next_tag = 0
+        #: devices of other nodes with messages in the writer here
+        self._origins: dict[tuple[str, int], RemoteOrigin] = {}
+        self._failed_origins: OrderedDict[tuple[str, int], None] = OrderedDict()
+        node_id = getattr(self.presence, "node_id", None)
+        if remote is not None and hasattr(self.presence, "nodes") and node_id:
+            self.forwarder = Forwarder(
+                node_id,
+                self.presence,
+                remote,
+                clock,
+                self._forward_answered,
+                self._forwards_lost,
+                avoid_for=getattr(self.presence, "lease", 15.0),
+            )
+            self.forwarder.on_settled = self._forwards_settled
+        self.router.origin_of = self._tags.get
 
     # -- sessions ------------------------------------------------------------
 
@@ -162,8 +217,12 @@ class Hub:
         """Stop (or resume) reading from every client while the writer is behind.
 
         What is not read is not queued: TCP pushes back on the clients, and
-        the node's memory stays bounded however slow the database is.
+        the node's memory stays bounded however slow the database is. The
+        messages forwarded to other nodes and not answered yet count too.
         """
+        backlogged = self.writer.backlogged or self._forwards_backlogged
+        if backlogged == self.reading_paused:
+            return
         self.reading_paused = backlogged
         for session in self.sessions:
             name = "pause_reading" if backlogged else "resume_reading"
@@ -260,31 +319,130 @@ class Hub:
     # -- upstream ------------------------------------------------------------
 
     def submit(self, item: UpItem, device: DeviceState, size: int = 0) -> None:
-        """Queue an upstream message (``size`` bytes on the wire) for the writer."""
+        """Queue an upstream message (``size`` bytes on the wire) for the writer.
+
+        In a cluster a group message goes to its group's home instead (see
+        :mod:`gochat.logic.affinity`); a device's messages wait while it has
+        earlier ones in flight to another writer than theirs.
+        """
         item_started = self.clock.seconds()
-        self.writer.submit(item, (device, item_started), size)
+        forwarder = self.forwarder
+        if forwarder is None:
+            self.writer.submit(item, (device, item_started), size)
+            return
+        route = forwarder.route(item)
+        if device.held or (device.in_flight and device.route != route):
+            device.held.append((item, size, item_started))
+            return
+        self._dispatch(item, device, size, item_started, route)
+
+    def _dispatch(
+        self, item: UpItem, device: DeviceState, size: int, started: float, route: str | None
+    ) -> None:
+        assert self.forwarder is not None
+        device.route = route
+        device.in_flight += 1
+        if route is None:
+            self.writer.submit(item, (device, started), size)
+            return
+        if not device.tag:
+            self._next_tag += 1
+            device.tag = self._next_tag
+            self._tags[device.tag] = device
+        self.forwarder.forward(route, (item, device, size, started))
+        if not self._forwards_backlogged and (
+            self.forwarder.in_flight >= self.writer.high_water
+            or self.forwarder.in_flight_bytes >= self.writer.high_water_bytes
+        ):
+            self._forwards_backlogged = True
+            self._writer_backlog(True)
+
+    def _forwards_settled(self) -> None:
+        """Forwards were answered: reading resumes once they are down to half the mark."""
+        forwarder = self.forwarder
+        if (
+            self._forwards_backlogged
+            and forwarder is not None
+            and forwarder.in_flight <= self.writer.high_water // 2
+            and forwarder.in_flight_bytes <= self.writer.high_water_bytes // 2
+        ):
+            self._forwards_backlogged = False
+            self._writer_backlog(False)
+
+    def _settled(self, device: DeviceState) -> None:
+        """One of the device's messages has its outcome: held ones may go now."""
+        device.in_flight -= 1
+        self._release(device)
+
+    def _release(self, device: DeviceState) -> None:
+        """Send the device's held messages, in order, as far as their writer allows."""
+        held = device.held
+        while held:
+            item, size, started = held[0]
+            assert self.forwarder is not None
+            route = self.forwarder.route(item)
+            if device.in_flight and device.route != route:
+                return
+            del held[0]
+            self._dispatch(item, device, size, started, route)
+
+    def _forward_answered(self, forward: Forward, code: int, seq: int) -> None:
+        """The home of a forwarded message answered: the ACK goes out here."""
+        item, device, _, started = forward
+        if code == codes.SERVER_ERROR:
+            device.tag = 0  # the home fails what is still on the way with the old one
+            self._failed(item, (device, started))
+            return
+        counter = _UPSTREAM.get(code)
+        if counter is None:
+            counter = _UPSTREAM[code] = metrics.UPSTREAM.labels(str(code))
+        counter.inc()
+        self._answer(item, device, started, code, seq)
+        self._settled(device)
+
+    def _forwards_lost(self, forwards: list[Forward]) -> None:
+        """A call to a home failed: its messages are written here, in the same order."""
+        devices: dict[int, DeviceState] = {}
+        for item, device, size, started in forwards:
+            device.route = None
+            devices[id(device)] = device
+            self.writer.submit(item, (device, started), size)
+        for device in devices.values():
+            self._release(device)  # their earlier messages are all here now
+
+    def _answer(
+        self, item: UpItem, device: DeviceState, started: float, code: int, seq: int
+    ) -> DeviceState:
+        """A message's final outcome: the device's window moves and its ACK goes out."""
+        device.accepted = item.client_id
+        device.remember(item.client_id, code, seq)
+        session = device.session
+        if session is not None:
+            session.send(codec.ack_frame(pb.AT_Up, code, item.client_id, seq))
+            metrics.ACK_LATENCY.observe(self.clock.seconds() - started)
+        else:
+            self._maybe_forget(device)
+        return device
 
     def _committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:
         if item.op is not None:
             self._change_committed(item, owner, result)
             return
+        if type(owner[0]) is RemoteOrigin:
+            self._peer_committed(item, owner, result)
+            return
         device, started = cast(tuple[DeviceState, float], owner)
-        device.accepted = item.client_id
-        device.remember(item.client_id, result.code, result.sender_seq)
         # Counted once per batch (in _batch_end): a counter's lock per message
         # costs as much as the message's ACK frame.
         codes_seen = self._codes
         codes_seen[result.code] = codes_seen.get(result.code, 0) + 1
-        session = device.session
-        if session is not None:
-            session.send(codec.ack_frame(pb.AT_Up, result.code, item.client_id, result.sender_seq))
-            metrics.ACK_LATENCY.observe(self.clock.seconds() - started)
         if result.code == codes.OK and result.message is not None:
             self._deliveries.append((result.message, result.rows, device))
             if self._batch_received is None or started < self._batch_received:
                 self._batch_received = started
-        if session is None:
-            self._maybe_forget(device)
+        self._answer(item, device, started, result.code, result.sender_seq)
+        if self.forwarder is not None:
+            self._settled(device)
 
     def _batch_end(self) -> None:
         """Every ACK of a batch is out: now its pushes (senders can send again meanwhile)."""
@@ -305,13 +463,24 @@ class Hub:
                 RuntimeError("storing the group change failed")
             )
             return
+        if type(owner[0]) is RemoteOrigin:
+            self._peer_failed(owner)
+            return
         device = cast(DeviceState, owner[0])
         device.pending = device.accepted
-        metrics.UPSTREAM.labels(str(codes.SERVER_ERROR)).inc()
+        failed = [item.client_id]
+        if device.held:
+            # later messages must not be stored before this one either
+            failed += [held.client_id for held, _, _ in device.held]
+            device.held = []
+        metrics.UPSTREAM.labels(str(codes.SERVER_ERROR)).inc(len(failed))
         if device.session is not None:
-            device.session.send(codec.ack_frame(pb.AT_Up, codes.SERVER_ERROR, item.client_id))
+            for client_id in failed:
+                device.session.send(codec.ack_frame(pb.AT_Up, codes.SERVER_ERROR, client_id))
         else:
             self._maybe_forget(device)
+        if self.forwarder is not None:
+            self._settled(device)
 
     def reack(self, session: Session, device: DeviceState, client_id: int) -> None:
         """Answer a retransmit of an already final clientId with the same ACK."""
@@ -415,12 +584,12 @@ class Hub:
         """Pushes another node routed here."""
         return self.router.deliver_local(frames)
 
-    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes]]) -> int:
-        """Pushes another node routed here as (message base, packed pairs)."""
+    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes, bytes]]) -> int:
+        """Pushes another node routed here as (message base, packed pairs, skip)."""
         return self.router.deliver_pushes_local(batch)
 
-    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes]]) -> int:
-        """Runs of pushes another node routed here as ([message base, ...], packed pairs)."""
+    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes, bytes]]) -> int:
+        """Runs of pushes another node routed here as ([message base, ...], pairs, skip)."""
         return self.router.deliver_push_runs_local(batch)
 
     def kick_device(self, user_id: int, device_id: str, reason: str) -> bool:
@@ -431,5 +600,61 @@ class Hub:
         device.session.close(reason)
         return True
 
+    def write_from_peer(
+        self, peer_id: str, entries: list[tuple[Any, ...]]
+    ) -> defer.Deferred[list[int]]:
+        """Messages another node forwarded here, their group's home (see :mod:`.affinity`).
+
+        ``entries`` are (user_id, device_id, client_id, message, tag), checked
+        by the RPC server; fires with [code, seq, code, seq, ...] once all are
+        committed. They go in this node's batches; a device whose message
+        failed here gets 1004 for the rest of what it sent with that tag.
+        """
+        if not 0 < len(entries) <= FORWARDS_PER_CALL:
+            raise ValueError(f"WriteMessages takes 1 to {FORWARDS_PER_CALL} messages")
+        call = _Call(len(entries))
+        origins = self._origins
+        for index, (user_id, device_id, client_id, data, tag) in enumerate(entries):
+            key = (peer_id, tag)
+            if key in self._failed_origins:
+                call.set(index, codes.SERVER_ERROR, 0)
+                continue
+            origin = origins.get(key)
+            if origin is None:
+                origin = origins[key] = RemoteOrigin(peer_id, tag)
+            origin.in_flight += 1
+            try:
+                message: pb.Message | None = pb.Message.FromString(data)
+                code = codes.OK
+            except Exception:
+                message, code = None, codes.PARAM_ILLEGAL
+            item = UpItem(user_id, device_id, client_id, message, reject_code=code)
+            self.writer.submit(item, (origin, call, index), len(data))
+        return call.done
+
+    def _peer_committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:
+        origin, call, index = owner
+        self._origin_done(origin)
+        call.set(index, result.code, result.sender_seq)
+        if result.code == codes.OK and result.message is not None:
+            self._deliveries.append((result.message, result.rows, origin))
+
+    def _peer_failed(self, owner: _Owner) -> None:
+        origin, call, index = owner
+        self._origin_done(origin)
+        failed = self._failed_origins
+        failed[(origin.peer, origin.tag)] = None
+        if len(failed) > FAILED_ORIGINS:
+            failed.popitem(last=False)
+        call.set(index, codes.SERVER_ERROR, 0)
+
+    def _origin_done(self, origin: RemoteOrigin) -> None:
+        origin.in_flight -= 1
+        if not origin.in_flight:
+            self._origins.pop((origin.peer, origin.tag), None)
+
     def wait_idle(self) -> defer.Deferred[None]:
-        return self.writer.wait_idle()
+        if self.forwarder is None:
+            return self.writer.wait_idle()
+        d = defer.gatherResults([self.writer.wait_idle(), self.forwarder.wait_idle()])
+        return d.addCallback(lambda _: None)

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gochat import codec, metrics
+from gochat.logic.affinity import RemoteOrigin
 from gochat.pb import pb
 from gochat.store.store import BlockRows, MemberBlock
 
@@ -39,7 +40,8 @@ BLOCK_PUSH_SHARE = 4
 #: their ACKs ahead of the pushes, and this keeps them from running far ahead.
 PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
 
-#: (message, its rows, the device it came from) of a committed message
+#: (message, its rows, the device it came from: a DeviceState here, a
+#: RemoteOrigin for a message another node forwarded) of a committed message
 Delivery = tuple[pb.Message, Sequence[tuple[int, int]], Any]
 #: a delivery waiting in the backlog, with the pushes it will cost
 _Waiting = tuple[pb.Message, Sequence[tuple[int, int]], Any, int]
@@ -49,21 +51,28 @@ class RemoteDeliverer(Protocol):
     def deliver(self, node_id: str, frames: dict[int, list[bytes]]) -> Any:
         """Send ``{user_id: [push frame, ...]}`` to one node; failures are logged, not raised."""
 
-    def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes) -> Any:
+    def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes, skip: bytes = b"") -> Any:
         """Push one message to users of one node; failures are logged, not raised.
 
         ``base`` is the message without its seq (:func:`codec.message_base`),
         ``pairs`` its recipients there (:func:`codec.pack_pairs`): the node
         builds the frames itself, so the call costs bytes per recipient, not
-        a frame each.
+        a frame each. ``skip``: packed (0, tag) of the device there that
+        sent the message (forwarded here), which must not get it.
         """
 
-    def deliver_push_run(self, node_id: str, bases: list[bytes], pairs: bytes) -> Any:
+    def deliver_push_run(
+        self, node_id: str, bases: list[bytes], pairs: bytes, skip: bytes = b""
+    ) -> Any:
         """Push consecutive messages of one group batch to users of one node.
 
         ``pairs`` are (user, seq of the first message): each recipient's
-        seqs for the messages run on. Failures are logged, not raised.
+        seqs for the messages run on; ``skip`` packed (index, tag) of the
+        messages sent by a device there. Failures are logged, not raised.
         """
+
+    def write_messages(self, node_id: str, entries: list[tuple[Any, ...]]) -> Any:
+        """Forward messages to their group's home; fires with its answers, or fails."""
 
     def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
         """Ask one node to close its connection of (user, device); failures are logged."""
@@ -104,8 +113,10 @@ class Router:
         self._drain_call: Any = None
         #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
-        #: this turn's messages for recipients that may be on other nodes
-        self._remote_turn: list[tuple[codec.PushFrames, Sequence[tuple[int, int]]]] = []
+        #: this turn's messages for recipients that may be on other nodes, with their origin
+        self._remote_turn: list[tuple[codec.PushFrames, Sequence[tuple[int, int]], Any]] = []
+        #: tag -> the device here that a home's pushes name as their sender
+        self.origin_of: Callable[[int], Any] = lambda tag: None
 
     def add(self, session: Session) -> bool:
         """Register a logged-in session; True when it is the user's first here."""
@@ -261,8 +272,8 @@ class Router:
             for session in sessions:
                 local += session.push_block(run, seq0, origins.get(id(session.device), ()))
         if self.remote is not None:
-            for push, (_, rows, _) in zip(pushes, segment, strict=True):
-                self._remote_turn.append((push, rows))
+            for push, (_, rows, origin) in zip(pushes, segment, strict=True):
+                self._remote_turn.append((push, rows, origin))
         return local
 
     def _deliver_logged(
@@ -293,7 +304,7 @@ class Router:
                         session.push(seq, frame)
                         local += 1
         if self.remote is not None and rows:
-            self._remote_turn.append((frames, rows))
+            self._remote_turn.append((frames, rows, origin))
         return local
 
     def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
@@ -357,32 +368,46 @@ class Router:
         d.addCallback(kick)
         d.addErrback(lambda f: self.log.failure("presence lookup for a device kick failed", f))
 
-    def deliver_pushes_local(self, batch: list[tuple[bytes, bytes]]) -> int:
-        """Pushes another node sent as (message base, packed pairs); returns how many went out."""
+    def _skipped(self, skip: bytes) -> dict[int, set[int]]:
+        """``{id(device): {message index, ...}}`` of a home's packed (index, tag) pairs."""
+        out: dict[int, set[int]] = {}
+        for index, tag in codec.iter_pairs(skip):
+            device = self.origin_of(tag)
+            if device is not None:
+                out.setdefault(id(device), set()).add(index)
+        return out
+
+    def deliver_pushes_local(self, batch: list[tuple[bytes, bytes, bytes]]) -> int:
+        """Pushes another node sent as (message base, packed pairs, skip); returns the count."""
         sent = 0
         get = self.online.get
-        for base, pairs in batch:
+        for base, pairs, skip in batch:
             frame_for = codec.PushFrames(base).frame
+            skipped = self._skipped(skip) if skip else None
             for user_id, seq in codec.iter_pairs(pairs):
                 sessions = get(user_id)
                 if sessions and seq:
                     frame = frame_for(seq)
                     for session in sessions:
+                        if skipped and id(session.device) in skipped:
+                            continue  # the device this message came from
                         session.push(seq, frame)
-                    sent += len(sessions)
+                        sent += 1
         return sent
 
-    def deliver_push_runs_local(self, batch: list[tuple[list[bytes], bytes]]) -> int:
-        """Runs of pushes another node sent as ([message base, ...], pairs); returns the count."""
+    def deliver_push_runs_local(self, batch: list[tuple[list[bytes], bytes, bytes]]) -> int:
+        """Runs of pushes another node sent as ([message base, ...], pairs, skip); the count."""
         sent = 0
         get = self.online.get
-        for bases, pairs in batch:
+        for bases, pairs, skip in batch:
             run = codec.PushRun([codec.PushFrames(base) for base in bases])
+            skipped = self._skipped(skip) if skip else None
             for user_id, first in codec.iter_pairs(pairs):
                 sessions = get(user_id)
                 if sessions and first:
                     for session in sessions:
-                        sent += session.push_block(run, first)
+                        indexes = skipped.get(id(session.device), ()) if skipped else ()
+                        sent += session.push_block(run, first, indexes)
         return sent
 
     def _route_remote(self) -> None:
@@ -397,7 +422,7 @@ class Router:
             return
         wanted: set[int] = set()
         blocks: dict[int, MemberBlock] = {}
-        for _, rows in pending:
+        for _, rows, _ in pending:
             if type(rows) is BlockRows:
                 blocks[id(rows.block)] = rows.block
             else:
@@ -424,7 +449,7 @@ class Router:
             }
             i = 0
             while i < len(pending):
-                push, rows = pending[i]
+                push, rows, origin = pending[i]
                 if type(rows) is BlockRows:
                     # consecutive messages of one block: one run per node
                     end = i + 1
@@ -448,9 +473,15 @@ class Router:
                     ]
                 else:
                     targets = [(uid, seq, h) for uid, seq in rows if (h := where.get(uid))]
+                forwarded = type(origin) is RemoteOrigin
                 for node_id, pairs in _by_node(targets).items():
                     _REMOTE_PUSHES.inc(len(pairs) // 2)
-                    self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs))
+                    skip = (
+                        codec.pack_pairs([0, origin.tag])
+                        if forwarded and origin.peer == node_id
+                        else b""
+                    )
+                    self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs), skip)
 
         d = self.presence.nodes_for(list(wanted))
         d.addCallback(route)
@@ -460,15 +491,25 @@ class Router:
         self,
         members: list[tuple[int, int, list[str]]],
         offset: int,
-        run: list[tuple[codec.PushFrames, Sequence[tuple[int, int]]]],
+        run: list[tuple[codec.PushFrames, Sequence[tuple[int, int]], Any]],
     ) -> None:
-        """One call per node for consecutive messages of a block (its members held there)."""
+        """One call per node for consecutive messages of a block (its members held there).
+
+        A node that forwarded some of them here is told which, and from which device.
+        """
         assert self.remote is not None
-        bases = [push.base for push, _ in run]
+        bases = [push.base for push, _, _ in run]
+        skips: dict[str, list[int]] = {}
+        for i, (_, _, origin) in enumerate(run):
+            if type(origin) is RemoteOrigin:
+                skips.setdefault(origin.peer, []).extend((i, origin.tag))
         targets = [(uid, base + offset, holders) for uid, base, holders in members]
         for node_id, pairs in _by_node(targets).items():
             _REMOTE_PUSHES.inc(len(pairs) // 2 * len(bases))
-            self.remote.deliver_push_run(node_id, bases, codec.pack_pairs(pairs))
+            skip = skips.get(node_id)
+            self.remote.deliver_push_run(
+                node_id, bases, codec.pack_pairs(pairs), codec.pack_pairs(skip) if skip else b""
+            )
 
 
 def _by_node(targets: list[tuple[int, int, list[str]]]) -> dict[str, list[int]]:

@@ -5,12 +5,14 @@ one Redis:
 
 ``node:<id>``        this node's RPC address, under a lease (``PX``) renewed
                      every lease/3; a node that stops renewing drops out
-``nodes``            every node id that registered (what the sweeper walks)
+``nodes``            every node id that registered (what the sweeper walks, and
+                     the list group affinity picks each group's home from)
 ``user:<uid>``       set of node ids holding a connection of the user
 ``nodeusers:<id>``   set of user ids a node holds (so its entries can be swept)
 ``device:<uid>:<d>`` node of the newest login of a device (a late kick is ignored)
 ``groups`` channel   ids of groups whose membership changed (cache invalidation),
-                     and ``logout:<uid>:<generation>`` after a ``/logout_all``
+                     ``logout:<uid>:<generation>`` after a ``/logout_all``, and
+                     ``nodes`` when a node joins or leaves (read ``nodes`` again)
 
 Lookups ignore a node whose lease is gone, at once; every node also sweeps
 dead nodes' entries out of the user sets on each renewal, so an entry of a
@@ -120,6 +122,10 @@ return removed
 """
 
 
+#: published on the channel when a node joins or leaves
+NODES_CHANGED = "nodes"
+
+
 def parse_redis_url(url: str) -> tuple[str, int, int]:
     """``redis://host:port/db`` → ``(host, port, db)``; raises ValueError."""
     parsed = urlparse(url)
@@ -159,6 +165,10 @@ class RedisPresence(service.Service):
         self.local: set[int] = set()
         #: node id → RPC address, as last seen in Redis
         self.addresses: dict[str, str] = {}
+        #: the live nodes' ids, sorted, as of the last renewal (group affinity
+        #: picks each group's home among them), and a count of their changes
+        self.nodes: tuple[str, ...] = ()
+        self.nodes_version = 0
         #: called with a group id when a node published a membership change
         self.on_group_changed: Callable[[int], Any] | None = None
         #: called when the invalidation channel was (re)subscribed: changes may have been missed
@@ -210,9 +220,9 @@ class RedisPresence(service.Service):
             self._loop.stop()
         try:
             yield self._call(
-                self._redis.delete(self._key("node", self.node_id)).addCallback(
-                    lambda _: self._redis.eval(_SWEEP, [], [self.prefix])
-                )
+                self._redis.delete(self._key("node", self.node_id))
+                .addCallback(lambda _: self._redis.eval(_SWEEP, [], [self.prefix]))
+                .addCallback(lambda _: self._redis.publish(self.channel, NODES_CHANGED))
             )
         except Exception as exc:
             self.log.warn("presence: could not leave cleanly: {exc}", exc=exc)
@@ -383,10 +393,13 @@ class RedisPresence(service.Service):
                     address=self.address,
                     n=count,
                 )
+                # the other nodes look at the list of nodes again now, not at their next renewal
+                yield self._call(self._redis.publish(self.channel, NODES_CHANGED))
             removed = yield self._call(self._redis.eval(_SWEEP, [], [self.prefix]))
             for node in removed or ():
                 self.addresses.pop(_text(node), None)
                 self.log.info("presence: swept dead node {node}", node=_text(node))
+            yield self._refresh_nodes()
             if not self.registered.called:
                 self.registered.callback(self)
         except Exception as exc:
@@ -394,8 +407,24 @@ class RedisPresence(service.Service):
             metrics.PRESENCE_ERRORS.inc()
             self.log.warn("presence: renewal failed: {exc!r}", exc=exc)
 
+    @defer.inlineCallbacks
+    def _refresh_nodes(self) -> Any:
+        """Read the live nodes' ids again (see :attr:`nodes`)."""
+        live = yield self._call(self._redis.smembers(self.prefix + "nodes"))
+        nodes = tuple(sorted(_text(n) for n in live or ()))
+        if nodes != self.nodes:
+            self.nodes = nodes
+            self.nodes_version += 1
+
     def _group_message(self, message: Any) -> None:
         text = _text(message)
+        if text == NODES_CHANGED:
+            self._refresh_nodes().addErrback(
+                lambda f: self.log.warn(
+                    "presence: reading the list of nodes failed: {e}", e=f.getErrorMessage()
+                )
+            )
+            return
         if text.startswith("logout:"):
             self._logout_message(text)
             return

@@ -116,20 +116,24 @@ class _Peer:
 PUSHES_PER_CALL = 10_000
 
 
-def _frames_of(batch: list[tuple[bytes, bytes]]) -> dict[int, list[bytes]]:
+def _frames_of(batch: list[tuple[bytes, ...]]) -> dict[int, list[bytes]]:
     """``{user_id: [frame, ...]}`` of (base, pairs) pushes, for a peer without DeliverPushes."""
     frames: dict[int, list[bytes]] = {}
-    for base, pairs in batch:
+    for base, pairs, *_ in batch:
         frame_for = codec.PushFrames(base).frame
         for uid, seq in codec.iter_pairs(pairs):
             frames.setdefault(uid, []).append(frame_for(seq))
     return frames
 
 
-def _expanded(runs: list[tuple[list[bytes], bytes]]) -> list[tuple[bytes, bytes]]:
-    """Runs as one (base, pairs) push a message, for a peer without DeliverPushRuns."""
+def _expanded(runs: list[tuple[Any, ...]]) -> list[tuple[bytes, bytes]]:
+    """Runs as one (base, pairs) push a message, for a peer without DeliverPushRuns.
+
+    (Such a peer is an older release: it forwards nothing, so no push to it
+    names a device to skip.)
+    """
     out: list[tuple[bytes, bytes]] = []
-    for bases, pairs in runs:
+    for bases, pairs, *_ in runs:
         firsts = list(codec.iter_pairs(pairs))
         for i, base in enumerate(bases):
             out.append((base, codec.pack_pairs([v for uid, s in firsts for v in (uid, s + i)])))
@@ -187,7 +191,7 @@ class PeerPool(service.Service):
         self._outbox_waiters: dict[str, list[defer.Deferred[Any]]] = {}
         # (message base, packed pairs) and runs ([base, ...], packed pairs)
         # for each node, gathered the same way, in order.
-        self._pushes: dict[str, list[tuple[Any, bytes]]] = {}
+        self._pushes: dict[str, list[tuple[Any, ...]]] = {}
         # Peers that answered DeliverPushRuns with "no such method": runs go
         # to them as DeliverPushes.
         self.no_runs: set[str] = set()
@@ -243,7 +247,9 @@ class PeerPool(service.Service):
             self._flush_call = self.reactor.callLater(0, self._flush)
         return waiter
 
-    def deliver_pushes(self, node_id: str, base: bytes, pairs: bytes) -> defer.Deferred[Any]:
+    def deliver_pushes(
+        self, node_id: str, base: bytes, pairs: bytes, skip: bytes = b""
+    ) -> defer.Deferred[Any]:
         """Hand one message's pushes to one node (see the router's RemoteDeliverer).
 
         Everything for one node in the same reactor turn goes in one
@@ -251,11 +257,11 @@ class PeerPool(service.Service):
         """
         if node_id in self.legacy:
             return self.deliver(node_id, _frames_of([(base, pairs)]))
-        self._pushes.setdefault(node_id, []).append((base, pairs))
+        self._pushes.setdefault(node_id, []).append((base, pairs, skip) if skip else (base, pairs))
         return self._queued(node_id)
 
     def deliver_push_run(
-        self, node_id: str, bases: list[bytes], pairs: bytes
+        self, node_id: str, bases: list[bytes], pairs: bytes, skip: bytes = b""
     ) -> defer.Deferred[Any]:
         """Hand consecutive messages of one group batch to one node (the router's RemoteDeliverer).
 
@@ -266,10 +272,19 @@ class PeerPool(service.Service):
             for base, each in _expanded([(bases, pairs)]):
                 self.deliver_pushes(node_id, base, each)
             return self._queued(node_id)
-        self._pushes.setdefault(node_id, []).append((bases, pairs))
+        self._pushes.setdefault(node_id, []).append(
+            (bases, pairs, skip) if skip else (bases, pairs)
+        )
         return self._queued(node_id)
 
-    def _send_queued(self, node_id: str, queued: list[tuple[Any, bytes]]) -> defer.Deferred[Any]:
+    def write_messages(self, node_id: str, entries: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
+        """Forward messages to their group's home (``WriteMessages``): its answers, or a failure.
+
+        Unlike pushes, a failure is the caller's to handle (it writes them itself).
+        """
+        return self.call(node_id, "WriteMessages", entries)
+
+    def _send_queued(self, node_id: str, queued: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
         """Pushes and runs for one node, in their order: one call per stretch of one kind."""
         sent = []
         start = 0
@@ -285,10 +300,8 @@ class PeerPool(service.Service):
             start = end
         return _summed(sent)
 
-    def _send_runs(
-        self, node_id: str, runs: list[tuple[list[bytes], bytes]]
-    ) -> defer.Deferred[Any]:
-        def older(failure: Any, part: list[tuple[list[bytes], bytes]]) -> Any:
+    def _send_runs(self, node_id: str, runs: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
+        def older(failure: Any, part: list[tuple[Any, ...]]) -> Any:
             # The peer's perspective has no perspective_DeliverPushRuns.
             if not failure.check(AttributeError, "builtins.AttributeError"):
                 return failure
@@ -299,7 +312,7 @@ class PeerPool(service.Service):
             return self._send_pushes(node_id, _expanded(part))
 
         sent = []
-        part: list[tuple[list[bytes], bytes]] = []
+        part: list[tuple[Any, ...]] = []
         messages = 0
         for run in runs:
             if part and messages + len(run[0]) > PUSHES_PER_CALL:
@@ -310,8 +323,8 @@ class PeerPool(service.Service):
         sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
         return _summed(sent)
 
-    def _send_pushes(self, node_id: str, batch: list[tuple[bytes, bytes]]) -> defer.Deferred[Any]:
-        def older(failure: Any, part: list[tuple[bytes, bytes]]) -> Any:
+    def _send_pushes(self, node_id: str, batch: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
+        def older(failure: Any, part: list[tuple[Any, ...]]) -> Any:
             # The peer's perspective has no perspective_DeliverPushes.
             if not failure.check(AttributeError, "builtins.AttributeError"):
                 return failure

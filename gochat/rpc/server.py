@@ -3,8 +3,10 @@
 A peer logs in with username = its node id and password = the cluster secret
 (PB's challenge-response, so the secret itself never crosses the wire). Only
 then does it get a :class:`PeerPerspective`, whose remote methods are the
-whole surface: ``DeliverMessage``, ``DeliverMessageAll``, ``KickDevice`` and
-``DeliverNotice`` (read and typing notices, which are never pushes).
+whole surface: ``DeliverMessage``, ``DeliverMessageAll``, ``DeliverPushes``,
+``DeliverPushRuns``, ``KickDevice``, ``DeliverNotice`` (read and typing
+notices, which are never pushes) and ``WriteMessages`` (messages to a group
+whose home is this node, see :mod:`gochat.logic.affinity`).
 A peer that has not logged in can call nothing but ``login``.
 """
 
@@ -20,6 +22,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from gochat import codec, metrics
+from gochat.logic.affinity import FORWARDS_PER_CALL
 
 MAX_USERS_PER_CALL = 100_000
 MAX_FRAMES_PER_USER = 10_000
@@ -55,9 +58,11 @@ class PeerHub(Protocol):
 
     def deliver_notice_from_peer(self, frames: dict[int, list[bytes]]) -> int: ...
 
-    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes]]) -> int: ...
+    def deliver_pushes_from_peer(self, batch: list[tuple[bytes, bytes, bytes]]) -> int: ...
 
-    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes]]) -> int: ...
+    def deliver_push_runs_from_peer(self, batch: list[tuple[list[bytes], bytes, bytes]]) -> int: ...
+
+    def write_from_peer(self, peer_id: str, entries: list[tuple[Any, ...]]) -> Any: ...
 
 
 @implementer(ICredentialsChecker)
@@ -138,10 +143,23 @@ class PeerPerspective(pb.Avatar):
         if not isinstance(batch, list) or not 0 < len(batch) <= MAX_MESSAGES_PER_CALL:
             raise pb.Error("DeliverPushRuns takes a list of [[base, ...], pairs]")
         runs = [_run_entry(entry) for entry in batch]
-        if sum(len(bases) for bases, _ in runs) > MAX_MESSAGES_PER_CALL:
+        if sum(len(run[0]) for run in runs) > MAX_MESSAGES_PER_CALL:
             raise pb.Error(f"DeliverPushRuns carries at most {MAX_MESSAGES_PER_CALL} messages")
         metrics.RPC_SERVED.labels("DeliverPushRuns").inc()
         return self.hub.deliver_push_runs_from_peer(runs)
+
+    def perspective_WriteMessages(self, entries: Any) -> Any:  # noqa: N802
+        """``[[user_id, device_id, client_id, message, tag], ...]``: messages to a group homed here.
+
+        The calling node's clients sent them; this node commits them in its
+        own batches (see :mod:`gochat.logic.affinity`) and answers with
+        ``[code, seq, ...]``, one pair per message, once all are committed.
+        """
+        if not isinstance(entries, list) or not 0 < len(entries) <= FORWARDS_PER_CALL:
+            raise pb.Error(f"WriteMessages takes a list of 1 to {FORWARDS_PER_CALL} messages")
+        checked = [_forward_entry(entry) for entry in entries]
+        metrics.RPC_SERVED.labels("WriteMessages").inc()
+        return self.hub.write_from_peer(self.peer_id, checked)
 
     def perspective_DeliverNotice(self, notices: Any) -> int:  # noqa: N802
         """``{receiver_id: frame or [frames]}`` of read/typing notices, never pushes."""
@@ -180,28 +198,69 @@ def _user_id(value: Any) -> int:
     return value
 
 
-def _push_entry(entry: Any) -> tuple[bytes, bytes]:
-    if isinstance(entry, list | tuple) and len(entry) == 2:
-        base, pairs = entry
+def _pairs(data: Any, most: int) -> bool:
+    return (
+        isinstance(data, bytes)
+        and len(data) <= most * codec.PAIR_SIZE
+        and len(data) % codec.PAIR_SIZE == 0
+    )
+
+
+def _push_entry(entry: Any) -> tuple[bytes, bytes, bytes]:
+    if isinstance(entry, list | tuple) and len(entry) in (2, 3):
+        base, pairs, *rest = entry
+        skip = rest[0] if rest else b""
         if (
             isinstance(base, bytes)
-            and isinstance(pairs, bytes)
             and 0 < len(base) <= MAX_BASE
-            and 0 < len(pairs) <= MAX_USERS_PER_CALL * codec.PAIR_SIZE
-            and len(pairs) % codec.PAIR_SIZE == 0
+            and _pairs(pairs, MAX_USERS_PER_CALL)
+            and pairs
+            and _pairs(skip, MAX_MESSAGES_PER_CALL)
         ):
-            return base, pairs
-    raise pb.Error("a push is [message base (bytes), (user_id, seq) pairs (16 bytes each)]")
+            return base, pairs, skip
+    raise pb.Error(
+        "a push is [message base (bytes), (user_id, seq) pairs (16 bytes each),"
+        " optionally (index, device tag) pairs to skip]"
+    )
 
 
-def _run_entry(entry: Any) -> tuple[list[bytes], bytes]:
-    if isinstance(entry, list | tuple) and len(entry) == 2:
-        bases, pairs = entry
+def _run_entry(entry: Any) -> tuple[list[bytes], bytes, bytes]:
+    if isinstance(entry, list | tuple) and len(entry) in (2, 3):
+        bases, pairs, *rest = entry
         if isinstance(bases, list) and 0 < len(bases) <= MAX_MESSAGES_PER_CALL:
-            _push_entry([bases[0], pairs])  # the pairs, once
+            _, _, skip = _push_entry([bases[0], pairs, *rest])  # the pairs, once
             if all(isinstance(base, bytes) and 0 < len(base) <= MAX_BASE for base in bases):
-                return bases, pairs
-    raise pb.Error("a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each)]")
+                return bases, pairs, skip
+    raise pb.Error(
+        "a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each),"
+        " optionally (index, device tag) pairs to skip]"
+    )
+
+
+def _forward_entry(entry: Any) -> tuple[int, str | None, int, bytes, int]:
+    if isinstance(entry, list | tuple) and len(entry) == 5:
+        user_id, device_id, client_id, message, tag = entry
+        if isinstance(device_id, bytes):
+            device_id = device_id.decode("utf-8", "replace")
+        if (
+            _device_id(device_id)
+            and _count(client_id)
+            and _count(tag)
+            and isinstance(message, bytes)
+            and len(message) <= MAX_BASE
+        ):
+            return _user_id(user_id), device_id, client_id, message, tag
+    raise pb.Error(
+        "a forwarded message is [user_id, device_id or None, client_id, Message (bytes), tag]"
+    )
+
+
+def _device_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and 0 < len(value) <= MAX_DEVICE_ID)
+
+
+def _count(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 0 < value < 2**63
 
 
 def _frames(data: Any) -> list[bytes]:
