@@ -318,6 +318,55 @@ class RpcEndpoint(unittest.TestCase):
         self.assertEqual(msg.content, b"still here")
 
     @defer.inlineCallbacks
+    def test_a_forwarded_message_is_written_here_and_answered_with_its_code_and_seq(self):
+        other, token = yield self.node.user("gus")
+        gus = yield self.node.connect(token, device_id="phone")  # the device is known here
+        yield gus.close()
+        pool = self.pool()
+        data = message(other, self.uid, "forwarded").SerializeToString()
+        arrived = self.next_message()
+        answer = yield pool.call(
+            "node", "WriteMessages", [[other, "phone", 1, data, 7], [other, None, 1, b"\xff", 8]]
+        )
+        # stored (gus's seq 1), then an undecodable Message refused with 1001
+        self.assertEqual(answer, [200, 1, 1001, 0])
+        msg = yield arrived
+        self.assertEqual((msg.content, msg.sender_id, msg.seq), (b"forwarded", other, 1))
+        # the same device and clientId again: found as already stored, same answer
+        again = yield pool.call("node", "WriteMessages", [[other, "phone", 1, data, 7]])
+        self.assertEqual(again, [200, 1])
+
+    @defer.inlineCallbacks
+    def test_bad_forwards_and_skips_get_an_error_and_the_node_keeps_serving(self):
+        pool = self.pool()
+        data = message(1, self.uid, "x").SerializeToString()
+        good = [1, "phone", 1, data, 7]
+        for entries in (
+            [],
+            {"a": 1},
+            [good] * 1001,  # more than a call carries
+            [good[:4]],
+            [["1", "phone", 1, data, 7]],
+            [[1, "phone", 0, data, 7]],  # clientIds start at 1
+            [[1, "phone", 1, data, True]],
+            [[1, "d" * 129, 1, data, 7]],
+            [[1, "phone", 1, "text", 7]],
+        ):
+            yield self.assertFailure(pool.call("node", "WriteMessages", entries), spread.Error)
+        base = codec.message_base(message(1, self.uid, "x"))
+        pairs = codec.pack_pairs([self.uid, 1])
+        for skip in (b"x" * 15, "text", codec.pack_pairs([0, 1] * 10_001)):
+            yield self.assertFailure(
+                pool.call("node", "DeliverPushes", [[base, pairs, skip]]), spread.Error
+            )
+        self.assertEqual(self.received, [])
+        # a skip naming a device this node does not know skips nothing
+        arrived = self.next_message()
+        yield pool.call("node", "DeliverPushes", [[base, pairs, codec.pack_pairs([0, 99])]])
+        msg = yield arrived
+        self.assertEqual((msg.content, msg.seq), (b"x", 1))
+
+    @defer.inlineCallbacks
     def test_pool_reconnects_after_the_connection_drops(self):
         pool = self.pool()
         arrived = self.next_message()
