@@ -422,6 +422,23 @@ class ClusterRateOptions(unittest.TestCase):
         self.assertAlmostEqual(cluster_rate.cpu_growth(results), 1.25)
         self.assertIsNone(cluster_rate.cpu_growth(results[:1]))
 
+    def test_repeated_runs_are_compared_by_their_medians(self):
+        from gochat.bench import cluster_rate
+
+        results = [
+            {"nodes": n, "node_cpu_ms_per_1000": c, "deliveries_per_second": r}
+            for n, c, r in [(1, 1.0, 10), (3, 1.2, 30), (1, 9.0, 20), (3, 1.4, 40), (1, 1.1, 30)]
+        ]
+        self.assertAlmostEqual(cluster_rate.cpu_growth(results), 1.3 / 1.1)  # not the means
+        self.assertEqual(
+            cluster_rate.medians(results),
+            [
+                "median of 3: nodes=1 deliveries_per_second=20.0 node_cpu_ms_per_1000=1.100",
+                "median of 2: nodes=3 deliveries_per_second=35.0 node_cpu_ms_per_1000=1.300",
+            ],
+        )
+        self.assertEqual(cluster_rate.parse(["--db", "x", "--repeat", "3"]).repeat, 3)
+
     def test_the_standard_run_includes_the_10000_member_group(self):
         big = [full for name, full, _ in cli.STANDARD if "--setup-db" in full]
         self.assertEqual(len(big), 1)

@@ -35,6 +35,7 @@ import argparse
 import os
 import re
 import socket
+import statistics
 import sys
 import tempfile
 import uuid
@@ -224,6 +225,7 @@ def run_group(
         "seconds": round(report["elapsed_ms"] / 1000, 3),
         "deliveries_per_second": round(report["deliveries_per_s"], 1),
         "node_cpu_s": round(cpu, 2),
+        "node_cpu_each_s": report["node_cpu_each_s"],
         "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
         "push_p50_ms": round(report["push_p50_ms"], 1),
         "push_p99_ms": round(report["push_p99_ms"], 1),
@@ -287,22 +289,48 @@ def node_counts(text: str) -> list[int]:
 
 
 def cpu_growth(results: list[dict[str, Any]]) -> float | None:
-    """Node CPU per delivery of the largest cluster over that of the smallest."""
-    measured = [(r["nodes"], r.get("node_cpu_ms_per_1000")) for r in results]
-    per: list[tuple[int, float]] = [(n, c) for n, c in measured if c]
+    """Node CPU per delivery of the largest cluster over that of the smallest.
+
+    With several runs of each size, the median of each size's runs is compared.
+    """
+    per: dict[int, list[float]] = {}
+    for r in results:
+        cost = r.get("node_cpu_ms_per_1000")
+        if cost:
+            per.setdefault(r["nodes"], []).append(cost)
     if len(per) < 2:
         return None
-    return max(per)[1] / min(per)[1]
+    return statistics.median(per[max(per)]) / statistics.median(per[min(per)])
+
+
+def medians(results: list[dict[str, Any]]) -> list[str]:
+    """One line per cluster size: the median of its runs' rate and CPU per delivery."""
+    lines = []
+    for count in sorted({r["nodes"] for r in results}):
+        runs = [r for r in results if r["nodes"] == count]
+        rate = statistics.median(r["deliveries_per_second"] for r in runs)
+        costs = [r["node_cpu_ms_per_1000"] for r in runs if r.get("node_cpu_ms_per_1000")]
+        cost = f"{statistics.median(costs):.3f}" if costs else "-"
+        lines.append(
+            f"median of {len(runs)}: nodes={count} deliveries_per_second={rate:.1f}"
+            f" node_cpu_ms_per_1000={cost}"
+        )
+    return lines
 
 
 @defer.inlineCallbacks
 def main_async(reactor: Any, argv: list[str]) -> Any:
     args = parse(argv)
     results = []
-    for count in args.nodes:
-        result = yield run_cluster(reactor, args, count)
-        results.append(result)
-        print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+    # the sizes in turn, --repeat times: a slow minute of the machine hits them alike
+    for _ in range(args.repeat):
+        for count in args.nodes:
+            result = yield run_cluster(reactor, args, count)
+            results.append(result)
+            print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+    if args.repeat > 1 and args.scenario == "group":
+        for line in medians(results):
+            print(line)
     growth = cpu_growth(results) if args.scenario == "group" else None
     if growth is not None:
         print(f"node CPU per delivery, {max(args.nodes)} nodes vs {min(args.nodes)}: x{growth:.2f}")
@@ -326,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=0.0, help="group: seconds between rounds")
     p.add_argument("--processes", type=int, default=2, help="group: client processes")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for pushes")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run the sizes in turn this many times (medians)"
+    )
     return p
 
 

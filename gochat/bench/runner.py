@@ -327,6 +327,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             callgrind.start(target.pid)
         fanout0 = yield read_fanout(reactor, target.http)
         node_cpu0 = nodes_cpu_seconds(target)
+        each0 = [node_cpu_seconds(pid) for pid in target.pids or ()]
         own_cpu0 = cpu_seconds()
         wall0 = time.time()
         t0 = wall0 + 0.2
@@ -346,6 +347,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
                 bar.end()
         wall = time.time() - wall0
         node_cpu1 = nodes_cpu_seconds(target)
+        each1 = [node_cpu_seconds(pid) for pid in target.pids or ()]
         instructions = None
         if target.callgrind:
             assert target.pid is not None
@@ -367,6 +369,11 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             node_cpu_pct=None
             if node_cpu0 is None or node_cpu1 is None
             else 100.0 * (node_cpu1 - node_cpu0) / wall,
+            # a cluster's nodes one by one (the group's home does more than the others)
+            node_cpu_each_s=[
+                None if a is None or b is None else round(b - a, 2)
+                for a, b in zip(each0, each1, strict=True)
+            ],
             load=load,
             # the node's resident memory at the end of the run (summed over a cluster)
             node_rss_end_kb=None if None in node_rss else sum(r for r in node_rss if r),
