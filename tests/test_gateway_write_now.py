@@ -1,5 +1,5 @@
 """Bytes for a plain TCP connection with nothing queued leave at once
-(gochat/gateway/_twisted.py); queued bytes, a full socket and other
+(gochat/_twisted.py); queued bytes, a full socket and other
 transports go through ``transport.write`` as before. Real sockets."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from gochat.gateway._twisted import write_now
+from gochat._twisted import write_now
 
 
 class _Accepted(protocol.Protocol):

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
+from gochat._twisted import write_now
 from gochat.gateway._autobahn import ServerProtocol, use_clock, valid_close_code
-from gochat.gateway._twisted import write_now
 from gochat.logic import Hub, Session
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "frame_header", "unmask", "valid_close_code"]

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from gochat import codec, metrics
+from gochat._twisted import Broker
 
 CALL_TIMEOUT = 5.0  # seconds for a connect + login, and for each call
 
@@ -51,6 +52,7 @@ class _Peer:
         self._waiting = [waiter]
         pool = self.pool
         factory = self.factory = pb.PBClientFactory()
+        factory.protocol = Broker  # Banana decoded by offset (see gochat._twisted)
         endpoint = endpoints.clientFromString(pool.reactor, pool.client_endpoint(self.address))
         if pool.wrap_endpoint is not None:
             endpoint = pool.wrap_endpoint(endpoint)

@@ -22,6 +22,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from gochat import codec, metrics
+from gochat._twisted import Broker
 from gochat.logic.affinity import FORWARDS_PER_CALL
 
 MAX_USERS_PER_CALL = 100_000
@@ -293,4 +294,6 @@ class NodeRealm:
 def build_rpc_factory(hub: PeerHub, secret: bytes, presence: Any = None) -> pb.PBServerFactory:
     """The factory to listen with on ``--rpc``; ``presence`` tells stale kicks apart."""
     p = portal.Portal(NodeRealm(hub, presence), [ClusterSecretChecker(secret)])
-    return pb.PBServerFactory(p, unsafeTracebacks=False)
+    factory = pb.PBServerFactory(p, unsafeTracebacks=False)
+    factory.protocol = Broker  # Banana decoded by offset (see gochat._twisted)
+    return factory
