@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from gochat import metrics
-from gochat.logic.affinity import home_of
+from gochat.logic.affinity import home_of, pack_forwards, unpack_forwards
 from tests import services
 from tests.test_cluster_nodes import ClusterTestCase
 
@@ -37,6 +39,31 @@ class HomeOf(unittest.TestCase):
         moved = [g for g in range(1, 3001) if home_of(g, before) != home_of(g, after)]
         self.assertTrue(all(home_of(g, after) == "d4" for g in moved))
         self.assertTrue(500 < len(moved) < 1000, len(moved))
+
+
+ids = st.integers(1, 2**63 - 1)
+forwards = st.lists(
+    st.tuples(ids, st.one_of(st.none(), st.text(min_size=1, max_size=128)), ids, st.binary(), ids),
+    max_size=20,
+)
+
+
+class Packing(unittest.TestCase):
+    @given(forwards)
+    def test_forwarded_messages_come_back_as_they_were_packed(self, entries):
+        self.assertEqual(unpack_forwards(pack_forwards(entries)), entries)
+
+    @given(forwards.filter(bool), st.data())
+    def test_a_cut_or_padded_packing_is_refused(self, entries, data):
+        packed = pack_forwards(entries)
+        cut = data.draw(st.integers(1, len(packed)))
+        try:
+            got = unpack_forwards(packed[:-cut])
+        except ValueError:
+            return
+        # cut between whole messages: the ones before it, nothing invented
+        self.assertEqual(got, entries[: len(got)])
+        self.assertLess(len(got), len(entries))
 
 
 class AffinityTestCase(ClusterTestCase):

@@ -10,6 +10,7 @@ from twisted.spread import pb as spread
 from twisted.trial import unittest
 
 from gochat import codec, metrics
+from gochat.logic.affinity import pack_forwards
 from gochat.pb import pb
 from gochat.rpc import PeerPool, server
 from tests import services
@@ -325,34 +326,37 @@ class RpcEndpoint(unittest.TestCase):
         pool = self.pool()
         data = message(other, self.uid, "forwarded").SerializeToString()
         arrived = self.next_message()
-        answer = yield pool.call(
-            "node", "WriteMessages", [[other, "phone", 1, data, 7], [other, None, 1, b"\xff", 8]]
+        answer = yield pool.write_messages(
+            "node", pack_forwards([(other, "phone", 1, data, 7), (other, None, 1, b"\xff", 8)])
         )
         # stored (gus's seq 1), then an undecodable Message refused with 1001
-        self.assertEqual(answer, [200, 1, 1001, 0])
+        self.assertEqual(list(codec.iter_pairs(answer)), [(200, 1), (1001, 0)])
         msg = yield arrived
         self.assertEqual((msg.content, msg.sender_id, msg.seq), (b"forwarded", other, 1))
         # the same device and clientId again: found as already stored, same answer
-        again = yield pool.call("node", "WriteMessages", [[other, "phone", 1, data, 7]])
-        self.assertEqual(again, [200, 1])
+        again = yield pool.write_messages("node", pack_forwards([(other, "phone", 1, data, 7)]))
+        self.assertEqual(list(codec.iter_pairs(again)), [(200, 1)])
 
     @defer.inlineCallbacks
     def test_bad_forwards_and_skips_get_an_error_and_the_node_keeps_serving(self):
         pool = self.pool()
         data = message(1, self.uid, "x").SerializeToString()
-        good = [1, "phone", 1, data, 7]
-        for entries in (
-            [],
-            {"a": 1},
-            [good] * 1001,  # more than a call carries
-            [good[:4]],
-            [["1", "phone", 1, data, 7]],
-            [[1, "phone", 0, data, 7]],  # clientIds start at 1
-            [[1, "phone", 1, data, True]],
-            [[1, "d" * 129, 1, data, 7]],
-            [[1, "phone", 1, "text", 7]],
+        good = (1, "phone", 1, data, 7)
+        packed = pack_forwards([good])
+        for call in (
+            b"",
+            [packed],  # not bytes
+            packed[:-1],  # cut short
+            packed + packed[:10],
+            pack_forwards([good] * 1001),  # more than a call carries
+            pack_forwards([(1, "phone", 0, data, 7)]),  # clientIds start at 1
+            pack_forwards([(0, "phone", 1, data, 7)]),
+            pack_forwards([(1, "phone", 1, data, 0)]),
+            pack_forwards([(1, "phone", 1, data, 2**63)]),
+            pack_forwards([(1, "d" * 129, 1, data, 7)]),
+            packed.replace(b"phone", b"ph\xffne"),  # not UTF-8
         ):
-            yield self.assertFailure(pool.call("node", "WriteMessages", entries), spread.Error)
+            yield self.assertFailure(pool.call("node", "WriteMessages", call), spread.Error)
         base = codec.message_base(message(1, self.uid, "x"))
         pairs = codec.pack_pairs([self.uid, 1])
         for skip in (b"x" * 15, "text", codec.pack_pairs([0, 1] * 10_001)):

@@ -32,6 +32,7 @@ of it bound for another waits until they are answered (:class:`Hub`).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,12 +40,20 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gochat import codes, metrics
+from gochat import codec, codes, metrics
 from gochat.pb import pb
 from gochat.store import UpItem
 
-#: Messages per WriteMessages call (PB refuses a list of more than 640 Ki items).
+#: Messages per WriteMessages call.
 FORWARDS_PER_CALL = 1000
+#: Bytes of packed messages per call (PB refuses a string over 640 KiB); a
+#: message bigger than this is written where it arrived.
+FORWARD_BYTES_PER_CALL = 512 * 1024
+#: wire bytes of the largest message forwarded (room left for its head and device_id)
+MAX_FORWARDED = FORWARD_BYTES_PER_CALL - 1024
+#: a packed forwarded message's head: user_id, client_id, tag, the lengths of
+#: its device_id (0: none) and of its Message, then those bytes
+_HEAD = struct.Struct("<QQQHI")
 _ANSWERED = metrics.FORWARDED.labels("answered")
 _WRITTEN_HERE = metrics.FORWARDED.labels("written_here")
 #: Groups whose home is remembered (per set of live nodes); past it, forgotten.
@@ -76,6 +85,38 @@ def home_of(group_id: int, nodes: Sequence[str]) -> str:
         if weight > best_weight or (weight == best_weight and node > best):
             best, best_weight = node, weight
     return best
+
+
+def pack_forwards(entries: Sequence[tuple[int, str | None, int, bytes, int]]) -> bytes:
+    """``(user_id, device_id, client_id, Message bytes, tag)`` entries as one bytes.
+
+    One PB string instead of five items a message: PB decodes and encodes
+    items one by one, in Python.
+    """
+    parts: list[bytes] = []
+    head = _HEAD.pack
+    for user_id, device_id, client_id, message, tag in entries:
+        device = device_id.encode() if device_id else b""
+        parts += (head(user_id, client_id, tag, len(device), len(message)), device, message)
+    return b"".join(parts)
+
+
+def unpack_forwards(data: bytes) -> list[tuple[int, str | None, int, bytes, int]]:
+    """The entries of :func:`pack_forwards`; ValueError when ``data`` is not such."""
+    out: list[tuple[int, str | None, int, bytes, int]] = []
+    pos, end, size, head = 0, len(data), _HEAD.size, _HEAD.unpack_from
+    while pos < end:
+        if end - pos < size:
+            raise ValueError("a forwarded message is cut short")
+        user_id, client_id, tag, device_len, message_len = head(data, pos)
+        pos += size
+        stop = pos + device_len + message_len
+        if stop > end:
+            raise ValueError("a forwarded message is cut short")
+        device = data[pos : pos + device_len].decode("utf-8") if device_len else None
+        out.append((user_id, device, client_id, data[pos + device_len : stop], tag))
+        pos = stop
+    return out
 
 
 #: a forwarded message waiting for its answer: (item, device, size, start time)
@@ -125,14 +166,16 @@ class Forwarder:
         #: called after each answer or failure (the hub's backlog check)
         self.on_settled: Callable[[], None] | None = None
 
-    def route(self, item: UpItem) -> str | None:
-        """The node that should write ``item``: its group's home, or None for this one."""
+    def route(self, item: UpItem, size: int = 0) -> str | None:
+        """The node that should write ``item`` (``size`` bytes on the wire): its group's home,
+        or None for this one."""
         msg = item.message
         if (
             msg is None
             or item.reject_code != codes.OK
             or item.op is not None
             or msg.session_type != pb.ST_Group
+            or size > MAX_FORWARDED
         ):
             return None
         nodes = self.presence.nodes
@@ -170,46 +213,54 @@ class Forwarder:
         self._flush_call = None
         outbox, self._outbox = self._outbox, {}
         for node_id, forwards in outbox.items():
-            for start in range(0, len(forwards), FORWARDS_PER_CALL):
-                part = forwards[start : start + FORWARDS_PER_CALL]
-                payload = [
-                    (
-                        item.user_id,
-                        item.device_id,
-                        item.client_id,
-                        item.message.SerializeToString() if item.message is not None else b"",
-                        device.tag,
-                    )
-                    for item, device, _, _ in part
-                ]
-                d = self.pool.write_messages(node_id, payload)
-                d.addCallbacks(
-                    self._answered,
-                    self._failed,
-                    callbackArgs=(part, node_id),
-                    errbackArgs=(part, node_id),
-                )
-                d.addErrback(lambda f: self.log.failure("answering forwarded messages", f))
+            part: list[Forward] = []
+            entries: list[tuple[int, str | None, int, bytes, int]] = []
+            size = 0
+            for forward in forwards:
+                item, device = forward[0], forward[1]
+                assert item.message is not None  # route() forwards messages only
+                data = item.message.SerializeToString()
+                if part and (
+                    len(part) == FORWARDS_PER_CALL
+                    or size + _HEAD.size + len(data) > FORWARD_BYTES_PER_CALL
+                ):
+                    self._call(node_id, part, entries)
+                    part, entries, size = [], [], 0
+                part.append(forward)
+                entries.append((item.user_id, item.device_id, item.client_id, data, device.tag))
+                size += _HEAD.size + len(data) + 4 * len(item.device_id or "")
+            self._call(node_id, part, entries)
 
-    def _answered(self, flat: Any, part: list[Forward], node_id: str) -> None:
-        if (
-            not isinstance(flat, list)
-            or len(flat) != 2 * len(part)
-            or not all(isinstance(v, int) for v in flat)
-        ):
+    def _call(
+        self,
+        node_id: str,
+        part: list[Forward],
+        entries: list[tuple[int, str | None, int, bytes, int]],
+    ) -> None:
+        d = self.pool.write_messages(node_id, pack_forwards(entries))
+        d.addCallbacks(
+            self._answered,
+            self._failed,
+            callbackArgs=(part, node_id),
+            errbackArgs=(part, node_id),
+        )
+        d.addErrback(lambda f: self.log.failure("answering forwarded messages", f))
+
+    def _answered(self, answer: Any, part: list[Forward], node_id: str) -> None:
+        if not isinstance(answer, bytes) or len(answer) != 16 * len(part):
             self.log.warn(
                 "affinity: node {node} answered {n} forwarded messages with {answer!r}",
                 node=node_id,
                 n=len(part),
-                answer=type(flat).__name__,
+                answer=type(answer).__name__,
             )
             self._failed(None, part, node_id)
             return
         self._settle(part)
         _ANSWERED.inc(len(part))
-        for i, forward in enumerate(part):
+        for forward, (code, seq) in zip(part, codec.iter_pairs(answer), strict=True):
             try:
-                self.answer(forward, flat[2 * i], flat[2 * i + 1])
+                self.answer(forward, code, seq)
             except Exception:
                 self.log.failure("delivering a forwarded message's answer")
         self._settled()

@@ -330,7 +330,7 @@ class Hub:
         if forwarder is None:
             self.writer.submit(item, (device, item_started), size)
             return
-        route = forwarder.route(item)
+        route = forwarder.route(item, size)
         if device.held or (device.in_flight and device.route != route):
             device.held.append((item, size, item_started))
             return
@@ -380,7 +380,7 @@ class Hub:
         while held:
             item, size, started = held[0]
             assert self.forwarder is not None
-            route = self.forwarder.route(item)
+            route = self.forwarder.route(item, size)
             if device.in_flight and device.route != route:
                 return
             del held[0]

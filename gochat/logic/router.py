@@ -71,8 +71,8 @@ class RemoteDeliverer(Protocol):
         messages sent by a device there. Failures are logged, not raised.
         """
 
-    def write_messages(self, node_id: str, entries: list[tuple[Any, ...]]) -> Any:
-        """Forward messages to their group's home; fires with its answers, or fails."""
+    def write_messages(self, node_id: str, packed: bytes) -> Any:
+        """Forward packed messages to their group's home; fires with its answers, or fails."""
 
     def kick(self, node_id: str, user_id: int, device_id: str) -> Any:
         """Ask one node to close its connection of (user, device); failures are logged."""

@@ -279,12 +279,13 @@ class PeerPool(service.Service):
         )
         return self._queued(node_id)
 
-    def write_messages(self, node_id: str, entries: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
-        """Forward messages to their group's home (``WriteMessages``): its answers, or a failure.
+    def write_messages(self, node_id: str, packed: bytes) -> defer.Deferred[Any]:
+        """Forward packed messages to their group's home (``WriteMessages``).
 
-        Unlike pushes, a failure is the caller's to handle (it writes them itself).
+        Fires with its packed answers, or fails: unlike pushes, a failure is
+        the caller's to handle (it writes the messages itself).
         """
-        return self.call(node_id, "WriteMessages", entries)
+        return self.call(node_id, "WriteMessages", packed)
 
     def _send_queued(self, node_id: str, queued: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
         """Pushes and runs for one node, in their order: one call per stretch of one kind."""

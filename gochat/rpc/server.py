@@ -6,7 +6,7 @@ then does it get a :class:`PeerPerspective`, whose remote methods are the
 whole surface: ``DeliverMessage``, ``DeliverMessageAll``, ``DeliverPushes``,
 ``DeliverPushRuns``, ``KickDevice``, ``DeliverNotice`` (read and typing
 notices, which are never pushes) and ``WriteMessages`` (messages to a group
-whose home is this node, see :mod:`gochat.logic.affinity`).
+whose home is this node, packed, see :mod:`gochat.logic.affinity`).
 A peer that has not logged in can call nothing but ``login``.
 """
 
@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from gochat import codec, metrics
 from gochat._twisted import Broker
-from gochat.logic.affinity import FORWARDS_PER_CALL
+from gochat.logic.affinity import FORWARDS_PER_CALL, unpack_forwards
 
 MAX_USERS_PER_CALL = 100_000
 MAX_FRAMES_PER_USER = 10_000
@@ -149,18 +149,24 @@ class PeerPerspective(pb.Avatar):
         metrics.RPC_SERVED.labels("DeliverPushRuns").inc()
         return self.hub.deliver_push_runs_from_peer(runs)
 
-    def perspective_WriteMessages(self, entries: Any) -> Any:  # noqa: N802
-        """``[[user_id, device_id, client_id, message, tag], ...]``: messages to a group homed here.
+    def perspective_WriteMessages(self, data: Any) -> Any:  # noqa: N802
+        """Messages to a group homed here, packed (:func:`~gochat.logic.affinity.pack_forwards`).
 
         The calling node's clients sent them; this node commits them in its
-        own batches (see :mod:`gochat.logic.affinity`) and answers with
-        ``[code, seq, ...]``, one pair per message, once all are committed.
+        own batches (see :mod:`gochat.logic.affinity`) and answers, once all
+        are committed, with their (code, seq) pairs packed as 16 bytes each.
         """
-        if not isinstance(entries, list) or not 0 < len(entries) <= FORWARDS_PER_CALL:
-            raise pb.Error(f"WriteMessages takes a list of 1 to {FORWARDS_PER_CALL} messages")
+        if not isinstance(data, bytes):
+            raise pb.Error("WriteMessages takes packed messages (bytes)")
+        try:
+            entries = unpack_forwards(data)
+        except ValueError as exc:
+            raise pb.Error(f"WriteMessages: {exc}") from None
+        if not 0 < len(entries) <= FORWARDS_PER_CALL:
+            raise pb.Error(f"WriteMessages takes 1 to {FORWARDS_PER_CALL} messages")
         checked = [_forward_entry(entry) for entry in entries]
         metrics.RPC_SERVED.labels("WriteMessages").inc()
-        return self.hub.write_from_peer(self.peer_id, checked)
+        return self.hub.write_from_peer(self.peer_id, checked).addCallback(codec.pack_pairs)
 
     def perspective_DeliverNotice(self, notices: Any) -> int:  # noqa: N802
         """``{receiver_id: frame or [frames]}`` of read/typing notices, never pushes."""
@@ -238,21 +244,21 @@ def _run_entry(entry: Any) -> tuple[list[bytes], bytes, bytes]:
     )
 
 
-def _forward_entry(entry: Any) -> tuple[int, str | None, int, bytes, int]:
-    if isinstance(entry, list | tuple) and len(entry) == 5:
-        user_id, device_id, client_id, message, tag = entry
-        if isinstance(device_id, bytes):
-            device_id = device_id.decode("utf-8", "replace")
-        if (
-            _device_id(device_id)
-            and _count(client_id)
-            and _count(tag)
-            and isinstance(message, bytes)
-            and len(message) <= MAX_BASE
-        ):
-            return _user_id(user_id), device_id, client_id, message, tag
+def _forward_entry(
+    entry: tuple[int, str | None, int, bytes, int],
+) -> tuple[int, str | None, int, bytes, int]:
+    user_id, device_id, client_id, message, tag = entry
+    if (
+        _device_id(device_id)
+        and _count(user_id)
+        and _count(client_id)
+        and _count(tag)
+        and len(message) <= MAX_BASE
+    ):
+        return _user_id(user_id), device_id, client_id, message, tag
     raise pb.Error(
-        "a forwarded message is [user_id, device_id or None, client_id, Message (bytes), tag]"
+        "a forwarded message has a user_id, client_id and tag from 1 to 2**63 - 1"
+        f" and a device_id of at most {MAX_DEVICE_ID} characters"
     )
 
 
