@@ -4,14 +4,19 @@ transports go through ``transport.write`` as before. Real sockets."""
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from gochat._twisted import write_now
+from gochat.gateway import GatewayFactory
+from tests.test_logic import LogicTestCase
 
 
 class _Accepted(protocol.Protocol):
@@ -94,3 +99,30 @@ def _until(done: Any, limit: float = 10.0) -> defer.Deferred[None]:
 
     check()
     return result
+
+
+class FlushNow(LogicTestCase):
+    """The gateway sends what its connections queued when the router asks (a big block)."""
+
+    def test_flush_now_sends_the_queued_frames_before_the_end_of_the_turn(self):
+        clock = Clock()
+        factory = GatewayFactory(self.hub, reactor=clock)
+        self.assertIn(factory.flush_now, self.hub.router.flushers)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        key = base64.b64encode(os.urandom(16)).decode()
+        proto.dataReceived(
+            (
+                "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        transport.clear()
+        proto.send_many([b"one", b"two"])
+        self.assertEqual(transport.value(), b"")  # queued for the end of the turn
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        factory.flush_now()
+        self.assertEqual(transport.value(), b"\x82\x03one\x82\x03two")
+        self.assertEqual(clock.getDelayedCalls(), [])  # nothing left for the end of the turn

@@ -457,6 +457,7 @@ class GatewayFactory(WebSocketServerFactory):
         )
         self._dirty: list[GatewayProtocol] = []
         self._flush_call: Any = None
+        hub.router.flushers.append(self.flush_now)
         self.setProtocolOptions(
             # Our own check in onMessageFrameBegin enforces the limits.
             maxFramePayloadSize=0,
@@ -475,6 +476,12 @@ class GatewayFactory(WebSocketServerFactory):
         self._dirty.append(proto)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush_all)
+
+    def flush_now(self) -> None:
+        """Flush every connection with something queued now, before the end of the turn."""
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+        self._flush_all()
 
     def _flush_all(self) -> None:
         self._flush_call = None

@@ -40,6 +40,9 @@ BLOCK_PUSH_SHARE = 4
 #: their ACKs ahead of the pushes, and this keeps them from running far ahead.
 PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
 
+#: A big group block's pushes are sent every this many members, not all at the
+#: end of the turn: the first members read theirs while the rest are built.
+FLUSH_MEMBERS = 256
 #: (message, its rows, the device it came from: a DeviceState here, a
 #: RemoteOrigin for a message another node forwarded) of a committed message
 Delivery = tuple[pb.Message, Sequence[tuple[int, int]], Any]
@@ -117,6 +120,8 @@ class Router:
         self._remote_turn: list[tuple[codec.PushFrames, Sequence[tuple[int, int]], Any]] = []
         #: tag -> the device here that a home's pushes name as their sender
         self.origin_of: Callable[[int], Any] = lambda tag: None
+        #: send what the connections have queued now, not at the end of the turn (the gateways)
+        self.flushers: list[Callable[[], None]] = []
 
     def add(self, session: Session) -> bool:
         """Register a logged-in session; True when it is the user's first here."""
@@ -267,10 +272,15 @@ class Router:
         for i, (_, _, origin) in enumerate(segment):
             origins.setdefault(id(origin), []).append(i)
         local = 0
-        for sessions, base in self._online_members(block):
+        members = self._online_members(block)
+        flushers = self.flushers if len(members) > FLUSH_MEMBERS else ()
+        for n, (sessions, base) in enumerate(members, 1):
             seq0 = base + first
             for session in sessions:
                 local += session.push_block(run, seq0, origins.get(id(session.device), ()))
+            if flushers and not n % FLUSH_MEMBERS:
+                for flush in flushers:
+                    flush()
         if self.remote is not None:
             for push, (_, rows, origin) in zip(pushes, segment, strict=True):
                 self._remote_turn.append((push, rows, origin))
