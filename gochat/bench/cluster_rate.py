@@ -269,6 +269,15 @@ def run_cluster(reactor: Any, args: argparse.Namespace, count: int) -> Any:
                 for method, n in metric_samples(text, "gochat_rpc_calls_total", "method").items():
                     calls[method] = calls.get(method, 0) + int(n)
             result["rpc_calls"] = ",".join(f"{m}:{n}" for m, n in sorted(calls.items()))
+            # transactions of messages committed, all nodes together (a round's are its batches)
+            result["batches"] = int(
+                sum(
+                    metric_samples(t, "gochat_store_interaction_seconds_count", "name").get(
+                        "commit_messages", 0
+                    )
+                    for t in texts
+                )
+            )
         result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for node in nodes:
