@@ -156,7 +156,7 @@ class BlockFanOut(unittest.TestCase):
     def test_a_big_blocks_pushes_are_sent_as_they_are_made_not_all_at_the_end(self):
         from gochat.logic import router as router_module
 
-        count = 2 * router_module.FLUSH_MEMBERS + 10
+        count = router_module.FLUSH_FROM + 10
         router = Router(LocalPresence(), self.clock, budget=10**6, backlog_limit=10**6)
         for uid in range(1, count + 1):
             router.add(PushedTo(uid, self.pushed))
@@ -165,13 +165,16 @@ class BlockFanOut(unittest.TestCase):
         block = MemberBlock(tuple(range(1, count + 1)), [0] * count)
         router.deliver_many([delivery(1, BlockRows(block, i)) for i in (1, 2)])
         every = 2 * router_module.FLUSH_MEMBERS  # two messages a member
-        self.assertEqual(flushed_at, [every, 2 * every])
+        slices = count // router_module.FLUSH_MEMBERS
+        self.assertEqual(flushed_at, [every * k for k in range(1, slices + 1)])
         self.assertEqual(len(self.pushed), 2 * count)
         # a block to fewer members waits for the end of the turn, as before
+        self.pushed.clear()
         flushed_at.clear()
-        self.router.flushers.append(lambda: flushed_at.append(len(self.pushed)))
-        self.router.deliver_many(self.block(2))
-        self.assertEqual(flushed_at, [])
+        fewer = router_module.FLUSH_FROM - 1
+        small = MemberBlock(tuple(range(1, fewer + 1)), [0] * fewer)
+        router.deliver_many([delivery(1, BlockRows(small, i)) for i in (1, 2)])
+        self.assertEqual((flushed_at, len(self.pushed)), ([], 2 * fewer))
 
     def test_a_senders_device_misses_only_its_own_messages_of_the_block(self):
         own = self.sessions[3]

@@ -40,8 +40,12 @@ BLOCK_PUSH_SHARE = 4
 #: their ACKs ahead of the pushes, and this keeps them from running far ahead.
 PUSH_BACKLOG_LIMIT = 4 * PUSH_BUDGET
 
-#: A big group block's pushes are sent every this many members, not all at the
-#: end of the turn: the first members read theirs while the rest are built.
+#: A block to at least FLUSH_FROM members online here is sent every
+#: FLUSH_MEMBERS members, not all at the end of the turn: the first members
+#: (and the senders' ACKs) leave while the rest are built. Smaller blocks
+#: build in a few milliseconds, and sending their ACKs early only made the
+#: next batches smaller.
+FLUSH_FROM = 1000
 FLUSH_MEMBERS = 256
 #: (message, its rows, the device it came from: a DeviceState here, a
 #: RemoteOrigin for a message another node forwarded) of a committed message
@@ -273,7 +277,7 @@ class Router:
             origins.setdefault(id(origin), []).append(i)
         local = 0
         members = self._online_members(block)
-        flushers = self.flushers if len(members) > FLUSH_MEMBERS else ()
+        flushers = self.flushers if len(members) >= FLUSH_FROM else ()
         for n, (sessions, base) in enumerate(members, 1):
             seq0 = base + first
             for session in sessions:
