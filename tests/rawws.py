@@ -323,3 +323,24 @@ def open_raw(ws_url: str, receive_buffer: int | None = None, upgraded: bool = Fa
         yield proto.closed
         raise ConnectionError(f"could not open {ws_url}: HTTP {proto.status}")
     return proto
+
+
+def open_on_string_transport(factory: Any) -> tuple[Any, Any]:
+    """A protocol of ``factory`` upgraded to WebSocket on a StringTransport, its output cleared."""
+    from twisted.internet.testing import StringTransport
+
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    key = base64.b64encode(os.urandom(16)).decode()
+    proto.dataReceived(
+        (
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    if not transport.value().startswith(b"HTTP/1.1 101"):
+        raise AssertionError(f"no upgrade: {transport.value()[:200]!r}")
+    transport.clear()
+    return proto, transport

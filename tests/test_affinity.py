@@ -82,6 +82,20 @@ class AffinityTestCase(ClusterTestCase):
         return next(n for n in self.nodes if n.service.presence.node_id == home_id)
 
     @defer.inlineCallbacks
+    def sender_and_reader(self) -> Any:
+        """Alice sends from n1 (device "laptop") to a group homed on n2; Bob reads on n1.
+
+        Fires with (Bob's id, the group id, Alice's client, Bob's client).
+        """
+        n1, n2 = self.nodes
+        _, alice_token = yield n1.user("alice")
+        bob, bob_token = yield n1.user("bob")
+        gid = yield self.group_homed_on(n2, alice_token, [bob])
+        sender = yield self.client(n1, alice_token, device_id="laptop")
+        c_bob = yield self.client(n1, bob_token)
+        return bob, gid, sender, c_bob
+
+    @defer.inlineCallbacks
     def group_homed_on(self, home: Any, owner_token: str, members: list[int]) -> Any:
         """A group whose home is ``home`` (groups are created until one is)."""
         for attempt in range(40):
@@ -119,12 +133,7 @@ class ForwardedToTheHome(AffinityTestCase):
     @defer.inlineCallbacks
     def test_a_device_keeps_its_order_across_writers(self):
         """A one-to-one message (written here) after group messages (written at the home)."""
-        n1, n2 = self.nodes
-        alice, alice_token = yield n1.user("alice")
-        bob, bob_token = yield n1.user("bob")
-        gid = yield self.group_homed_on(n2, alice_token, [bob])
-        sender = yield self.client(n1, alice_token, device_id="laptop")
-        c_bob = yield self.client(n1, bob_token)
+        bob, gid, sender, c_bob = yield self.sender_and_reader()
         sent = [
             sender.send_text(gid, "g1", group=True),
             sender.send_text(gid, "g2", group=True),
@@ -141,11 +150,7 @@ class HomeUnreachable(AffinityTestCase):
     @defer.inlineCallbacks
     def test_messages_for_a_home_that_cannot_be_reached_are_written_here(self):
         n1, n2 = self.nodes
-        alice, alice_token = yield n1.user("alice")
-        bob, bob_token = yield n1.user("bob")
-        gid = yield self.group_homed_on(n2, alice_token, [bob])
-        sender = yield self.client(n1, alice_token, device_id="laptop")
-        c_bob = yield self.client(n1, bob_token)
+        bob, gid, sender, c_bob = yield self.sender_and_reader()
         # n2's RPC port stops answering: n1's call to it fails
         yield n2.service.getServiceNamed("rpc").stopService()
         n1.service.peers.close()

@@ -4,8 +4,6 @@ transports go through ``transport.write`` as before. Real sockets."""
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 from typing import Any
 
@@ -16,6 +14,7 @@ from twisted.trial import unittest
 
 from gochat._twisted import write_now
 from gochat.gateway import GatewayFactory
+from tests.rawws import open_on_string_transport
 from tests.test_logic import LogicTestCase
 
 
@@ -108,18 +107,7 @@ class FlushNow(LogicTestCase):
         clock = Clock()
         factory = GatewayFactory(self.hub, reactor=clock)
         self.assertIn(factory.flush_now, self.hub.router.flushers)
-        proto = factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        key = base64.b64encode(os.urandom(16)).decode()
-        proto.dataReceived(
-            (
-                "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        transport.clear()
+        proto, transport = open_on_string_transport(factory)
         proto.send_many([b"one", b"two"])
         self.assertEqual(transport.value(), b"")  # queued for the end of the turn
         self.assertEqual(len(clock.getDelayedCalls()), 1)

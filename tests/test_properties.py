@@ -9,8 +9,6 @@ well-formed messages carrying wrong values.
 
 from __future__ import annotations
 
-import base64
-import os
 import struct
 from typing import Any
 
@@ -24,7 +22,7 @@ from gochat import codec
 from gochat.gateway import GatewayFactory
 from gochat.logic.session import RATE_STRIKES
 from gochat.pb import pb
-from tests.rawws import OP_CLOSE, build_frame
+from tests.rawws import OP_CLOSE, build_frame, open_on_string_transport
 from tests.test_logic import LogicTestCase, frame
 
 DOCUMENTED = {200, 1000, 1001, 1002, 1003, 1004, 1005, 1010, 1011, 1012, 1013}
@@ -106,21 +104,7 @@ class GatewayProperties(LogicTestCase):
     """The gateway protocol on a string transport, after a real handshake."""
 
     def open(self) -> tuple[Any, StringTransport]:
-        factory = GatewayFactory(self.hub, max_frame=1024)
-        proto = factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        key = base64.b64encode(os.urandom(16)).decode()
-        proto.dataReceived(
-            (
-                "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
-        transport.clear()
-        return proto, transport
+        return open_on_string_transport(GatewayFactory(self.hub, max_frame=1024))
 
     def check_output(self, proto: Any, transport: StringTransport) -> None:
         for opcode, payload in server_frames(transport.value()):
