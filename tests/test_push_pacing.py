@@ -278,6 +278,19 @@ class WriterHold(unittest.TestCase):
         clock.advance(writer_module.GATHER_DELAY / 2)
         self.assertEqual([[i.client_id for i in items] for items, _ in store.batches], [[1, 2]])
 
+    def test_a_batch_started_by_a_forwarded_message_waits_for_the_rest_of_its_round(self):
+        from gochat.logic import writer as writer_module
+
+        store = FakeStore()
+        clock = Clock()
+        writer = self.writer(store, clock)
+        writer.submit(UpItem(user_id=1, device_id=None, client_id=1, message=None), 1, gather=True)
+        clock.advance(0)
+        self.assertEqual(store.batches, [])  # another node's message: gathering
+        writer.submit(UpItem(user_id=2, device_id=None, client_id=1, message=None), 2)
+        clock.advance(writer_module.GATHER_DELAY)
+        self.assertEqual([[i.user_id for i in items] for items, _ in store.batches], [[1, 2]])
+
     def test_a_batch_to_a_group_of_unknown_size_waits_as_for_a_big_one(self):
         from gochat.logic import writer as writer_module
 

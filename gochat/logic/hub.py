@@ -629,7 +629,7 @@ class Hub:
             except Exception:
                 message, code = None, codes.PARAM_ILLEGAL
             item = UpItem(user_id, device_id, client_id, message, reject_code=code)
-            self.writer.submit(item, (origin, call, index), len(data))
+            self.writer.submit(item, (origin, call, index), len(data), gather=True)
         return call.done
 
     def _peer_committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:

@@ -92,8 +92,12 @@ class MessageWriter:
         self._busy = False
         self._idle_waiters: list[defer.Deferred[None]] = []
 
-    def submit(self, item: UpItem, owner: Any, size: int = 0) -> None:
+    def submit(self, item: UpItem, owner: Any, size: int = 0, gather: bool = False) -> None:
         """Queue ``item`` (``size`` bytes on the wire); ``owner`` is handed back with the outcome.
+
+        ``gather``: a batch it starts waits :data:`GATHER_DELAY` for more, as
+        for a big group (another node forwarded it: the rest of its round is
+        on the way from the other nodes).
 
         ``key(owner)`` names the device: when a batch fails, queued items with
         the key of a failed one fail too, so none is stored before it.
@@ -106,7 +110,7 @@ class MessageWriter:
                 self._flush()
                 return
             weigh = self._weigh
-            big = weigh is not None and weigh(item, None, GATHER_ROWS) >= GATHER_ROWS
+            big = gather or (weigh is not None and weigh(item, None, GATHER_ROWS) >= GATHER_ROWS)
             self._start_call = self.clock.callLater(GATHER_DELAY if big else 0, self._start)
         n = len(queue)
         if n > self.queue_peak:
