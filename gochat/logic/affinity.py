@@ -61,14 +61,14 @@ HOME_CACHE = 65536
 
 
 class RemoteOrigin:
-    """A device of another node with messages in this node's writer (``tag`` names it there)."""
+    """The device of another node that sent a message in this node's writer (``tag`` names it
+    there)."""
 
-    __slots__ = ("peer", "tag", "in_flight")
+    __slots__ = ("peer", "tag")
 
     def __init__(self, peer: str, tag: int) -> None:
         self.peer = peer
         self.tag = tag
-        self.in_flight = 0
 
 
 def home_of(group_id: int, nodes: Sequence[str]) -> str:

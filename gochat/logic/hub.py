@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from gochat import codec, codes, metrics
 from gochat.auth import Claims, TokenSigner, check_account
-from gochat.logic.affinity import FORWARDS_PER_CALL, Forward, Forwarder, RemoteOrigin
+from gochat.logic.affinity import Forward, Forwarder, RemoteOrigin
 from gochat.logic.pushes import PushTracker
 from gochat.logic.router import PUSH_BACKLOG_LIMIT, PUSH_BUDGET, RemoteDeliverer, Router
 from gochat.logic.session import Connection, Session
@@ -166,8 +166,6 @@ class Hub:
         #: devices by tag, for the pushes a home sends back naming one
         self._tags: WeakValueDictionary[int, DeviceState] = WeakValueDictionary()
         self._next_tag = 0
-        #: devices of other nodes with messages in the writer here
-        self._origins: dict[tuple[str, int], RemoteOrigin] = {}
         self._failed_origins: OrderedDict[tuple[str, int], None] = OrderedDict()
         node_id = getattr(self.presence, "node_id", None)
         if remote is not None and hasattr(self.presence, "nodes") and node_id:
@@ -610,19 +608,12 @@ class Hub:
         committed. They go in this node's batches; a device whose message
         failed here gets 1004 for the rest of what it sent with that tag.
         """
-        if not 0 < len(entries) <= FORWARDS_PER_CALL:
-            raise ValueError(f"WriteMessages takes 1 to {FORWARDS_PER_CALL} messages")
         call = _Call(len(entries))
-        origins = self._origins
         for index, (user_id, device_id, client_id, data, tag) in enumerate(entries):
-            key = (peer_id, tag)
-            if key in self._failed_origins:
+            if (peer_id, tag) in self._failed_origins:
                 call.set(index, codes.SERVER_ERROR, 0)
                 continue
-            origin = origins.get(key)
-            if origin is None:
-                origin = origins[key] = RemoteOrigin(peer_id, tag)
-            origin.in_flight += 1
+            origin = RemoteOrigin(peer_id, tag)
             try:
                 message: pb.Message | None = pb.Message.FromString(data)
                 code = codes.OK
@@ -634,24 +625,17 @@ class Hub:
 
     def _peer_committed(self, item: UpItem, owner: _Owner, result: UpResult) -> None:
         origin, call, index = owner
-        self._origin_done(origin)
         call.set(index, result.code, result.sender_seq)
         if result.code == codes.OK and result.message is not None:
             self._deliveries.append((result.message, result.rows, origin))
 
     def _peer_failed(self, owner: _Owner) -> None:
         origin, call, index = owner
-        self._origin_done(origin)
         failed = self._failed_origins
         failed[(origin.peer, origin.tag)] = None
         if len(failed) > FAILED_ORIGINS:
             failed.popitem(last=False)
         call.set(index, codes.SERVER_ERROR, 0)
-
-    def _origin_done(self, origin: RemoteOrigin) -> None:
-        origin.in_flight -= 1
-        if not origin.in_flight:
-            self._origins.pop((origin.peer, origin.tag), None)
 
     def wait_idle(self) -> defer.Deferred[None]:
         if self.forwarder is None:
