@@ -656,6 +656,42 @@ class PostgresStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCa
     def url(self) -> str:
         return services.postgres_database(self)
 
+    @defer.inlineCallbacks
+    def test_integer_rows_are_one_statement_of_one_text_whatever_their_count(self):
+        """Multi-row upserts of integers go as arrays: 3 rows and 700 rows run the
+        same statement once each (and update rows that exist); other rows keep
+        their placeholders."""
+        seen: list[str] = []
+
+        def txn(cur: Any) -> list[tuple[Any, ...]]:
+            real = cur.txn
+
+            class Recording:
+                def execute(self, sql: str, params: Any = None) -> Any:
+                    seen.append(sql)
+                    return real.execute(sql, params)
+
+            real.execute("CREATE TEMP TABLE ints (a BIGINT, b INT, c BIGINT, PRIMARY KEY (a, b))")
+            sql = "INSERT INTO ints (a, b, c) VALUES"
+            suffix = cur.engine.upsert_suffix("a, b", ["c"])
+            engine, recording = cur.engine, Recording()
+            engine.insert_rows(recording, sql, 3, [1, 1, 10, 2, 1, 20, -3, 2, 2**62], suffix)
+            flat = [v for k in range(700) for v in (k, 1, k + 1000)]  # rows 1, 2 exist
+            engine.insert_rows(recording, sql, 3, flat, suffix)
+            engine.insert_rows(recording, "INSERT INTO ints (a, b, c) VALUES", 3, [9, 9, None])
+            real.execute("SELECT a, b, c FROM ints ORDER BY a, b")
+            return list(real.fetchall())
+
+        rows = yield self.store.db.run_interaction("int_rows", txn)
+        self.assertEqual(len(seen), 3)
+        self.assertEqual(seen[0], seen[1])
+        self.assertIn("unnest(", seen[0])
+        self.assertNotIn("unnest(", seen[2])
+        expected = {(k, 1): k + 1000 for k in range(700)}
+        expected[(-3, 2)] = 2**62
+        expected[(9, 9)] = None
+        self.assertEqual({(a, b): c for a, b, c in rows}, expected)
+
 
 class MySQLStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCase):
     """MySQL commits at each DDL statement: its deltas are undone step by step."""

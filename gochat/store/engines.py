@@ -340,6 +340,26 @@ class PostgresEngine(BaseEngine):
                 for start in range(0, len(values), width):
                     copy.write_row(values[start : start + width])
 
+    def insert_rows(
+        self, txn: Any, sql: str, width: int, values: Sequence[SQLValue], suffix: str = ""
+    ) -> None:
+        # Rows of integers only (a batch's positions, conversation heads and
+        # read rows; a group's members) go as one array per column, written
+        # by str.join: one statement text whatever the row count, which
+        # psycopg converts once and PostgreSQL prepares, instead of a
+        # placeholder per value that psycopg parses and binds one by one
+        # (50 rows of 4: 0.09 ms of node CPU against 0.7 ms; 500: 0.5 against 7).
+        if values and all(type(v) is int for v in values):
+            head = sql.rstrip()
+            if head.upper().endswith("VALUES"):
+                arrays = ", ".join(["%s::int8[]"] * width)
+                txn.execute(
+                    f"{head[:-6]}SELECT * FROM unnest({arrays}){suffix}",
+                    ["{" + ",".join(map(str, values[i::width])) + "}" for i in range(width)],
+                )
+                return
+        super().insert_rows(txn, sql, width, values, suffix)
+
     def read_seqs(self, txn: Any, users: list[int]) -> list[tuple[int, int]]:
         # One array parameter instead of 500 scalars: a third of the node's CPU
         # for this statement (and less for the server to parse).
