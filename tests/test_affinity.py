@@ -6,11 +6,17 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from gochat import metrics
-from gochat.logic.affinity import home_of, pack_forwards, unpack_forwards
+from gochat import codec, metrics
+from gochat.logic.affinity import (
+    FORWARD_HOLD,
+    Forwarder,
+    home_of,
+    pack_forwards,
+    unpack_forwards,
+)
 from tests import services
 from tests.test_cluster_nodes import ClusterTestCase
 
@@ -64,6 +70,78 @@ class Packing(unittest.TestCase):
         # cut between whole messages: the ones before it, nothing invented
         self.assertEqual(got, entries[: len(got)])
         self.assertLess(len(got), len(entries))
+
+
+class _Device:
+    tag = 7
+
+
+class _Calls:
+    """The PB pool's WriteMessages, as calls the test answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int], defer.Deferred[bytes]]] = []
+
+    def write_messages(self, node_id: str, packed: bytes) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.calls.append((node_id, [e[2] for e in unpack_forwards(packed)], d))
+        return d
+
+
+class Batching(unittest.TestCase):
+    """How forwards are grouped into calls, on a clock."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.pool = _Calls()
+        self.answers: list[tuple[int, int, int]] = []
+        presence = type("Presence", (), {"nodes": ("a", "b"), "nodes_version": 1})()
+        self.forwarder = Forwarder(
+            "a",
+            presence,
+            self.pool,
+            self.clock,
+            answer=lambda f, code, seq: self.answers.append((f[0].client_id, code, seq)),
+            lost=lambda forwards: None,
+        )
+
+    def send(self, client_id: int) -> None:
+        item = _group_item(1)
+        item.client_id = client_id
+        self.forwarder.forward("b", (item, _Device(), 10, 0.0))
+
+    def test_forwards_of_one_turn_go_at_its_end_in_one_call(self):
+        self.send(1)
+        self.send(2)
+        self.assertEqual(self.pool.calls, [])
+        self.clock.advance(0)
+        self.assertEqual([c[1] for c in self.pool.calls], [[1, 2]])
+
+    def test_while_a_call_is_unanswered_the_next_forwards_wait_for_company(self):
+        self.send(1)
+        self.clock.advance(0)
+        self.send(2)
+        self.clock.advance(0)
+        self.assertEqual(len(self.pool.calls), 1)  # held: a call to b is unanswered
+        self.clock.advance(FORWARD_HOLD / 2)
+        self.send(3)
+        self.clock.advance(FORWARD_HOLD / 2)
+        self.assertEqual([c[1] for c in self.pool.calls], [[1], [2, 3]])
+        # once every call is answered, a forward goes at the end of its turn again
+        for _, ids, d in self.pool.calls:
+            d.callback(codec.pack_pairs([v for cid in ids for v in (200, cid)]))
+        self.assertEqual(self.answers, [(1, 200, 1), (2, 200, 2), (3, 200, 3)])
+        self.send(4)
+        self.clock.advance(0)
+        self.assertEqual([c[1] for c in self.pool.calls], [[1], [2, 3], [4]])
+
+    def test_a_failed_call_counts_as_answered(self):
+        self.send(1)
+        self.clock.advance(0)
+        self.pool.calls[0][2].errback(RuntimeError("connection lost"))
+        self.send(2)
+        self.clock.advance(0)
+        self.assertEqual([c[1] for c in self.pool.calls], [[1], [2]])
 
 
 class AffinityTestCase(ClusterTestCase):
