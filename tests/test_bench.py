@@ -447,6 +447,27 @@ class ClusterRateOptions(unittest.TestCase):
         self.assertEqual(args[args.index("--online") + 1], "2000")
 
 
+class ReactorThreadCPU(unittest.TestCase):
+    def test_a_database_threads_cpu_counts_in_the_node_but_not_in_its_reactor(self):
+        import threading
+
+        pid = os.getpid()
+        total0, reactor0 = runner.node_cpu_seconds(pid), runner.node_reactor_cpu_seconds(pid)
+
+        def burn() -> None:
+            end = time.thread_time() + 0.3
+            while time.thread_time() < end:
+                pass
+
+        worker = threading.Thread(target=burn)
+        worker.start()
+        worker.join()
+        total1, reactor1 = runner.node_cpu_seconds(pid), runner.node_reactor_cpu_seconds(pid)
+        self.assertGreaterEqual(total1 - total0, 0.25)
+        self.assertLess(reactor1 - reactor0, 0.1)
+        self.assertIsNone(runner.node_reactor_cpu_seconds(None))
+
+
 class NodeGone(NodeTestCase):
     """A node whose /proc entry is gone by the end of a run: no CPU figure, no crash."""
 

@@ -226,6 +226,7 @@ def run_group(
         "deliveries_per_second": round(report["deliveries_per_s"], 1),
         "node_cpu_s": round(cpu, 2),
         "node_cpu_each_s": report["node_cpu_each_s"],
+        "node_reactor_cpu_each_s": report["node_reactor_cpu_each_s"],
         "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
         "push_p50_ms": round(report["push_p50_ms"], 1),
         "push_p99_ms": round(report["push_p99_ms"], 1),

@@ -63,6 +63,19 @@ def node_cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
+def node_reactor_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds of the node's main thread: its reactor. The rest of
+    :func:`node_cpu_seconds` is the database threads' (adbapi's pool)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def nodes_cpu_seconds(target: Target) -> float | None:
     """CPU seconds of the target's node, or the sum over a cluster's nodes."""
     if not target.pids:
@@ -328,6 +341,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
         fanout0 = yield read_fanout(reactor, target.http)
         node_cpu0 = nodes_cpu_seconds(target)
         each0 = [node_cpu_seconds(pid) for pid in target.pids or ()]
+        reactor0 = [node_reactor_cpu_seconds(pid) for pid in target.pids or ()]
         own_cpu0 = cpu_seconds()
         wall0 = time.time()
         t0 = wall0 + 0.2
@@ -348,6 +362,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
         wall = time.time() - wall0
         node_cpu1 = nodes_cpu_seconds(target)
         each1 = [node_cpu_seconds(pid) for pid in target.pids or ()]
+        reactor1 = [node_reactor_cpu_seconds(pid) for pid in target.pids or ()]
         instructions = None
         if target.callgrind:
             assert target.pid is not None
@@ -373,6 +388,11 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             node_cpu_each_s=[
                 None if a is None or b is None else round(b - a, 2)
                 for a, b in zip(each0, each1, strict=True)
+            ],
+            # of which each node's reactor thread (the rest: its database threads)
+            node_reactor_cpu_each_s=[
+                None if a is None or b is None else round(b - a, 2)
+                for a, b in zip(reactor0, reactor1, strict=True)
             ],
             load=load,
             # the node's resident memory at the end of the run (summed over a cluster)
