@@ -51,29 +51,24 @@ class Target:
 # -- the node's /proc ---------------------------------------------------------
 
 
-def node_cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
+def _stat_cpu_seconds(path: str) -> float | None:
+    """utime + stime of a /proc ``stat`` file, in seconds; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def node_cpu_seconds(pid: int | None) -> float | None:
+    return None if pid is None else _stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def node_reactor_cpu_seconds(pid: int | None) -> float | None:
     """CPU seconds of the node's main thread: its reactor. The rest of
     :func:`node_cpu_seconds` is the database threads' (adbapi's pool)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None if pid is None else _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
 
 
 def nodes_cpu_seconds(target: Target) -> float | None:
