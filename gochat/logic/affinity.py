@@ -48,7 +48,7 @@ from gochat.store import UpItem
 #: While a call to a home is unanswered, its next forwards wait this long for
 #: more to go with them. The home writes one batch at a time, so a message
 #: that arrives while its batch is committing waits for that commit anyway;
-#: in a busy round this turns about 3.5 calls into one, with their answers.
+#: in a busy round this turns about three calls into one, with their answers.
 FORWARD_HOLD = 0.003
 #: Messages per WriteMessages call.
 FORWARDS_PER_CALL = 1000
