@@ -30,6 +30,7 @@ from gochat.store.engines import (
     MigrationError,
     MySQLEngine,
     pg_binary_int8_rows,
+    pg_int8_array,
 )
 from gochat.store.people import GroupOp
 from tests import services
@@ -691,6 +692,18 @@ class PostgresStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCa
         expected[(-3, 2)] = 2**62
         expected[(9, 9)] = None
         self.assertEqual({(a, b): c for a, b, c in rows}, expected)
+
+    @defer.inlineCallbacks
+    def test_an_int8_array_literal_reads_back_as_the_same_integers(self):
+        values = [0, -1, 2**63 - 1, -(2**63), 7, 7]
+
+        def txn(cur: Any) -> Any:
+            cur.txn.execute("SELECT %s::int8[], %s::int8[]", (pg_int8_array(values), "{}"))
+            return cur.txn.fetchone()
+
+        got = yield self.store.db.run_interaction("int8_array", txn)
+        self.assertEqual(list(got), [values, []])
+        self.assertEqual(pg_int8_array([]), "{}")
 
 
 class MySQLStore(ConcurrentWriterTests, AtomicMigrationTests, unittest.TestCase):
