@@ -251,7 +251,6 @@ class Forwarder:
         calls = self._calls
         calls[node_id] = calls.get(node_id, 0) + 1
         d = self.pool.write_messages(node_id, pack_forwards(entries))
-        d.addBoth(self._call_done, node_id)
         d.addCallbacks(
             self._answered,
             self._failed,
@@ -259,13 +258,6 @@ class Forwarder:
             errbackArgs=(part, node_id),
         )
         d.addErrback(lambda f: self.log.failure("answering forwarded messages", f))
-
-    def _call_done(self, result: Any, node_id: str) -> Any:
-        calls = self._calls
-        calls[node_id] -= 1
-        if not calls[node_id]:
-            del calls[node_id]
-        return result
 
     def _answered(self, answer: Any, part: list[Forward], node_id: str) -> None:
         if not isinstance(answer, bytes) or len(answer) != 16 * len(part):
@@ -277,7 +269,7 @@ class Forwarder:
             )
             self._failed(None, part, node_id)
             return
-        self._settle(part)
+        self._settle(part, node_id)
         _ANSWERED.inc(len(part))
         for forward, (code, seq) in zip(part, codec.iter_pairs(answer), strict=True):
             try:
@@ -296,12 +288,17 @@ class Forwarder:
             error=failure.getErrorMessage() if failure is not None else "a malformed answer",
             s=self.avoid_for,
         )
-        self._settle(part)
+        self._settle(part, node_id)
         _WRITTEN_HERE.inc(len(part))
         self.lost(part)
         self._settled()
 
-    def _settle(self, part: list[Forward]) -> None:
+    def _settle(self, part: list[Forward], node_id: str) -> None:
+        """One call to ``node_id`` is over (answered or failed), with its forwards."""
+        calls = self._calls
+        calls[node_id] -= 1
+        if not calls[node_id]:
+            del calls[node_id]
         self.in_flight -= len(part)
         self.in_flight_bytes -= sum(f[2] for f in part)
 
