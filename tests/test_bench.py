@@ -439,6 +439,20 @@ class ClusterRateOptions(unittest.TestCase):
         )
         self.assertEqual(cluster_rate.parse(["--db", "x", "--repeat", "3"]).repeat, 3)
 
+    def test_counted_instructions_are_compared_by_their_medians_too(self):
+        from gochat.bench import cluster_rate
+
+        results = [
+            {"nodes": n, "node_cpu_ms_per_1000": 1.0, "deliveries_per_second": 10,
+             "node_instructions_per_delivery": i}
+            for n, i in [(1, 900), (3, 1200), (1, 1000), (3, 1300), (1, 5000)]
+        ]  # fmt: skip
+        growth = cluster_rate.cpu_growth(results, "node_instructions_per_delivery")
+        self.assertAlmostEqual(growth, 1250 / 1000)
+        self.assertTrue(
+            cluster_rate.medians(results)[1].endswith(" node_instructions_per_delivery=1250")
+        )
+
     def test_the_standard_run_includes_the_10000_member_group(self):
         big = [full for name, full, _ in cli.STANDARD if "--setup-db" in full]
         self.assertEqual(len(big), 1)

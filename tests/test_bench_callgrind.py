@@ -1,4 +1,7 @@
-"""gochat-bench --callgrind: a real node under valgrind, its instructions counted over the run."""
+"""gochat-bench --callgrind: a real node under valgrind, its instructions counted over the run.
+
+And ``cluster_rate --callgrind``: every node of a real cluster (PostgreSQL, Redis, PB) so counted.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from gochat.bench import callgrind, runner, stats
+from gochat.bench import callgrind, cluster_rate, runner, stats
+from tests import services
 from tests.processes import ANY_PORT, TWISTD, TwistdProcess
 from tests.util import missing_service
 
@@ -84,3 +88,35 @@ class NodeUnderCallgrind(unittest.TestCase):
         self.assertGreater(per_delivery, 1_000)
         self.assertLess(report["node_instructions"], 200_000_000)
         self.assertIn("node instructions", stats.format_table(report))
+
+
+class ClusterUnderCallgrind(unittest.TestCase):
+    timeout = 600
+
+    @defer.inlineCallbacks
+    def test_every_nodes_instructions_are_counted_and_added_up(self) -> Any:
+        if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+            missing_service("valgrind (callgrind) is not installed")
+        db = services.postgres_database(self)
+        redis_url, prefix = services.redis_prefix(self)
+        args = cluster_rate.parse(
+            ["--db", db, "--redis", redis_url, "--redis-prefix", prefix, "--callgrind",
+             "--members", "4", "--senders", "4", "--messages", "2", "--processes", "1",
+             "--timeout", "240"]
+        )  # fmt: skip
+        result = yield cluster_rate.run_cluster(reactor, args, 2)
+        # 4 senders x 2 rounds, each pushed to the 3 other members
+        self.assertEqual((result["deliveries"], result["lost"]), (24, 0))
+        each = result["node_instructions_each"]
+        self.assertEqual(len(each), 2)
+        # Both nodes worked for the run (the group's home commits, the other
+        # forwards and pushes), yet neither count holds its start-up (hundreds
+        # of millions of instructions).
+        for count in each:
+            self.assertGreater(count, 100_000)
+            self.assertLess(count, 200_000_000)
+        self.assertEqual(result["node_instructions_per_delivery"], round(sum(each) / 24))
+
+    def test_only_the_group_scenario_is_counted(self):
+        with self.assertRaises(SystemExit):
+            cluster_rate.parse(["--db", "x", "--scenario", "single", "--callgrind"])

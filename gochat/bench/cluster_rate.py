@@ -9,6 +9,12 @@ its own, one after the other, and a line of figures (``group``: deliveries/s
 and node CPU per 1,000 deliveries, all nodes' CPU added up, so a cluster that
 spends more per delivery than one node shows it).
 
+``--callgrind`` (group) starts every node under valgrind's callgrind and adds
+the instructions the nodes executed for the run's deliveries, in all and node
+by node: a figure that does not move with the machine's load, as seconds of
+CPU on a shared machine do (see ``gochat.bench.callgrind``). The nodes run
+about 20 times slower, so their batches are larger than without it.
+
 It starts ``--nodes`` real ``twistd gochat`` processes on free loopback ports
 (one shared database, one Redis key prefix of its own), creates its users
 directly in the database with tokens signed by the shared secret (so argon2
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import sys
@@ -64,6 +71,8 @@ class _Node(protocol.ProcessProtocol):
         self.log_path = log_path
         self.ws = ""
         self.http = ""
+        #: its callgrind out file, when it runs under callgrind
+        self.callgrind: str | None = None
         self.transport: Any = None
         self.ended: defer.Deferred[None] = defer.Deferred()
 
@@ -105,12 +114,32 @@ def start_nodes(reactor: Any, args: argparse.Namespace, work: str, prefix: str, 
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")}
         node.http = f"http://127.0.0.1:{http}"
-        node.transport = reactor.spawnProcess(node, twistd, argv, env=env, path=data_dir)
+        exe = twistd
+        if args.callgrind:
+            node.callgrind = os.path.join(data_dir, "callgrind.out")
+            exe = _valgrind()
+            argv = [
+                exe, "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={node.callgrind}", sys.executable, *argv,
+            ]  # fmt: skip
+        node.transport = reactor.spawnProcess(node, exe, argv, env=env, path=data_dir)
         nodes.append(node)
         if i == 0:  # the first one migrates the schema
-            yield node.ready(reactor)
-    yield defer.gatherResults([n.ready(reactor) for n in nodes])
+            yield node.ready(reactor, _ready_timeout(args))
+    yield defer.gatherResults([n.ready(reactor, _ready_timeout(args)) for n in nodes])
     return nodes
+
+
+def _valgrind() -> str:
+    path = shutil.which("valgrind")
+    if path is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("cluster_rate: --callgrind needs valgrind and callgrind_control")
+    return path
+
+
+def _ready_timeout(args: argparse.Namespace) -> float:
+    """Seconds a node may take to start: minutes under valgrind."""
+    return 600.0 if args.callgrind else 60.0
 
 
 @defer.inlineCallbacks
@@ -207,6 +236,7 @@ def run_group(
         progress=False,
         setup_db=args.db,
         setup_secret=os.path.join(work, "token.key"),
+        callgrind_each=[n.callgrind or "" for n in nodes] if args.callgrind else None,
     )
     report = yield runner.run_group(
         reactor, target, args.members, args.members, args.senders, args.messages, args.interval
@@ -230,6 +260,14 @@ def run_group(
         "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
         "push_p50_ms": round(report["push_p50_ms"], 1),
         "push_p99_ms": round(report["push_p99_ms"], 1),
+        **(
+            {
+                "node_instructions_each": report["node_instructions_each"],
+                "node_instructions_per_delivery": round(report["node_instructions_per_delivery"]),
+            }
+            if args.callgrind
+            else {}
+        ),
     }
 
 
@@ -243,7 +281,7 @@ def close_all(clients: list[GoChatClient]) -> defer.Deferred[list[Any]]:
 def run_cluster(reactor: Any, args: argparse.Namespace, count: int) -> Any:
     """Start ``count`` nodes on a Redis prefix of their own, run the scenario, stop them."""
     run = uuid.uuid4().hex[:8]
-    prefix = f"gochat-bench-{run}:"
+    prefix = args.redis_prefix or f"gochat-bench-{run}:"
     work = tempfile.mkdtemp(prefix="gochat-bench-")
     secret = os.urandom(32).hex().encode()
     with open(os.path.join(work, "cluster.secret"), "wb") as f:
@@ -298,14 +336,14 @@ def node_counts(text: str) -> list[int]:
     return counts
 
 
-def cpu_growth(results: list[dict[str, Any]]) -> float | None:
-    """Node CPU per delivery of the largest cluster over that of the smallest.
+def cpu_growth(results: list[dict[str, Any]], figure: str = "node_cpu_ms_per_1000") -> float | None:
+    """Node CPU per delivery (or another ``figure``) of the largest cluster over the smallest's.
 
     With several runs of each size, the median of each size's runs is compared.
     """
     per: dict[int, list[float]] = {}
     for r in results:
-        cost = r.get("node_cpu_ms_per_1000")
+        cost = r.get(figure)
         if cost:
             per.setdefault(r["nodes"], []).append(cost)
     if len(per) < 2:
@@ -321,9 +359,19 @@ def medians(results: list[dict[str, Any]]) -> list[str]:
         rate = statistics.median(r["deliveries_per_second"] for r in runs)
         costs = [r["node_cpu_ms_per_1000"] for r in runs if r.get("node_cpu_ms_per_1000")]
         cost = f"{statistics.median(costs):.3f}" if costs else "-"
+        counted = [
+            r["node_instructions_per_delivery"]
+            for r in runs
+            if "node_instructions_per_delivery" in r
+        ]
         lines.append(
             f"median of {len(runs)}: nodes={count} deliveries_per_second={rate:.1f}"
             f" node_cpu_ms_per_1000={cost}"
+            + (
+                f" node_instructions_per_delivery={statistics.median(counted):.0f}"
+                if counted
+                else ""
+            )
         )
     return lines
 
@@ -344,6 +392,12 @@ def main_async(reactor: Any, argv: list[str]) -> Any:
     growth = cpu_growth(results) if args.scenario == "group" else None
     if growth is not None:
         print(f"node CPU per delivery, {max(args.nodes)} nodes vs {min(args.nodes)}: x{growth:.2f}")
+    counted = cpu_growth(results, "node_instructions_per_delivery") if args.callgrind else None
+    if counted is not None:
+        print(
+            f"node instructions per delivery, {max(args.nodes)} nodes vs {min(args.nodes)}:"
+            f" x{counted:.2f}"
+        )
     bad = [r for r in results if r.get("lost") or r.get("duplicated") or r.get("complete") is False]
     if bad:
         raise SystemExit("cluster_rate: lost or duplicated deliveries")
@@ -367,6 +421,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeat", type=int, default=1, help="run the sizes in turn this many times (medians)"
     )
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="group: run the nodes under valgrind's callgrind and count their instructions",
+    )
+    p.add_argument(
+        "--redis-prefix", default=None, help="the nodes' Redis key prefix [a new one per cluster]"
+    )
     return p
 
 
@@ -374,6 +436,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser().parse_args(argv)
     if args.messages is None:
         args.messages = 40 if args.scenario == "single" else 10
+    if args.callgrind and args.scenario != "group":
+        parser().error("--callgrind counts the group scenario only")
     return args
 
 

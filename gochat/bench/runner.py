@@ -46,6 +46,9 @@ class Target:
     #: The node runs under callgrind with this --callgrind-out-file: count its
     #: instructions over the run (gochat.bench.callgrind).
     callgrind: str | None = None
+    #: A cluster run under callgrind: each node's --callgrind-out-file, in
+    #: ``pids`` order (instructions are their sum, and each node's).
+    callgrind_each: list[str] | None = None
 
 
 # -- the node's /proc ---------------------------------------------------------
@@ -329,10 +332,9 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             errors = [e for i in infos for e in i["errors"]]
             raise RuntimeError(f"{failed} clients could not connect and log in: {errors[:3]}")
         load = load_average()
-        if target.callgrind:
-            if target.pid is None:
-                raise ValueError("--callgrind needs --pid (the node's process id)")
-            callgrind.start(target.pid)
+        counted = _counted(target)
+        for pid, _ in counted:
+            callgrind.start(pid)
         fanout0 = yield read_fanout(reactor, target.http)
         node_cpu0 = nodes_cpu_seconds(target)
         each0 = [node_cpu_seconds(pid) for pid in target.pids or ()]
@@ -358,10 +360,7 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
         node_cpu1 = nodes_cpu_seconds(target)
         each1 = [node_cpu_seconds(pid) for pid in target.pids or ()]
         reactor1 = [node_reactor_cpu_seconds(pid) for pid in target.pids or ()]
-        instructions = None
-        if target.callgrind:
-            assert target.pid is not None
-            instructions = callgrind.stop(target.pid, target.callgrind)
+        instructions_each = [callgrind.stop(pid, out) for pid, out in counted]
         fanout1 = yield read_fanout(reactor, target.http)
         fanout_p50, fanout_p99 = fanout_quantiles(fanout0, fanout1)
         pids: Sequence[int | None] = target.pids or [target.pid]
@@ -396,14 +395,29 @@ def drive(reactor: Any, target: Target, configs: list[dict[str, Any]]) -> Any:
             node_fanout_p50_ms=fanout_p50,
             node_fanout_p99_ms=fanout_p99,
         )
-        if instructions is not None:
+        if instructions_each:
+            instructions = sum(instructions_each)
             report.update(
                 node_instructions=instructions,
+                node_instructions_each=instructions_each,
                 node_instructions_per_delivery=instructions / max(1, report["received"]),
             )
         return report
     finally:
         yield defer.DeferredList([w.stop() for w in workers])
+
+
+def _counted(target: Target) -> list[tuple[int, str]]:
+    """(process id, callgrind out file) of every node whose instructions are counted."""
+    if target.callgrind_each is not None:
+        if not target.pids or len(target.pids) != len(target.callgrind_each):
+            raise ValueError("callgrind_each needs one process id per out file (pids)")
+        return list(zip(target.pids, target.callgrind_each, strict=True))
+    if target.callgrind:
+        if target.pid is None:
+            raise ValueError("--callgrind needs --pid (the node's process id)")
+        return [(target.pid, target.callgrind)]
+    return []
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
