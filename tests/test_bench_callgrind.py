@@ -19,6 +19,11 @@ from tests.processes import ANY_PORT, TWISTD, TwistdProcess
 from tests.util import missing_service
 
 
+def need_callgrind() -> None:
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        missing_service("valgrind (callgrind) is not installed")
+
+
 class TotalInstructions(unittest.TestCase):
     def test_the_totals_line_is_the_count(self):
         path = self.mktemp()
@@ -38,8 +43,7 @@ class NodeUnderCallgrind(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_group_run_reports_the_nodes_instructions_per_delivery(self) -> Any:
-        if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
-            missing_service("valgrind (callgrind) is not installed")
+        need_callgrind()
         work = tempfile.mkdtemp(prefix="gochat-callgrind-")
         self.addCleanup(shutil.rmtree, work, True)
         out = os.path.join(work, "node.cg")
@@ -95,8 +99,7 @@ class ClusterUnderCallgrind(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_every_nodes_instructions_are_counted_and_added_up(self) -> Any:
-        if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
-            missing_service("valgrind (callgrind) is not installed")
+        need_callgrind()
         db = services.postgres_database(self)
         redis_url, prefix = services.redis_prefix(self)
         args = cluster_rate.parse(
