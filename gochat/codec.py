@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -318,6 +318,39 @@ def pack_pairs(flat: list[int]) -> bytes:
 def iter_pairs(data: bytes) -> Iterator[tuple[int, int]]:
     """The (user_id, seq) pairs of :func:`pack_pairs`; ``len(data)`` is a multiple of 16."""
     return _PAIR.iter_unpack(data)
+
+
+_COUNT = struct.Struct("<I")
+
+
+def pack_bases(bases: Sequence[bytes]) -> bytes:
+    """A run's message bases as one bytes: their count and lengths (uint32s), then the bases.
+
+    One PB string instead of one item a message: PB encodes and decodes
+    items one by one, in Python, and jelly checks each one's type. That
+    was 8 % of a three-node cluster's instructions (the capacity docs).
+    """
+    return struct.pack(f"<{len(bases) + 1}I", len(bases), *map(len, bases)) + b"".join(bases)
+
+
+def unpack_bases(data: bytes, most: int) -> list[bytes]:
+    """The bases of :func:`pack_bases`, 1 to ``most`` of them, none empty; ValueError if not."""
+    if len(data) < _COUNT.size:
+        raise ValueError("packed bases are cut short")
+    (count,) = _COUNT.unpack_from(data)
+    if not 0 < count <= most:
+        raise ValueError(f"a run has 1 to {most} messages, not {count}")
+    pos = _COUNT.size * (count + 1)
+    if len(data) < pos:
+        raise ValueError("packed bases are cut short")
+    sizes = struct.unpack_from(f"<{count}I", data, _COUNT.size)
+    if 0 in sizes or pos + sum(sizes) != len(data):
+        raise ValueError("packed bases' lengths do not add up to their bytes")
+    bases = []
+    for size in sizes:
+        bases.append(data[pos : pos + size])
+        pos += size
+    return bases
 
 
 def push_frame(msg: pb.Message) -> bytes:

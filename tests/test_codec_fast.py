@@ -116,3 +116,28 @@ class PushRuns(unittest.TestCase):
             [codec.PushFrames(codec.message_base(pb.Message(content=b"x" * len(_HEADS))))]
         )
         self.assertIsNone(long.wire(5, _HEADS))  # a header the table does not hold
+
+
+class PackedBases(unittest.TestCase):
+    def test_bases_come_back_as_they_went_whatever_their_bytes(self):
+        bases = [b"a", bytes(range(256)), b"\x00" * 70_000, "é😀".encode()]
+        packed = codec.pack_bases(bases)
+        self.assertEqual(len(packed), 4 * 5 + sum(map(len, bases)))
+        self.assertEqual(codec.unpack_bases(packed, 10), bases)
+
+    def test_what_is_not_packed_bases_is_refused(self):
+        good = codec.pack_bases([b"one", b"two"])
+        for data in (
+            b"",
+            b"\x01\x00",  # cut inside the count
+            codec.pack_bases([]),  # no message
+            good[:-1],  # the last base cut short
+            good + b"x",  # bytes beyond the bases
+            good[:6],  # cut inside the lengths
+            codec.pack_bases([b"one", b""]),  # an empty base
+            b"\xff\xff\xff\xff",  # four billion bases announced, none sent
+        ):
+            with self.assertRaises(ValueError, msg=repr(data)):
+                codec.unpack_bases(data, 10)
+        with self.assertRaises(ValueError):
+            codec.unpack_bases(codec.pack_bases([b"x"] * 11), 10)  # more than allowed

@@ -62,13 +62,13 @@ class RpcEndpoint(unittest.TestCase):
         return pool
 
     @defer.inlineCallbacks
-    def older_peer(self, missing: str) -> Any:
-        """A pool whose one peer is this node without ``missing`` (an older release)."""
+    def older_peer(self, *missing: str) -> Any:
+        """A pool whose one peer is this node without the ``missing`` methods (an older release)."""
         hub = self.service.hub
 
         class Older(server.PeerPerspective):
             def __getattribute__(self, name: str) -> Any:
-                if name == missing:
+                if name in missing:
                     raise AttributeError(name)
                 return super().__getattribute__(name)
 
@@ -267,12 +267,73 @@ class RpcEndpoint(unittest.TestCase):
         self.assertEqual((msg.content, msg.seq), (b"x", 1))
 
     @defer.inlineCallbacks
-    def test_a_peer_without_runs_gets_them_as_pushes_a_message(self):
-        pool = yield self.older_peer("perspective_DeliverPushRuns")
+    def test_a_run_goes_as_one_call_with_its_messages_packed(self):
+        pool = self.pool()
+        packed = metrics.RPC_CALLS.labels("DeliverPackedRuns")
+        listed = metrics.RPC_CALLS.labels("DeliverPushRuns")
+        before = (packed._value.get(), listed._value.get())
+        bases = [codec.message_base(message(1, self.uid, t)) for t in ("k1", "k2", "é😀")]
+        yield pool.deliver_push_run("node", bases, codec.pack_pairs([self.uid, 1]))
+        yield services.poll_until(lambda: len(self.received) == 3, 10, what="three pushes")
+        self.assertEqual(
+            [(m.content, m.seq) for m in self.received],
+            [(b"k1", 1), (b"k2", 2), ("é😀".encode(), 3)],
+        )
+        self.assertEqual((packed._value.get() - before[0], listed._value.get() - before[1]), (1, 0))
+        self.assertEqual(pool.no_packed, set())
+
+    @defer.inlineCallbacks
+    def test_bad_packed_runs_get_an_error_and_the_node_keeps_serving(self):
+        pool = self.pool()
+        base = codec.message_base(message(1, self.uid, "x"))
+        pairs = codec.pack_pairs([self.uid, 1])
+        packed = codec.pack_bases([base])
+        for batch in (
+            [],
+            [[[base], pairs]],  # a list of bases, not packed ones
+            [[packed[:-1], pairs]],
+            [[packed + b"x", pairs]],
+            [[codec.pack_bases([]), pairs]],
+            [[codec.pack_bases([base, b""]), pairs]],
+            [[packed, pairs[:-1]]],
+            [[packed, b""]],
+            [[packed, pairs, b"extra"]],
+            [[codec.pack_bases([base] * 10_001), pairs]],
+            [[codec.pack_bases([base] * 6_000), pairs]] * 2,  # 12,000 messages in all
+        ):
+            yield self.assertFailure(pool.call("node", "DeliverPackedRuns", batch), spread.Error)
+        self.assertEqual(self.received, [])
+        arrived = self.next_message()
+        yield pool.call("node", "DeliverPackedRuns", [[packed, pairs]])
+        msg = yield arrived
+        self.assertEqual((msg.content, msg.seq), (b"x", 1))
+
+    @defer.inlineCallbacks
+    def test_a_peer_without_packed_runs_gets_them_as_a_list(self):
+        pool = yield self.older_peer("perspective_DeliverPackedRuns")
+        listed = metrics.RPC_CALLS.labels("DeliverPushRuns")
         bases = [codec.message_base(message(1, self.uid, t)) for t in ("a", "b")]
         yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 1]))
         yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
-        self.assertEqual(pool.no_runs, {"old"})
+        self.assertEqual((pool.no_packed, pool.no_runs), ({"old"}, set()))
+        # later runs go straight as DeliverPushRuns
+        before = listed._value.get()
+        yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 3]))
+        yield services.poll_until(lambda: len(self.received) == 4, 10, what="four pushes")
+        self.assertEqual(listed._value.get() - before, 1)
+        self.assertEqual(
+            [(m.content, m.seq) for m in self.received],
+            [(b"a", 1), (b"b", 2), (b"a", 3), (b"b", 4)],
+        )
+        self.flushLoggedErrors(AttributeError)
+
+    @defer.inlineCallbacks
+    def test_a_peer_without_runs_gets_them_as_pushes_a_message(self):
+        pool = yield self.older_peer("perspective_DeliverPackedRuns", "perspective_DeliverPushRuns")
+        bases = [codec.message_base(message(1, self.uid, t)) for t in ("a", "b")]
+        yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 1]))
+        yield services.poll_until(lambda: len(self.received) == 2, 10, what="two pushes")
+        self.assertEqual((pool.no_packed, pool.no_runs), ({"old"}, {"old"}))
         # later runs go straight as DeliverPushes
         yield pool.deliver_push_run("old", bases, codec.pack_pairs([self.uid, 3]))
         yield services.poll_until(lambda: len(self.received) == 4, 10, what="four pushes")

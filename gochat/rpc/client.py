@@ -194,6 +194,9 @@ class PeerPool(service.Service):
         # (message base, packed pairs) and runs ([base, ...], packed pairs)
         # for each node, gathered the same way, in order.
         self._pushes: dict[str, list[tuple[Any, ...]]] = {}
+        # Peers that answered DeliverPackedRuns with "no such method": runs
+        # go to them as DeliverPushRuns, their bases a list.
+        self.no_packed: set[str] = set()
         # Peers that answered DeliverPushRuns with "no such method": runs go
         # to them as DeliverPushes.
         self.no_runs: set[str] = set()
@@ -304,26 +307,43 @@ class PeerPool(service.Service):
         return _summed(sent)
 
     def _send_runs(self, node_id: str, runs: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
+        """Runs for one node: ``DeliverPackedRuns``, or what an older peer has instead."""
+        packed = node_id not in self.no_packed
+
         def older(failure: Any, part: list[tuple[Any, ...]]) -> Any:
-            # The peer's perspective has no perspective_DeliverPushRuns.
+            # The peer's perspective has no such method: an older release.
             if not failure.check(AttributeError, "builtins.AttributeError"):
                 return failure
+            if packed:
+                self.log.info(
+                    "rpc: node {node} is an older release: runs by DeliverPushRuns", node=node_id
+                )
+                self.no_packed.add(node_id)
+                return self._send_runs(node_id, part)
             self.log.info(
                 "rpc: node {node} is an older release: runs by DeliverPushes", node=node_id
             )
             self.no_runs.add(node_id)
             return self._send_pushes(node_id, _expanded(part))
 
+        def send(part: list[tuple[Any, ...]]) -> defer.Deferred[Any]:
+            if packed:
+                wire = [(codec.pack_bases(run[0]), *run[1:]) for run in part]
+                d = self.call(node_id, "DeliverPackedRuns", wire)
+            else:
+                d = self.call(node_id, "DeliverPushRuns", part)
+            return d.addErrback(older, part)
+
         sent = []
         part: list[tuple[Any, ...]] = []
         messages = 0
         for run in runs:
             if part and messages + len(run[0]) > PUSHES_PER_CALL:
-                sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
+                sent.append(send(part))
                 part, messages = [], 0
             part.append(run)
             messages += len(run[0])
-        sent.append(self.call(node_id, "DeliverPushRuns", part).addErrback(older, part))
+        sent.append(send(part))
         return _summed(sent)
 
     def _send_pushes(self, node_id: str, batch: list[tuple[Any, ...]]) -> defer.Deferred[Any]:

@@ -4,8 +4,8 @@ A peer logs in with username = its node id and password = the cluster secret
 (PB's challenge-response, so the secret itself never crosses the wire). Only
 then does it get a :class:`PeerPerspective`, whose remote methods are the
 whole surface: ``DeliverMessage``, ``DeliverMessageAll``, ``DeliverPushes``,
-``DeliverPushRuns``, ``KickDevice``, ``DeliverNotice`` (read and typing
-notices, which are never pushes) and ``WriteMessages`` (messages to a group
+``DeliverPushRuns``, ``DeliverPackedRuns``, ``KickDevice``, ``DeliverNotice``
+(read and typing notices, which are never pushes) and ``WriteMessages`` (messages to a group
 whose home is this node, packed, see :mod:`gochat.logic.affinity`).
 A peer that has not logged in can call nothing but ``login``.
 """
@@ -149,6 +149,20 @@ class PeerPerspective(pb.Avatar):
         metrics.RPC_SERVED.labels("DeliverPushRuns").inc()
         return self.hub.deliver_push_runs_from_peer(runs)
 
+    def perspective_DeliverPackedRuns(self, batch: Any) -> int:  # noqa: N802
+        """``DeliverPushRuns`` with each run's bases packed as one bytes (:func:`codec.pack_bases`).
+
+        ``[[packed bases, packed (user_id, first seq) pairs], ...]``, the
+        pairs and the optional skip as in ``DeliverPushRuns``.
+        """
+        if not isinstance(batch, list) or not 0 < len(batch) <= MAX_MESSAGES_PER_CALL:
+            raise pb.Error("DeliverPackedRuns takes a list of [packed bases, pairs]")
+        runs = [_run_entry(_unpacked_run(entry)) for entry in batch]
+        if sum(len(run[0]) for run in runs) > MAX_MESSAGES_PER_CALL:
+            raise pb.Error(f"DeliverPackedRuns carries at most {MAX_MESSAGES_PER_CALL} messages")
+        metrics.RPC_SERVED.labels("DeliverPackedRuns").inc()
+        return self.hub.deliver_push_runs_from_peer(runs)
+
     def perspective_WriteMessages(self, data: Any) -> Any:  # noqa: N802
         """Messages to a group homed here, packed (:func:`~gochat.logic.affinity.pack_forwards`).
 
@@ -240,6 +254,19 @@ def _run_entry(entry: Any) -> tuple[list[bytes], bytes, bytes]:
                 return bases, pairs, skip
     raise pb.Error(
         "a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each),"
+        " optionally (index, device tag) pairs to skip]"
+    )
+
+
+def _unpacked_run(entry: Any) -> list[Any]:
+    """A packed run as ``DeliverPushRuns`` has it: its bases a list again."""
+    if isinstance(entry, list | tuple) and len(entry) in (2, 3) and isinstance(entry[0], bytes):
+        try:
+            return [codec.unpack_bases(entry[0], MAX_MESSAGES_PER_CALL), *entry[1:]]
+        except ValueError as exc:
+            raise pb.Error(f"a packed run's bases: {exc}") from None
+    raise pb.Error(
+        "a packed run is [packed message bases, (user_id, first seq) pairs (16 bytes each),"
         " optionally (index, device tag) pairs to skip]"
     )
 
