@@ -327,8 +327,8 @@ def pack_bases(bases: Sequence[bytes]) -> bytes:
     """A run's message bases as one bytes: their count and lengths (uint32s), then the bases.
 
     One PB string instead of one item a message: PB encodes and decodes
-    items one by one, in Python, and jelly checks each one's type. That
-    was 8 % of a three-node cluster's instructions (the capacity docs).
+    items one by one, in Python, and jelly checks each one's type. That was
+    about 5 % of a three-node cluster's instructions (see the capacity docs).
     """
     return struct.pack(f"<{len(bases) + 1}I", len(bases), *map(len, bases)) + b"".join(bases)
 
