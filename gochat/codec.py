@@ -283,18 +283,30 @@ class PushRun:
         long as ``headers`` (or the seqs span more than two varint sizes).
         The messages at the indexes in ``skip`` are left out (the
         recipient's device sent them), their seqs with them.
+
+        It runs once per recipient and run on every node, so the usual case
+        of :meth:`_tails` and :meth:`_wire_parts` (seqs below 16,384, the
+        parts already built) is written out here: three Python calls fewer.
         """
-        split = self._tails(first)
-        if split is None:
-            return None
-        tails, size, k = split
-        parts = self._wire_parts(size, headers)
+        count = len(self.pushes)
+        last = first + count - 1
+        if last < 16384:
+            tails = _SMALL_VARINTS[first : last + 1]
+        else:
+            tails = consecutive_varints(first, count)
+        size = len(tails[0])
+        parts = self._wire.get((size, id(headers)), _UNSET)
+        if parts is _UNSET:
+            parts = self._wire_parts(size, headers)
         if parts is None:
             return None
-        if k < len(tails):  # the later messages' heads are those for the longer seqs
+        if len(tails[-1]) != size:  # the later messages' heads are those for the longer seqs
+            if len(tails[-1]) != size + 1:
+                return None
             longer = self._wire_parts(size + 1, headers)
             if longer is None:
                 return None
+            k = (1 << (7 * size)) - first
             parts = parts[: 2 * k] + longer[2 * k :]
         parts[1::2] = tails
         if skip:

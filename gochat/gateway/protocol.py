@@ -354,17 +354,29 @@ class GatewayProtocol(ServerProtocol):
         self._queue(list(chain.from_iterable(zip(heads, frames, strict=True))))
 
     def send_run(self, run: codec.PushRun, first_seq: int, skip: Collection[int] = ()) -> bool:
-        """A group block's pushes (but those at ``skip``) as one bytes; False: use send_many."""
-        if not self._plain():
+        """A group block's pushes (but those at ``skip``) as one bytes; False: use send_many.
+
+        Once per recipient and run on every node, so :meth:`_plain`,
+        :meth:`_queue` and the factory's ``schedule_flush`` are written out here.
+        """
+        factory = self.factory
+        if self.state != _OPEN or self.queued_writes or self._paused or factory.output_batch:
             return False
         data = run.wire(first_seq, _HEADS, skip)
         if data is None:
             return False
-        self._queue([data])
+        out = self._out
+        if out is None:
+            self._out = [data]
+            factory._dirty.append(self)
+            if factory._flush_call is None:
+                factory._flush_call = factory.reactor.callLater(0, factory._flush_all)
+        else:
+            out.append(data)
         return True
 
     def flush(self) -> None:
-        """Write what :meth:`send` collected."""
+        """Write what :meth:`send` collected (the factory's ``_flush_all`` does the same)."""
         out, self._out = self._out, None
         if out and self.state == _OPEN and self.transport is not None:
             if self.factory.output_batch:
@@ -484,7 +496,11 @@ class GatewayFactory(WebSocketServerFactory):
         self._flush_all()
 
     def _flush_all(self) -> None:
+        """Each queued connection's :meth:`GatewayProtocol.flush`, written out (one a turn each)."""
         self._flush_call = None
         protos, self._dirty = self._dirty, []
+        batch = self.output_batch
         for proto in protos:
-            proto.flush()
+            out, proto._out = proto._out, None
+            if out and proto.state == _OPEN and proto.transport is not None:
+                write_now(proto.transport, b"".join(_batched(out) if batch else out))
