@@ -197,12 +197,15 @@ class ForwardedToTheHome(AffinityTestCase):
         c_near = yield self.client(n1, near_token)
         c_far = yield self.client(n2, far_token)
         before = served("WriteMessages")
+        ok_before = metrics.UPSTREAM.labels("200")._value.get()
         seqs = []
         for i in range(3):
             seq = yield laptop.send_text(gid, f"hi {i}", group=True)
             seqs.append(seq)
         self.assertEqual(seqs, [1, 2, 3])
         self.assertEqual(served("WriteMessages") - before, 3)  # one call per message here
+        # counted once, by the node that sent the ACKs
+        self.assertEqual(metrics.UPSTREAM.labels("200")._value.get() - ok_before, 3)
         for c in (phone, c_near, c_far):
             yield services.poll_until(lambda c=c: c.seq >= 3, 20, what="3 group messages")
             self.assertEqual([m.content for m in c.received], [b"hi 0", b"hi 1", b"hi 2"])

@@ -62,7 +62,7 @@ class PushRuns(unittest.TestCase):
             codec.PushFrames(codec.message_base(pb.Message(sender_id=i, content=b"m" * (i * 40))))
             for i in range(1, 5)
         ]
-        run = codec.PushRun(pushes)
+        run = codec.PushRun([p.base for p in pushes])
         # within one varint size, across 127/128 and 16383/16384, and past the table
         for first in (1, 100, 125, 126, 127, 128, 16380, 16381, 16383, 2**21 - 2, 2**40):
             self.assertEqual(
@@ -89,7 +89,7 @@ class PushRuns(unittest.TestCase):
             codec.PushFrames(codec.message_base(pb.Message(sender_id=i, content=b"m" * (i * 40))))
             for i in range(1, 5)
         ]
-        run = codec.PushRun(pushes)
+        run = codec.PushRun([p.base for p in pushes])
         # within one varint size, and across 127/128, 16383/16384 and 2**21
         for first in (1, 120, 125, 127, 16380, 16381, 2**21 - 10, 2**21 - 2, 2**40):
             for _ in range(2):  # built, then from what it kept
@@ -107,15 +107,30 @@ class PushRuns(unittest.TestCase):
         from gochat.gateway.protocol import _HEADS
 
         base = codec.message_base(pb.Message(sender_id=1))
-        many = codec.PushRun([codec.PushFrames(base)] * 16300)
+        many = codec.PushRun([base] * 16300)
         self.assertIsNone(many.wire(127, _HEADS))  # seqs of one, two and three bytes
         self.assertEqual(
             many.frames(127), [codec.PushFrames(base).frame(127 + i) for i in range(16300)]
         )
-        long = codec.PushRun(
-            [codec.PushFrames(codec.message_base(pb.Message(content=b"x" * len(_HEADS))))]
-        )
+        long = codec.PushRun([codec.message_base(pb.Message(content=b"x" * len(_HEADS)))])
         self.assertIsNone(long.wire(5, _HEADS))  # a header the table does not hold
+
+    def test_a_runs_heads_are_each_messages_own_whatever_the_lengths(self):
+        # message and push lengths of one, two and three varint bytes, and the
+        # bases long enough that the lookup table no longer holds their lengths
+        sizes = (0, 1, 120, 123, 124, 125, 126, 127, 128, 16370, 16376, 16377, 16378, 16390)
+        for size in (1, 2, 3, 10):
+            bases = [b"b" * n for n in sizes]
+            self.assertEqual(
+                codec.run_heads(bases, size),
+                [codec.PushFrames(base).head(size) for base in bases],
+                size,
+            )
+            for n in sizes:  # one base alone takes the same path as in a run
+                self.assertEqual(
+                    codec.run_heads([b"c" * n], size), [codec.PushFrames(b"c" * n).head(size)]
+                )
+        self.assertEqual(codec.run_heads([], 1), [])
 
 
 class PackedBases(unittest.TestCase):

@@ -220,6 +220,61 @@ class BlockFanOut(unittest.TestCase):
         router.deliver_many([delivery(1, BlockRows(block, 1))])  # a block of one message
         self.assertEqual(remote.pushes, [("n2", [(2, 21), (4, 41)])])
 
+    def test_each_node_gets_its_members_of_every_block_and_row_of_the_turn(self):
+        from gochat import codec
+        from gochat.logic.affinity import RemoteOrigin
+
+        class Elsewhere:
+            # 4 is online on both nodes; 7 and 9 are recipients of the one-to-one
+            # message only; 8 is a member of the second block only
+            def nodes_for(self, user_ids: list[int]) -> defer.Deferred:
+                held = {"n2": [2, 4, 7, 8], "n3": [4, 5, 9]}
+                return defer.succeed(
+                    {n: [u for u in us if u in user_ids] for n, us in held.items()}
+                )
+
+        class Remote:
+            def __init__(self) -> None:
+                self.calls: list[tuple[Any, ...]] = []
+
+            def deliver_push_run(
+                self, node_id: str, bases: list[bytes], pairs: bytes, skip: bytes = b""
+            ) -> None:
+                got = sorted(codec.iter_pairs(pairs))
+                self.calls.append(("run", node_id, len(bases), got, list(codec.iter_pairs(skip))))
+
+            def deliver_pushes(
+                self, node_id: str, base: bytes, pairs: bytes, skip: bytes = b""
+            ) -> None:
+                got = sorted(codec.iter_pairs(pairs))
+                self.calls.append(("one", node_id, got, list(codec.iter_pairs(skip))))
+
+        remote = Remote()
+        router = Router(Elsewhere(), self.clock, remote=remote, budget=100)  # type: ignore[arg-type]
+        first = MemberBlock((1, 2, 3, 4, 5), [10, 20, 30, 40, 50])
+        second = MemberBlock((4, 8), [400, 800])
+        forwarded = RemoteOrigin("n3", 77)  # n3's device sent the first block's second message
+        single = (pb.Message(sender_id=1, session_type=pb.ST_Single), [(7, 5), (9, 6)], object())
+        router.deliver_many(
+            [
+                delivery(1, BlockRows(first, 1)),
+                (pb.Message(sender_id=5), BlockRows(first, 2), forwarded),
+                delivery(8, BlockRows(second, 1)),
+                single,
+            ]
+        )
+        self.assertEqual(
+            remote.calls,
+            [
+                ("run", "n2", 2, [(2, 21), (4, 41)], []),
+                ("run", "n3", 2, [(4, 41), (5, 51)], [(1, 77)]),
+                ("one", "n2", [(4, 401), (8, 801)], []),
+                ("one", "n3", [(4, 401)], []),
+                ("one", "n2", [(7, 5)], []),
+                ("one", "n3", [(9, 6)], []),
+            ],
+        )
+
     def test_block_rows_read_as_the_pairs_they_stand_for(self):
         rows = self.block(2)[1][1]
         self.assertEqual(len(rows), 5)

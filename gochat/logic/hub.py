@@ -357,6 +357,7 @@ class Hub:
 
     def _forwards_settled(self) -> None:
         """Forwards were answered: reading resumes once they are down to half the mark."""
+        self._count_codes()
         forwarder = self.forwarder
         if (
             self._forwards_backlogged
@@ -391,10 +392,9 @@ class Hub:
             device.tag = 0  # the home fails what is still on the way with the old one
             self._failed(item, (device, started))
             return
-        counter = _UPSTREAM.get(code)
-        if counter is None:
-            counter = _UPSTREAM[code] = metrics.UPSTREAM.labels(str(code))
-        counter.inc()
+        # counted once per answered call, in _forwards_settled
+        codes_seen = self._codes
+        codes_seen[code] = codes_seen.get(code, 0) + 1
         self._answer(item, device, started, code, seq)
         self._settled(device)
 
@@ -442,14 +442,18 @@ class Hub:
         if self.forwarder is not None:
             self._settled(device)
 
-    def _batch_end(self) -> None:
-        """Every ACK of a batch is out: now its pushes (senders can send again meanwhile)."""
+    def _count_codes(self) -> None:
+        """Add the ACK codes sent since the last count to ``gochat_upstream_messages_total``."""
         for code, count in self._codes.items():
             counter = _UPSTREAM.get(code)
             if counter is None:
                 counter = _UPSTREAM[code] = metrics.UPSTREAM.labels(str(code))
             counter.inc(count)
         self._codes.clear()
+
+    def _batch_end(self) -> None:
+        """Every ACK of a batch is out: now its pushes (senders can send again meanwhile)."""
+        self._count_codes()
         deliveries, self._deliveries = self._deliveries, []
         received, self._batch_received = self._batch_received, None
         if deliveries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
@@ -121,7 +122,7 @@ class Router:
         #: called when the backlog falls below ``backlog_limit`` again
         self.on_drained: Callable[[], None] | None = None
         #: this turn's messages for recipients that may be on other nodes, with their origin
-        self._remote_turn: list[tuple[codec.PushFrames, Sequence[tuple[int, int]], Any]] = []
+        self._remote_turn: list[tuple[bytes, Sequence[tuple[int, int]], Any]] = []
         #: tag -> the device here that a home's pushes name as their sender
         self.origin_of: Callable[[int], Any] = lambda tag: None
         #: send what the connections have queued now, not at the end of the turn (the gateways)
@@ -268,8 +269,8 @@ class Router:
         Only sessions of a sender's device (which must not get its own
         message) go message by message.
         """
-        pushes = [codec.PushFrames(codec.message_base(message)) for message, _, _ in segment]
-        run = codec.PushRun(pushes)
+        bases = [codec.message_base(message) for message, _, _ in segment]
+        run = codec.PushRun(bases)
         first = cast(BlockRows, segment[0][1]).offset
         # the messages each device sent: its sessions get the others
         origins: dict[int, list[int]] = {}
@@ -286,8 +287,8 @@ class Router:
                 for flush in flushers:
                     flush()
         if self.remote is not None:
-            for push, (_, rows, origin) in zip(pushes, segment, strict=True):
-                self._remote_turn.append((push, rows, origin))
+            for message_base, (_, rows, origin) in zip(bases, segment, strict=True):
+                self._remote_turn.append((message_base, rows, origin))
         return local
 
     def _deliver_logged(
@@ -318,7 +319,7 @@ class Router:
                         session.push(seq, frame)
                         local += 1
         if self.remote is not None and rows:
-            self._remote_turn.append((frames, rows, origin))
+            self._remote_turn.append((frames.base, rows, origin))
         return local
 
     def deliver_local(self, frames: dict[int, list[bytes]]) -> int:
@@ -414,7 +415,7 @@ class Router:
         sent = 0
         get = self.online.get
         for bases, pairs, skip in batch:
-            run = codec.PushRun([codec.PushFrames(base) for base in bases])
+            run = codec.PushRun(bases)
             skipped = self._skipped(skip) if skip else None
             for user_id, first in codec.iter_pairs(pairs):
                 sessions = get(user_id)
@@ -448,22 +449,12 @@ class Router:
             if not nodes:
                 return
             assert self.remote is not None
-            where: dict[int, list[str]] = {}
-            for node_id, user_ids in nodes.items():
-                for uid in user_ids:
-                    where.setdefault(uid, []).append(node_id)
-            # a block's members held elsewhere, found once for all its messages
-            remote_members = {
-                key: [
-                    (uid, base, holders)
-                    for uid, base in zip(block.members, block.bases, strict=True)
-                    if (holders := where.get(uid))
-                ]
-                for key, block in blocks.items()
-            }
+            # each block's members held on each node, found once for all its messages
+            held = {key: _held_by_node(block, nodes) for key, block in blocks.items()}
+            where: dict[int, list[str]] | None = None  # for rows not of a block
             i = 0
             while i < len(pending):
-                push, rows, origin = pending[i]
+                base, rows, origin = pending[i]
                 if type(rows) is BlockRows:
                     # consecutive messages of one block: one run per node
                     end = i + 1
@@ -475,27 +466,32 @@ class Router:
                     ):
                         end += 1
                     if end - i > 1:
-                        self._route_run(remote_members[id(rows.block)], rows.offset, pending[i:end])
+                        self._route_run(held[id(rows.block)], rows.offset, pending[i:end])
                         i = end
                         continue
-                i += 1
-                if type(rows) is BlockRows:
-                    offset = rows.offset
-                    targets = [
-                        (uid, base + offset, holders)
-                        for uid, base, holders in remote_members[id(rows.block)]
-                    ]
+                    targets = {
+                        node_id: _pairs_at(uids, seqs, rows.offset)
+                        for node_id, (uids, seqs) in held[id(rows.block)].items()
+                    }
                 else:
-                    targets = [(uid, seq, h) for uid, seq in rows if (h := where.get(uid))]
+                    if where is None:
+                        where = {}
+                        for node_id, user_ids in nodes.items():
+                            for uid in user_ids:
+                                where.setdefault(uid, []).append(node_id)
+                    targets = _by_node(
+                        [(uid, seq, h) for uid, seq in rows if (h := where.get(uid))]
+                    )
+                i += 1
                 forwarded = type(origin) is RemoteOrigin
-                for node_id, pairs in _by_node(targets).items():
-                    _REMOTE_PUSHES.inc(len(pairs) // 2)
+                for node_id, packed in targets.items():
+                    _REMOTE_PUSHES.inc(len(packed) // codec.PAIR_SIZE)
                     skip = (
                         codec.pack_pairs([0, origin.tag])
                         if forwarded and origin.peer == node_id
                         else b""
                     )
-                    self.remote.deliver_pushes(node_id, push.base, codec.pack_pairs(pairs), skip)
+                    self.remote.deliver_pushes(node_id, base, packed, skip)
 
         d = self.presence.nodes_for(list(wanted))
         d.addCallback(route)
@@ -503,31 +499,59 @@ class Router:
 
     def _route_run(
         self,
-        members: list[tuple[int, int, list[str]]],
+        held: dict[str, tuple[list[int], list[int]]],
         offset: int,
-        run: list[tuple[codec.PushFrames, Sequence[tuple[int, int]], Any]],
+        run: list[tuple[bytes, Sequence[tuple[int, int]], Any]],
     ) -> None:
         """One call per node for consecutive messages of a block (its members held there).
 
         A node that forwarded some of them here is told which, and from which device.
         """
         assert self.remote is not None
-        bases = [push.base for push, _, _ in run]
+        bases = [base for base, _, _ in run]
         skips: dict[str, list[int]] = {}
         for i, (_, _, origin) in enumerate(run):
             if type(origin) is RemoteOrigin:
                 skips.setdefault(origin.peer, []).extend((i, origin.tag))
-        targets = [(uid, base + offset, holders) for uid, base, holders in members]
-        for node_id, pairs in _by_node(targets).items():
-            _REMOTE_PUSHES.inc(len(pairs) // 2 * len(bases))
+        for node_id, (uids, seqs) in held.items():
+            _REMOTE_PUSHES.inc(len(uids) * len(bases))
             skip = skips.get(node_id)
             self.remote.deliver_push_run(
-                node_id, bases, codec.pack_pairs(pairs), codec.pack_pairs(skip) if skip else b""
+                node_id,
+                bases,
+                _pairs_at(uids, seqs, offset),
+                codec.pack_pairs(skip) if skip else b"",
             )
 
 
-def _by_node(targets: list[tuple[int, int, list[str]]]) -> dict[str, list[int]]:
-    """``{node: [user, seq, user, seq, ...]}`` of (user, seq, its nodes) targets."""
+def _held_by_node(
+    block: MemberBlock, nodes: dict[str, list[int]]
+) -> dict[str, tuple[list[int], list[int]]]:
+    """``{node: (its members of the block, their seq bases)}``, by C loops.
+
+    Once per block and turn on the writer's node, over every member: a
+    lookup table of the members' places and ``map`` and ``filter`` over each
+    node's users, rather than Python statements per member and node.
+    """
+    members = block.members
+    place = dict(zip(members, range(len(members)), strict=True))
+    bases = block.bases
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for node_id, user_ids in nodes.items():
+        uids = list(filter(place.__contains__, user_ids))
+        if uids:
+            out[node_id] = (uids, list(map(bases.__getitem__, map(place.__getitem__, uids))))
+    return out
+
+
+def _pairs_at(uids: list[int], bases: list[int], offset: int) -> bytes:
+    """The packed (user, base + offset) pairs of a block's message ``offset``."""
+    seqs = map(offset.__add__, bases)
+    return codec.pack_pairs(list(chain.from_iterable(zip(uids, seqs, strict=True))))
+
+
+def _by_node(targets: list[tuple[int, int, list[str]]]) -> dict[str, bytes]:
+    """``{node: packed (user, seq) pairs}`` of (user, seq, its nodes) targets."""
     flat: dict[str, list[int]] = {}
     for uid, seq, holders in targets:
         for node_id in holders:
@@ -535,4 +559,4 @@ def _by_node(targets: list[tuple[int, int, list[str]]]) -> dict[str, list[int]]:
             if out is None:
                 out = flat[node_id] = []
             out += (uid, seq)
-    return flat
+    return {node_id: codec.pack_pairs(pairs) for node_id, pairs in flat.items()}

@@ -223,14 +223,14 @@ class Session:
             return 0
         if self.push_ack or not self.conn.send_run(run, first_seq, skip):
             if skip:
-                for i, push in enumerate(run.pushes):
+                for i, frame in enumerate(run.frames(first_seq)):
                     if i not in skip:
-                        self.push(first_seq + i, push.frame(first_seq + i))
+                        self.push(first_seq + i, frame)
             else:
                 self.push_run(first_seq, run.frames(first_seq))
         else:
             self.last_active = self.clock.seconds()
-        return len(run.pushes) - len(skip)
+        return len(run.bases) - len(skip)
 
     def connection_lost(self) -> None:
         if self.closed:

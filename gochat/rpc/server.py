@@ -250,7 +250,9 @@ def _run_entry(entry: Any) -> tuple[list[bytes], bytes, bytes]:
         bases, pairs, *rest = entry
         if isinstance(bases, list) and 0 < len(bases) <= MAX_MESSAGES_PER_CALL:
             _, _, skip = _push_entry([bases[0], pairs, *rest])  # the pairs, once
-            if all(isinstance(base, bytes) and 0 < len(base) <= MAX_BASE for base in bases):
+            # by C loops: a run's bases are checked on every node it reaches
+            sizes = list(map(len, bases)) if set(map(type, bases)) == {bytes} else [0]
+            if min(sizes) > 0 and max(sizes) <= MAX_BASE:
                 return bases, pairs, skip
     raise pb.Error(
         "a run is [[message base, ...], (user_id, first seq) pairs (16 bytes each),"
