@@ -415,6 +415,9 @@ class RpcEndpoint(unittest.TestCase):
             pack_forwards([(1, "phone", 1, data, 0)]),
             pack_forwards([(1, "phone", 1, data, 2**63)]),
             pack_forwards([(1, "d" * 129, 1, data, 7)]),
+            pack_forwards([(1, "phone", 2**63, data, 7)]),
+            pack_forwards([good, (2**63, "phone", 2, data, 7), good]),  # one bad among good
+            pack_forwards([good, (1, "phone", 2, data, 0), (1, None, 3, data, 7)]),
             packed.replace(b"phone", b"ph\xffne"),  # not UTF-8
         ):
             yield self.assertFailure(pool.call("node", "WriteMessages", call), spread.Error)

@@ -37,6 +37,17 @@ class LRUBounds(unittest.TestCase):
         cache.pop(2)
         self.assertEqual((len(cache), cache.weight), (0, 0))
 
+    def test_updating_cached_keys_replaces_them_and_marks_them_used_in_order(self):
+        cache: LRU[int, int] = LRU(3)
+        cache.update({1: 10, 2: 20, 3: 30})
+        cache.update({3: 33, 1: 11})  # 2 is now the oldest, then 3
+        self.assertEqual((cache.get(1), cache.get(3), len(cache)), (11, 33, 3))
+        cache.put(4, 40)
+        self.assertNotIn(2, cache)
+        cache.put(5, 50)
+        self.assertNotIn(3, cache)
+        self.assertEqual(sorted(cache._data), [1, 4, 5])
+
     def test_get_does_not_reorder(self):
         cache: LRU[int, int] = LRU(2)
         cache.update({1: 1, 2: 2})

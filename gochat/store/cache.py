@@ -9,7 +9,7 @@ lookup, atomic under the GIL.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -67,9 +67,14 @@ class LRU(Generic[K, V]):
         weigh = self._weigh
         pairs = items.items() if isinstance(items, dict) else items
         if weigh is None:
-            for key, value in pairs:
-                data[key] = value
-                data.move_to_end(key)
+            if isinstance(items, dict):
+                # a batch's new seqs, once per member: by C loops, no statement a key
+                data.update(items)
+                deque(map(data.move_to_end, items), maxlen=0)
+            else:
+                for key, value in pairs:
+                    data[key] = value
+                    data.move_to_end(key)
             self.weight = len(data)
         else:
             for key, value in pairs:
