@@ -250,9 +250,6 @@ class PushRun:
         #: (varint size, header table) -> [header + head, tail, header + head, tail, ...]
         self._wire: dict[tuple[int, int], list[bytes] | None] = {}
 
-    def __len__(self) -> int:
-        return len(self.bases)
-
     def _heads_for(self, size: int) -> list[bytes]:
         heads = self._heads.get(size)
         if heads is None:
