@@ -188,18 +188,7 @@ class PushFrames:
         return head if head is not None else self._head(size)
 
     def _head(self, size: int) -> bytes:
-        message_len = len(self.base) + 1 + size
-        push_len = 1 + len(_varint(message_len)) + message_len
-        head = (
-            _PUSH_PREFIX
-            + b"\x22"  # Output.data: field 4, bytes
-            + _varint(push_len)
-            + b"\x0a"  # PushMsg.msg: field 1, bytes
-            + _varint(message_len)
-            + self.base
-            + _SEQ_TAG
-        )
-        self._heads[size] = head
+        head = self._heads[size] = run_heads((self.base,), size)[0]
         return head
 
     def frame(self, seq: int) -> bytes:
@@ -211,18 +200,21 @@ class PushFrames:
 
 
 def run_heads(bases: Sequence[bytes], size: int) -> list[bytes]:
-    """``PushFrames(base).head(size)`` of every base, built by one comprehension.
+    """Each base's frame bytes before a seq whose varint takes ``size`` bytes.
 
+    ``Output{CT_Message, 200, data: PushMsg{msg: Message(base) + seq tag}}``
+    up to the seq: every length in it depends only on the base and ``size``.
     A run's heads are built on every node that pushes it, once per message
-    and varint size: inline, each costs two ``len`` calls and the joins,
-    not the four Python calls of :class:`PushFrames`.
+    and varint size, so they are made by one comprehension (the lengths
+    looked up in the varint table while they fit), not calls per message.
     """
     k = 1 + size  # the seq's tag and varint
-    if not bases or max(map(len, bases)) + k + 4 >= 16384:  # lengths past the table
-        return [PushFrames(base).head(size) for base in bases]
-    small, prefix = _SMALL_VARINTS, _PUSH_PREFIX + b"\x22"
+    fits = not bases or max(map(len, bases)) + k + 4 < 16384
+    varint = _SMALL_VARINTS.__getitem__ if fits else _varint
+    prefix = _PUSH_PREFIX + b"\x22"  # Output.data: field 4, bytes
     return [
-        prefix + small[1 + len(small[m]) + m] + b"\x0a" + small[m] + base + _SEQ_TAG
+        # PushMsg.msg (field 1, bytes) holds the message and the seq's tag
+        prefix + varint(1 + len(varint(m)) + m) + b"\x0a" + varint(m) + base + _SEQ_TAG
         for base in bases
         for m in (len(base) + k,)
     ]

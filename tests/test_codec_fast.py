@@ -50,6 +50,19 @@ class PushFrames(unittest.TestCase):
             self.assertEqual((out.type, out.code), (pb.CT_Message, 200))
             self.assertEqual(pb.PushMsg.FromString(out.data).msg, expected)
 
+    def test_frames_of_messages_of_any_length_decode_to_the_message(self):
+        # lengths whose varints take one, two and three bytes, across the table's end
+        for size in (1, 100, 123, 124, 16360, 16372, 16380, 20_000):
+            msg = pb.Message(sender_id=3, content=b"c" * size)
+            run = codec.PushRun([codec.message_base(msg)] * 2)
+            for first in (1, 127, 2**20):
+                for seq, frame in enumerate(run.frames(first), first):
+                    out = pb.Output.FromString(frame)
+                    expected = pb.Message()
+                    expected.CopyFrom(msg)
+                    expected.seq = seq
+                    self.assertEqual(pb.PushMsg.FromString(out.data).msg, expected, (size, seq))
+
     def test_message_base_leaves_the_seq_out(self):
         msg = pb.Message(sender_id=1, seq=99)
         self.assertEqual(pb.Message.FromString(codec.message_base(msg)).seq, 0)
