@@ -19,17 +19,35 @@ third of the PB cost of a three-node cluster. :class:`Broker` reads the
 same items by offset; it relies on Banana's type bytes and decoder state
 (``buffer``, ``listStack``, ``prefixLimit``, ``incomingVocabulary``).
 
-Both are written against Twisted 26.10 (``pyproject.toml`` pins the range),
+PB's encoding costs a node-to-node call more than its payload: jelly
+walks the arguments object by object (a security check and a type name per
+object, a reference table per list), Banana encodes item by item with a
+call per seven bits of every length, and the decoder reads each length
+byte by byte through a generator; about 650 Python calls and 400,000 to
+600,000 instructions for a call of a dozen items and its answer. :class:`Broker`
+jellies and unjellies plain data (bytes, int, float, str, None, bool and
+lists, tuples and dicts of them, each container once) in one pass, encodes
+Banana into a list of parts with lengths from a table, and reads lengths of
+one or two bytes from a table; it produces and accepts the same bytes and
+objects as Twisted does, and hands anything else (a Referenceable, a shared
+or cyclic container, a Deferred, a malformed expression) to Twisted's own
+code, which then answers as it always did. It relies on Banana's encoder
+state (``currentDialect``, ``outgoingSymbols``, ``_largestInt``) and on
+jelly's atoms for those types, with the default security
+(``jelly.globalSecurity``, which allows them all).
+
+All of it is written against Twisted 26.10 (``pyproject.toml`` pins the range),
 and a new Twisted release is checked here, and only here.
 """
 
 from __future__ import annotations
 
 import struct
+from itertools import islice
 from typing import Any
 
 from twisted.internet.tcp import Server
-from twisted.spread import banana, pb
+from twisted.spread import banana, jelly, pb
 
 __all__ = ["Broker", "write_now"]
 
@@ -74,14 +92,161 @@ _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = (
 )
 
 
+#: ``int2b128`` of 0 to 16,383: every length and most ints of a node-to-node call
+_B128 = [b"\x00"] + [
+    bytes((n,)) if n < 128 else bytes((n & 0x7F, n >> 7)) for n in range(1, 1 << 14)
+]
+#: ``b1282int`` of those prefixes (others, as ``b"\x05\x00"``, go to ``b1282int``)
+_INT_OF = dict(zip(_B128, range(1 << 14), strict=True))
+
+
+def _b128(n: int) -> bytes:
+    """``int2b128(n)`` as one bytes."""
+    if n < 16384:
+        return _B128[n]
+    out: list[bytes] = []
+    banana.int2b128(n, out.append)
+    return b"".join(out)
+
+
+class _NotPlain(Exception):
+    """Not plain data: Twisted's jelly is asked instead."""
+
+
+_LEAVES = frozenset((bytes, int, float))
+#: jelly's default security (read once: the module is behind a deprecation proxy)
+_GLOBAL_SECURITY = jelly.globalSecurity
+
+
+def _jelly_plain(obj: Any, seen: set[int]) -> Any:
+    """What ``jelly.jelly`` gives for plain data; _NotPlain for anything else.
+
+    ``seen`` holds the containers met so far: jelly writes a container met
+    twice as a reference, so that is left to it.
+    """
+    kind = type(obj)
+    if kind in _LEAVES:
+        return obj
+    if kind is list or kind is tuple or kind is dict:
+        key = id(obj)
+        if key in seen:
+            raise _NotPlain
+        seen.add(key)
+        if kind is dict:
+            return [
+                b"dictionary",
+                *[[_jelly_plain(k, seen), _jelly_plain(v, seen)] for k, v in obj.items()],
+            ]
+        return [
+            b"list" if kind is list else b"tuple",
+            *[x if type(x) in _LEAVES else _jelly_plain(x, seen) for x in obj],
+        ]
+    if kind is str:
+        return [b"unicode", obj.encode("UTF-8")]
+    if obj is None:
+        return [b"None"]
+    if kind is bool:
+        return [b"boolean", b"true" if obj else b"false"]
+    raise _NotPlain
+
+
+def _unjelly_plain(sexp: Any) -> Any:
+    """What ``jelly.unjelly`` gives for :func:`_jelly_plain`'s output; raises for anything else."""
+    if type(sexp) is not list:
+        return sexp
+    atom = sexp[0]
+    if atom == b"list":
+        return [x if type(x) is not list else _unjelly_plain(x) for x in islice(sexp, 1, None)]
+    if atom == b"tuple":
+        return tuple([_unjelly_plain(x) for x in islice(sexp, 1, None)])
+    if atom == b"dictionary":
+        return {_unjelly_plain(k): _unjelly_plain(v) for k, v in islice(sexp, 1, None)}
+    if atom == b"unicode":
+        return str(sexp[1], "UTF-8")
+    if atom == b"None":
+        return None
+    if atom == b"boolean" and sexp[1] in (b"true", b"false"):
+        return sexp[1] == b"true"
+    raise _NotPlain
+
+
 class Broker(pb.Broker):
-    """PB's broker, decoding Banana by offset instead of cutting the buffer per item."""
+    """PB's broker, decoding Banana by offset and (un)jellying plain data in one pass."""
+
+    def serialize(  # noqa: D102 - pb.Broker's
+        self,
+        object: Any,  # noqa: A002 - pb.Broker's name
+        perspective: Any = None,
+        method: Any = None,
+        args: Any = None,
+        kw: Any = None,
+    ) -> Any:
+        if self.security is _GLOBAL_SECURITY:
+            try:
+                return _jelly_plain(object, set())
+            except Exception:
+                pass  # Twisted's jelly says what it is, or what is wrong with it
+        return super().serialize(object, perspective, method, args, kw)
+
+    def unserialize(self, sexp: Any, perspective: Any = None) -> Any:  # noqa: D102
+        if self.security is _GLOBAL_SECURITY:
+            try:
+                return _unjelly_plain(sexp)
+            except Exception:
+                pass
+        return super().unserialize(sexp, perspective)
+
+    def sendEncoded(self, obj: Any) -> None:  # noqa: N802
+        """What ``Banana.sendEncoded`` writes, built as a list of parts."""
+        parts: list[bytes] = []
+        append = parts.append
+        symbols = self.outgoingSymbols if self.currentDialect == b"pb" else None
+        largest: int = self._largestInt  # set by setPrefixLimit
+        fallback = self._encode
+        size_limit = banana.SIZE_LIMIT
+        table = _B128
+        string, list_, int_, vocab = banana.STRING, banana.LIST, banana.INT, banana.VOCAB
+
+        def encode(item: Any) -> None:
+            kind = type(item)
+            if kind is bytes:
+                if symbols is not None and item in symbols:
+                    append(_b128(symbols[item]) + vocab)
+                    return
+                n = len(item)
+                if n > size_limit:
+                    raise banana.BananaError(f"byte string is too long to send ({n})")
+                append((table[n] if n < 16384 else _b128(n)) + string)
+                append(item)
+            elif kind is list or kind is tuple:
+                n = len(item)
+                if n > size_limit:
+                    raise banana.BananaError(f"list/tuple is too long to send ({n})")
+                append((table[n] if n < 16384 else _b128(n)) + list_)
+                for element in item:
+                    if type(element) is bytes and (symbols is None or element not in symbols):
+                        n = len(element)  # a string, as below, without a call
+                        if n > size_limit:
+                            raise banana.BananaError(f"byte string is too long to send ({n})")
+                        append((table[n] if n < 16384 else _b128(n)) + string)
+                        append(element)
+                    else:
+                        encode(element)
+            elif kind is int and 0 <= item <= largest:
+                append((table[item] if item < 16384 else _b128(item)) + int_)
+            else:
+                fallback(item, append)  # negatives, longs, floats: Banana's own
+
+        encode(obj)
+        transport: Any = self.transport
+        transport.write(b"".join(parts))
 
     def dataReceived(self, chunk: bytes) -> None:  # noqa: N802
         """What ``Banana.dataReceived`` does, item for item and error for error."""
         buffer = self.buffer + chunk if self.buffer else chunk
         list_stack = self.listStack
         got_item = self.gotItem
+        int_of = _INT_OF.get
         limit: int = self.prefixLimit  # type: ignore[assignment]  # set by connectionMade
         size_limit = banana.SIZE_LIMIT
         b1282int = banana.b1282int
@@ -102,31 +267,48 @@ class Broker(pb.Broker):
                 kind = buffer[pos]
                 rest = pos + 1
                 if kind == _STRING:
-                    n = b1282int(num)
+                    n = int_of(num)
+                    if n is None:
+                        n = b1282int(num)
                     if n > size_limit:
                         raise banana.BananaError("Security precaution: String too long.")
                     if end - rest < n:
                         break
                     start = rest + n
-                    got_item(buffer[rest:start])
+                    if list_stack:
+                        list_stack[-1][1].append(buffer[rest:start])
+                    else:
+                        got_item(buffer[rest:start])
                 elif kind == _LIST:
-                    n = b1282int(num)
+                    n = int_of(num)
+                    if n is None:
+                        n = b1282int(num)
                     if n > size_limit:
                         raise banana.BananaError("Security precaution: List too long.")
                     list_stack.append((n, []))
                     start = rest
                 elif kind == _INT or kind == _LONGINT:
                     start = rest
-                    got_item(b1282int(num))
+                    n = int_of(num)
+                    if n is None:
+                        n = b1282int(num)
+                    if list_stack:
+                        list_stack[-1][1].append(n)
+                    else:
+                        got_item(n)
                 elif kind == _NEG or kind == _LONGNEG:
                     start = rest
                     got_item(-b1282int(num))
                 elif kind == _VOCAB:
                     start = rest
-                    item = self.incomingVocabulary[b1282int(num)]
+                    n = int_of(num)
+                    item = self.incomingVocabulary[b1282int(num) if n is None else n]
                     if self.currentDialect != b"pb":
                         raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
-                    got_item(item)
+                    if list_stack:
+                        list_stack[-1][1].append(item)
+                    else:
+                        got_item(item)
                 elif kind == _FLOAT:
                     if end - rest < 8:
                         break
@@ -135,6 +317,10 @@ class Broker(pb.Broker):
                 else:
                     raise NotImplementedError(f"Invalid Type Byte {bytes([kind])!r}")
                 while list_stack and len(list_stack[-1][1]) == list_stack[-1][0]:
-                    got_item(list_stack.pop()[1])
+                    done = list_stack.pop()[1]
+                    if list_stack:
+                        list_stack[-1][1].append(done)
+                    else:
+                        got_item(done)
         finally:
             self.buffer = buffer[start:] if start < end else b""
