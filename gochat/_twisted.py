@@ -92,21 +92,27 @@ _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = (
 )
 
 
-#: ``int2b128`` of 0 to 16,383: every length and most ints of a node-to-node call
-_B128 = [b"\x00"] + [
-    bytes((n,)) if n < 128 else bytes((n & 0x7F, n >> 7)) for n in range(1, 1 << 14)
-]
-#: ``b1282int`` of those prefixes (others, as ``b"\x05\x00"``, go to ``b1282int``)
-_INT_OF = dict(zip(_B128, range(1 << 14), strict=True))
+class _Prefixes(dict[int, bytes]):
+    """``int2b128`` of 0 to 16,383 (every length and most ints of a node-to-node call);
+    a bigger one is built when asked for."""
+
+    def __missing__(self, n: int) -> bytes:
+        out: list[bytes] = []
+        banana.int2b128(n, out.append)
+        return b"".join(out)
 
 
-def _b128(n: int) -> bytes:
-    """``int2b128(n)`` as one bytes."""
-    if n < 16384:
-        return _B128[n]
-    out: list[bytes] = []
-    banana.int2b128(n, out.append)
-    return b"".join(out)
+class _Ints(dict[bytes, int]):
+    """``b1282int`` of those prefixes; another (longer, or as ``b"\x05\x00"``) is read."""
+
+    def __missing__(self, prefix: bytes) -> int:
+        return int(banana.b1282int(prefix))
+
+
+_B128 = _Prefixes(
+    (n, bytes((n,)) if n < 128 else bytes((n & 0x7F, n >> 7))) for n in range(1 << 14)
+)
+_INT_OF = _Ints((prefix, n) for n, prefix in _B128.items())
 
 
 class _NotPlain(Exception):
@@ -204,36 +210,36 @@ class Broker(pb.Broker):
         largest: int = self._largestInt  # set by setPrefixLimit
         fallback = self._encode
         size_limit = banana.SIZE_LIMIT
-        table = _B128
+        prefix = _B128
         string, list_, int_, vocab = banana.STRING, banana.LIST, banana.INT, banana.VOCAB
 
         def encode(item: Any) -> None:
             kind = type(item)
             if kind is bytes:
                 if symbols is not None and item in symbols:
-                    append(_b128(symbols[item]) + vocab)
+                    append(prefix[symbols[item]] + vocab)
                     return
                 n = len(item)
                 if n > size_limit:
                     raise banana.BananaError(f"byte string is too long to send ({n})")
-                append((table[n] if n < 16384 else _b128(n)) + string)
+                append(prefix[n] + string)
                 append(item)
             elif kind is list or kind is tuple:
                 n = len(item)
                 if n > size_limit:
                     raise banana.BananaError(f"list/tuple is too long to send ({n})")
-                append((table[n] if n < 16384 else _b128(n)) + list_)
+                append(prefix[n] + list_)
                 for element in item:
                     if type(element) is bytes and (symbols is None or element not in symbols):
                         n = len(element)  # a string, as below, without a call
                         if n > size_limit:
                             raise banana.BananaError(f"byte string is too long to send ({n})")
-                        append((table[n] if n < 16384 else _b128(n)) + string)
+                        append(prefix[n] + string)
                         append(element)
                     else:
                         encode(element)
             elif kind is int and 0 <= item <= largest:
-                append((table[item] if item < 16384 else _b128(item)) + int_)
+                append(prefix[item] + int_)
             else:
                 fallback(item, append)  # negatives, longs, floats: Banana's own
 
@@ -246,10 +252,9 @@ class Broker(pb.Broker):
         buffer = self.buffer + chunk if self.buffer else chunk
         list_stack = self.listStack
         got_item = self.gotItem
-        int_of = _INT_OF.get
+        ints = _INT_OF
         limit: int = self.prefixLimit  # type: ignore[assignment]  # set by connectionMade
         size_limit = banana.SIZE_LIMIT
-        b1282int = banana.b1282int
         end = len(buffer)
         start = 0
         try:
@@ -266,56 +271,44 @@ class Broker(pb.Broker):
                 num = buffer[start:pos]
                 kind = buffer[pos]
                 rest = pos + 1
-                if kind == _STRING:
-                    n = int_of(num)
-                    if n is None:
-                        n = b1282int(num)
-                    if n > size_limit:
-                        raise banana.BananaError("Security precaution: String too long.")
-                    if end - rest < n:
-                        break
-                    start = rest + n
-                    if list_stack:
-                        list_stack[-1][1].append(buffer[rest:start])
-                    else:
-                        got_item(buffer[rest:start])
-                elif kind == _LIST:
-                    n = int_of(num)
-                    if n is None:
-                        n = b1282int(num)
+                if kind == _LIST:
+                    n = ints[num]
                     if n > size_limit:
                         raise banana.BananaError("Security precaution: List too long.")
                     list_stack.append((n, []))
                     start = rest
-                elif kind == _INT or kind == _LONGINT:
-                    start = rest
-                    n = int_of(num)
-                    if n is None:
-                        n = b1282int(num)
-                    if list_stack:
-                        list_stack[-1][1].append(n)
+                else:
+                    if kind == _STRING:
+                        n = ints[num]
+                        if n > size_limit:
+                            raise banana.BananaError("Security precaution: String too long.")
+                        if end - rest < n:
+                            break
+                        start = rest + n
+                        item: Any = buffer[rest:start]
+                    elif kind == _INT or kind == _LONGINT:
+                        start = rest
+                        item = ints[num]
+                    elif kind == _NEG or kind == _LONGNEG:
+                        start = rest
+                        item = -ints[num]
+                    elif kind == _VOCAB:
+                        start = rest
+                        item = self.incomingVocabulary[ints[num]]
+                        if self.currentDialect != b"pb":
+                            raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+                    elif kind == _FLOAT:
+                        if end - rest < 8:
+                            break
+                        start = rest + 8
+                        item = struct.unpack("!d", buffer[rest:start])[0]
                     else:
-                        got_item(n)
-                elif kind == _NEG or kind == _LONGNEG:
-                    start = rest
-                    got_item(-b1282int(num))
-                elif kind == _VOCAB:
-                    start = rest
-                    n = int_of(num)
-                    item = self.incomingVocabulary[b1282int(num) if n is None else n]
-                    if self.currentDialect != b"pb":
-                        raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+                        raise NotImplementedError(f"Invalid Type Byte {bytes([kind])!r}")
+                    # gotItem's work, without its call for an item inside a list
                     if list_stack:
                         list_stack[-1][1].append(item)
                     else:
                         got_item(item)
-                elif kind == _FLOAT:
-                    if end - rest < 8:
-                        break
-                    start = rest + 8
-                    got_item(struct.unpack("!d", buffer[rest:start])[0])
-                else:
-                    raise NotImplementedError(f"Invalid Type Byte {bytes([kind])!r}")
                 while list_stack and len(list_stack[-1][1]) == list_stack[-1][0]:
                     done = list_stack.pop()[1]
                     if list_stack:
