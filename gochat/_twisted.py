@@ -23,8 +23,8 @@ PB's encoding costs a node-to-node call more than its payload: jelly
 walks the arguments object by object (a security check and a type name per
 object, a reference table per list), Banana encodes item by item with a
 call per seven bits of every length, and the decoder reads each length
-byte by byte through a generator; about 650 Python calls and 400,000 to
-600,000 instructions for a call of a dozen items and its answer. :class:`Broker`
+byte by byte through a generator; about 650 Python calls for a call of a
+dozen items and its answer. :class:`Broker`
 jellies and unjellies plain data (bytes, int, float, str, None, bool and
 lists, tuples and dicts of them, each container once) in one pass, encodes
 Banana into a list of parts with lengths from a table, and reads lengths of
