@@ -152,6 +152,9 @@ class LogicTestCase(unittest.TestCase):
         # The store answers on the real reactor (its threads), and so does the
         # writer's start at the end of a turn; the hub's timers stay on the Clock.
         self.hub.writer.clock = reactor
+        # Its pacing would wait in real time, which the fake clock, moved a step
+        # a turn, turns into seconds (pacing is tested on a Clock of its own).
+        self.hub.writer.pace = 0
         self.addCleanup(self.hub.pushes.stop)
 
     @defer.inlineCallbacks

@@ -389,6 +389,99 @@ class WriterHold(unittest.TestCase):
         self.successResultOf(idle)
 
 
+class WriterPace(unittest.TestCase):
+    """The next batch starts PACE times the last commit's duration after the last one
+    started, so what arrives meanwhile goes in one batch, not many small ones."""
+
+    def setUp(self) -> None:
+        self.store = FakeStore()
+        self.clock = Clock()
+        self.writer = WriterHold.writer(self.store, self.clock)
+
+    def submit(self, cid: int) -> None:
+        self.writer.submit(UpItem(user_id=cid, device_id=None, client_id=1, message=None), cid)
+
+    def commit(self, index: int, after: float) -> None:
+        """Batch ``index`` commits ``after`` seconds from now."""
+        self.clock.advance(after)
+        items, d = self.store.batches[index]
+        d.callback([UpResult(code=200)] * len(items))
+
+    def started(self) -> list[list[int]]:
+        return [[i.user_id for i in items] for items, _ in self.store.batches]
+
+    def test_the_next_batch_waits_as_long_again_as_the_last_commit_took(self):
+        from gochat.logic import writer as writer_module
+
+        self.submit(1)
+        self.clock.advance(0)
+        self.submit(2)  # arrives while batch [1] commits
+        self.commit(0, 0.01)
+        self.assertEqual(self.started(), [[1]])  # [2] does not start at once
+        self.submit(3)
+        self.clock.advance(0.01 * (writer_module.PACE - 1) - 0.001)
+        self.assertEqual(self.started(), [[1]])
+        self.clock.advance(0.001)
+        self.assertEqual(self.started(), [[1], [2, 3]])
+
+    def test_the_wait_is_at_most_pace_max_after_the_last_start(self):
+        from gochat.logic import writer as writer_module
+
+        took = writer_module.PACE_MAX * 0.8  # PACE times it is past PACE_MAX
+        self.submit(1)
+        self.clock.advance(0)
+        self.submit(2)
+        self.commit(0, took)
+        self.clock.advance(writer_module.PACE_MAX - took - 0.001)
+        self.assertEqual(self.started(), [[1]])
+        self.clock.advance(0.001)
+        self.assertEqual(self.started(), [[1], [2]])
+
+    def test_an_idle_writer_also_waits_out_the_pace(self):
+        from gochat.logic import writer as writer_module
+
+        self.submit(1)
+        self.clock.advance(0)
+        self.commit(0, 0.01)  # nothing queued: idle
+        self.submit(2)
+        self.clock.advance(0)
+        self.assertEqual(self.started(), [[1]])
+        self.clock.advance(0.01 * (writer_module.PACE - 1))
+        self.assertEqual(self.started(), [[1], [2]])
+
+    def test_after_a_pause_longer_than_the_pace_a_batch_starts_at_the_end_of_the_turn(self):
+        self.submit(1)
+        self.clock.advance(0)
+        self.commit(0, 0.01)
+        self.clock.advance(1.0)
+        self.submit(2)
+        self.clock.advance(0)
+        self.assertEqual(self.started(), [[1], [2]])
+
+    def test_a_batch_held_back_by_may_start_still_waits_out_the_pace_on_resume(self):
+        from gochat.logic import writer as writer_module
+
+        ready = [True]
+        self.writer.may_start = lambda: ready[0]
+        self.submit(1)
+        self.clock.advance(0)
+        self.submit(2)
+        ready[0] = False  # pushes of batch [1] still wait
+        self.commit(0, 0.01)
+        ready[0] = True
+        self.writer.resume()  # the pushes drained at once: the pace still holds
+        self.assertEqual(self.started(), [[1]])
+        self.clock.advance(0.01 * (writer_module.PACE - 1))
+        self.assertEqual(self.started(), [[1], [2]])
+
+    def test_fast_commits_are_hardly_paced(self):
+        self.submit(1)
+        self.clock.advance(0)
+        self.submit(2)
+        self.commit(0, 0.0)  # no time passed: no wait
+        self.assertEqual(self.started(), [[1], [2]])
+
+
 class AcksBeforePushes(LogicTestCase):
     hub_config = HubConfig(push_budget=1)
 

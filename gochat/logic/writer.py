@@ -1,7 +1,8 @@
 """The message writer: upstream messages committed in batches, in order.
 
 One transaction is in flight at a time; messages that arrive meanwhile wait
-and go together in the next one. That keeps every device's messages in
+and go together in the next one, which starts once as long again as the last
+commit took has passed (:data:`PACE`). That keeps every device's messages in
 clientId order, lets a transient failure stop a device's later messages from
 being stored before the failed one, and turns a burst of messages into a few
 large transactions instead of many small ones.
@@ -38,12 +39,25 @@ GATHER_ROWS = 1000
 GATHER_DELAY = 0.003
 #: Queued upstream bytes past which reading stops (256 messages of 64 KiB).
 HIGH_WATER_BYTES = 16 * 1024 * 1024
+#: A batch starts no sooner than PACE times the last commit's duration after
+#: the last batch started (at most PACE_MAX later). Every batch costs each
+#: recipient connection a write and a system call whatever its size, so a
+#: writer that starts the next batch the moment the last one commits cuts a
+#: busy node's messages into as many small batches as it can; pacing lets
+#: them gather while the pushes of the last batch go out. A message waits
+#: at most one commit's time more than it would have (it waits for one
+#: anyway), and an idle or lightly loaded node, whose commits take a
+#: millisecond or two, hardly at all.
+PACE = 2.0
+PACE_MAX = 0.05
 
 
 class MessageWriter:
     log = Logger()
     high_water = HIGH_WATER
     high_water_bytes = HIGH_WATER_BYTES
+    #: :data:`PACE` (0: the next batch may start as soon as the last committed)
+    pace = PACE
 
     def __init__(
         self,
@@ -67,6 +81,9 @@ class MessageWriter:
         #: the first is to a big group)
         self.clock = clock
         self._start_call: Any = None
+        #: when the last batch started, and when it may start the next (pacing)
+        self._started_at = 0.0
+        self._next_at = 0.0
         self.on_result = on_result
         #: called once every outcome of a committed batch went out
         self.on_batch_end = on_batch_end
@@ -111,7 +128,8 @@ class MessageWriter:
                 return
             weigh = self._weigh
             big = gather or (weigh is not None and weigh(item, None, GATHER_ROWS) >= GATHER_ROWS)
-            self._start_call = self.clock.callLater(GATHER_DELAY if big else 0, self._start)
+            delay = max(GATHER_DELAY if big else 0, self._next_at - self.clock.seconds())
+            self._start_call = self.clock.callLater(delay, self._start)
         n = len(queue)
         if n > self.queue_peak:
             self.queue_peak = n
@@ -146,9 +164,17 @@ class MessageWriter:
             self._flush()
 
     def resume(self) -> None:
-        """Start the queued batch that :attr:`may_start` held back."""
-        if not self._busy and self._queue and self.may_start():
-            self._flush()
+        """Start the queued batch that :attr:`may_start` held back, once the pace allows."""
+        if self._busy or not self._queue or not self.may_start():
+            return
+        clock = self.clock
+        if clock is not None:
+            wait = self._next_at - clock.seconds()
+            if wait > 0:
+                if self._start_call is None:
+                    self._start_call = clock.callLater(wait, self._start)
+                return
+        self._flush()
 
     @property
     def pending(self) -> int:
@@ -169,6 +195,8 @@ class MessageWriter:
         return count
 
     def _flush(self) -> None:
+        if self.clock is not None:
+            self._started_at = self.clock.seconds()
         size = self._batch_size()
         batch = self._queue[:size]
         del self._queue[:size]
@@ -178,9 +206,11 @@ class MessageWriter:
         d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _committed(self, results: list[UpResult], batch: list[tuple[UpItem, Any, int]]) -> None:
-        # The next transaction starts before this batch's ACKs and pushes go
-        # out, so the database thread commits while the reactor pushes. It
-        # holds only later messages, so every device's order is kept.
+        # When the pace allows it at once, the next transaction starts before
+        # this batch's ACKs and pushes go out, so the database thread commits
+        # while the reactor pushes. It holds only later messages, so every
+        # device's order is kept.
+        self._paced()
         started_next = bool(self._queue)
         if started_next:
             self._next(None)
@@ -205,6 +235,7 @@ class MessageWriter:
             n=len(batch),
             error=failure.getErrorMessage(),
         )
+        self._paced()
         key = self.key
         owners = {key(entry[1]) for entry in batch}
         # Later messages of the same devices must not be stored before these.
@@ -218,11 +249,17 @@ class MessageWriter:
                 self.log.failure("reporting failure of clientId {cid}", cid=item.client_id)
         self._next(None)
 
+    def _paced(self) -> None:
+        """A batch is over: the next may start once its commit's duration passed again."""
+        clock = self.clock
+        if clock is not None:
+            now = clock.seconds()
+            self._next_at = self._started_at + min(PACE_MAX, self.pace * (now - self._started_at))
+
     def _next(self, _: Any) -> None:
         self._busy = False
         if self._queue:
-            if self.may_start():
-                self._flush()
+            self.resume()
         else:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
