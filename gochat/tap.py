@@ -416,6 +416,7 @@ class GoChatService(service.MultiService):
                 yield child.stopService()
         yield self.hub.wait_idle()
         self.hub.router.flush()  # committed messages still owed their pushes
+        self.hub.flush_acks()
         closed = [
             is_closed
             for session in self.hub.sessions

@@ -260,6 +260,8 @@ def run_group(
         "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
         "push_p50_ms": round(report["push_p50_ms"], 1),
         "push_p99_ms": round(report["push_p99_ms"], 1),
+        "ack_p50_ms": round(report["ack_p50_ms"], 1),
+        "ack_p99_ms": round(report["ack_p99_ms"], 1),
         **(
             {
                 "node_instructions_each": report["node_instructions_each"],

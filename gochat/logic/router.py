@@ -405,7 +405,9 @@ class Router:
                     frame = frame_for(seq)
                     for session in sessions:
                         if skipped and id(session.device) in skipped:
-                            continue  # the device this message came from
+                            # the device this message came from: its ACK may wait for this
+                            session.flush_acks()
+                            continue
                         session.push(seq, frame)
                         sent += 1
         return sent

@@ -83,6 +83,9 @@ class Session:
         #: (accepted, pending] clientIds in flight when this connection took the device over
         self.inherited = (0, 0)
         self.closed = False
+        #: ACKs of forwarded messages waiting for this connection's next output
+        #: (see :meth:`send_ack_later`), with when each message arrived
+        self._acks_waiting: list[tuple[bytes, float]] | None = None
         self.authenticated = False  # has logged in once (the hub counts the others)
         self._logging_in = False
         #: the claims of the token this session logs (or logged) in with
@@ -183,19 +186,54 @@ class Session:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
+        if self._acks_waiting is not None:
+            self.flush_acks()
         self.last_active = self.clock.seconds()
         self.conn.send(frame)
 
     def send_many(self, frames: list[bytes]) -> None:
         if self.closed or not frames:
             return
+        if self._acks_waiting is not None:
+            self.flush_acks()
         self.last_active = self.clock.seconds()
         self.conn.send_many(frames)
+
+    def send_ack_later(self, frame: bytes, started: float) -> None:
+        """An ACK that goes out with this connection's next output, or at the hub's timer.
+
+        A message forwarded to its group's home is answered a moment before
+        the home's pushes of the same batch arrive here: on its own the ACK
+        would cost the connection a write and a system call of its own. Every
+        output goes after the ACKs waiting, so the device still gets its ACK
+        before anything sent later.
+        """
+        if self.closed:
+            return
+        waiting = self._acks_waiting
+        if waiting is None:
+            self._acks_waiting = [(frame, started)]
+            self.hub.ack_waiting(self)
+        else:
+            waiting.append((frame, started))
+
+    def flush_acks(self) -> None:
+        """Send the ACKs :meth:`send_ack_later` kept, in order."""
+        waiting, self._acks_waiting = self._acks_waiting, None
+        if not waiting or self.closed:
+            return
+        now = self.last_active = self.clock.seconds()
+        self.conn.send_many([frame for frame, _ in waiting])
+        observe = metrics.ACK_LATENCY.observe
+        for _, started in waiting:
+            observe(now - started)
 
     def push(self, seq: int, frame: bytes) -> None:
         """A push of the message with this user's ``seq``; tracked for ``push_ack`` devices."""
         if self.closed:
             return
+        if self._acks_waiting is not None:
+            self.flush_acks()
         # The hot path of a group fan-out: Session.send inlined.
         self.last_active = self.clock.seconds()
         self.conn.send(frame)
@@ -206,6 +244,8 @@ class Session:
         """Pushes of consecutive seqs from ``first_seq``, in one go (a group block's)."""
         if self.closed:
             return
+        if self._acks_waiting is not None:
+            self.flush_acks()
         self.last_active = self.clock.seconds()
         self.conn.send_many(frames)
         if self.push_ack:
@@ -221,6 +261,8 @@ class Session:
         """
         if self.closed:
             return 0
+        if self._acks_waiting is not None:
+            self.flush_acks()
         if self.push_ack or not self.conn.send_run(run, first_seq, skip):
             if skip:
                 for i, frame in enumerate(run.frames(first_seq)):
@@ -236,6 +278,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self._acks_waiting = None  # the device gets them again when it retransmits
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -246,6 +289,8 @@ class Session:
 
     def close(self, reason: str, going_away: bool = False) -> None:
         self.log.info("closing {peer}: {reason}", peer=self.conn.peer, reason=reason)
+        if self._acks_waiting is not None:
+            self.flush_acks()
         self.conn.close(reason, going_away)
 
     def _login_timeout(self) -> None:
