@@ -223,7 +223,10 @@ class Session:
         if not waiting or self.closed:
             return
         now = self.last_active = self.clock.seconds()
-        self.conn.send_many([frame for frame, _ in waiting])
+        if len(waiting) == 1:
+            self.conn.send(waiting[0][0])
+        else:
+            self.conn.send_many([frame for frame, _ in waiting])
         observe = metrics.ACK_LATENCY.observe
         for _, started in waiting:
             observe(now - started)
