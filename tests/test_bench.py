@@ -433,8 +433,10 @@ class ClusterRateOptions(unittest.TestCase):
         self.assertEqual(
             cluster_rate.medians(results),
             [
-                "median of 3: nodes=1 deliveries_per_second=20.0 node_cpu_ms_per_1000=1.100",
-                "median of 2: nodes=3 deliveries_per_second=35.0 node_cpu_ms_per_1000=1.300",
+                "median of 3: nodes=1 deliveries_per_second=20.0 node_cpu_ms_per_1000=1.100"
+                " (runs 1.000, 1.100, 9.000)",
+                "median of 2: nodes=3 deliveries_per_second=35.0 node_cpu_ms_per_1000=1.300"
+                " (runs 1.200, 1.400)",
             ],
         )
         self.assertEqual(cluster_rate.parse(["--db", "x", "--repeat", "3"]).repeat, 3)

@@ -255,6 +255,8 @@ def run_group(
         "seconds": round(report["elapsed_ms"] / 1000, 3),
         "deliveries_per_second": round(report["deliveries_per_s"], 1),
         "node_cpu_s": round(cpu, 2),
+        # the load tool shares the machine's cores with the nodes
+        "client_cpu_s": round(report["client_cpu_s"], 2),
         "node_cpu_each_s": report["node_cpu_each_s"],
         "node_reactor_cpu_each_s": report["node_reactor_cpu_each_s"],
         "node_cpu_ms_per_1000": round(1e6 * cpu / deliveries, 3) if deliveries else None,
@@ -361,6 +363,8 @@ def medians(results: list[dict[str, Any]]) -> list[str]:
         rate = statistics.median(r["deliveries_per_second"] for r in runs)
         costs = [r["node_cpu_ms_per_1000"] for r in runs if r.get("node_cpu_ms_per_1000")]
         cost = f"{statistics.median(costs):.3f}" if costs else "-"
+        if len(costs) > 1:  # one run of a size can be far from the others
+            cost += " (runs " + ", ".join(f"{c:.3f}" for c in sorted(costs)) + ")"
         counted = [
             r["node_instructions_per_delivery"]
             for r in runs
