@@ -7,16 +7,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import tempfile
 import time
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.testing import StringTransport
+from twisted.python import failure
 from twisted.trial import unittest
 
 from gochat import codec
+from gochat._twisted import LeanEPollReactor
 from gochat.bench import cli, runner, stats
 from gochat.bench.stats import Histogram, capacity, node_qps_from_result, peak_qps
 from gochat.bench.wire import BenchSocket, mask_frame
@@ -104,6 +108,11 @@ def _push(seq: int, content: bytes = b"x" * 12) -> bytes:
     return codec.push_frame_from_base(codec.message_base(msg), seq)
 
 
+def _frame(payload: bytes) -> bytes:
+    """A small unmasked binary frame, as the node sends a push."""
+    return bytes((0x82, len(payload))) + payload
+
+
 class DeliveryAccounting(unittest.TestCase):
     """A receiver counts each seq once: a repeat is a duplicate, a gap is a loss."""
 
@@ -152,6 +161,51 @@ class DeliveryAccounting(unittest.TestCase):
         self.conn.inflight[1] = 0.0
         self.conn.frames([_push(11), codec.ack_frame(pb.AT_Up, client_id=1), _push(12)])
         self.assertEqual((self.worker.received, self.worker.acked), (2, 1))
+
+    def _one_by_one(self) -> list[bytes]:
+        """The frames the connection goes on to handle one by one, not as a run."""
+        handled: list[bytes] = []
+        frame = Conn.frame
+
+        def recorded(conn: Conn, payload: bytes) -> None:
+            handled.append(payload)
+            frame(conn, payload)
+
+        self.patch(Conn, "frame", recorded)
+        return handled
+
+    def test_pushes_on_either_side_of_an_ack_are_counted_as_runs(self):
+        self.conn.inflight[1] = 0.0
+        ack = codec.ack_frame(pb.AT_Up, client_id=1)
+        one_by_one = self._one_by_one()
+        self.conn.frames([_push(11), _push(12), ack, _push(13), _push(14)])
+        self.assertEqual((self.worker.received, self.worker.acked), (4, 1))
+        self.assertEqual(sum(self.worker.push_hist), 4)
+        self.assertEqual(one_by_one, [ack])
+
+    def test_a_senders_run_without_its_own_messages_is_counted_at_once(self):
+        one_by_one = self._one_by_one()
+        self.conn.frames([_push(seq) for seq in (11, 12, 14, 15)])  # 13 was its own
+        self.assertEqual((self.worker.received, self.worker.duplicated), (4, 0))
+        self.assertEqual(one_by_one, [])
+        self.conn.frames([_push(13), _push(14)])  # a late 13 is new, 14 is not
+        self.assertEqual((self.worker.received, self.worker.duplicated), (5, 1))
+
+    def test_a_read_of_push_frames_is_counted_as_it_came(self):
+        frames = [_frame(_push(seq)) for seq in range(11, 15)]
+        read = b"".join(frames)
+        self.assertTrue(self.conn.run(read, len(frames[0]), 4))
+        self.assertEqual((self.worker.received, sum(self.worker.push_hist)), (4, 4))
+        self.assertFalse(self.conn.run(read, len(frames[0]), 4))  # all seen: one by one
+        self.assertEqual((self.worker.received, self.worker.duplicated), (4, 0))
+
+    def test_a_read_of_equal_frames_with_one_not_a_push_is_refused(self):
+        pushes = [_push(seq) for seq in range(11, 14)]
+        code = pushes[1].index(b"\xc8\x01")  # code 200 in the Output
+        pushes[1] = pushes[1][:code] + b"\xc9" + pushes[1][code + 1 :]  # 201, same size
+        read = b"".join(map(_frame, pushes))
+        self.assertFalse(self.conn.run(read, len(read) // 3, 3))
+        self.assertEqual(self.worker.received, 0)
 
     def test_a_run_is_timed_from_the_send_time_in_each_content(self):
         now = time.time()
@@ -217,6 +271,111 @@ class WebSocketFraming(unittest.TestCase):
         self.assertEqual(calls[1], [b"c", b""])
         self.assertEqual(calls[2][0], b"d")
         self.assertEqual(calls[2][1][:1], b"\x8a")  # the pong went out between them
+
+    def _runs(self, result: bool) -> tuple[BenchSocket, list[tuple[bytes, int, int]], list[bytes]]:
+        runs: list[tuple[bytes, int, int]] = []
+        got: list[bytes] = []
+        sock = BenchSocket("h", "/ws")
+        sock._open = True
+        sock.on_frames = got.extend
+        sock.on_run = lambda buf, step, n: runs.append((bytes(buf), step, n)) or result
+        return sock, runs, got
+
+    def test_a_read_of_frames_of_one_size_goes_whole_to_on_run(self):
+        sock, runs, got = self._runs(True)
+        sock.dataReceived(b"\x82\x03abc\x82\x03def\x82\x03ghi")
+        self.assertEqual((runs, got), ([(b"\x82\x03abc\x82\x03def\x82\x03ghi", 5, 3)], []))
+
+    def test_frames_on_run_refuses_are_split_for_on_frames(self):
+        sock, runs, got = self._runs(False)
+        sock.dataReceived(b"\x82\x03abc\x82\x03def")
+        self.assertEqual((len(runs), got), (1, [b"abc", b"def"]))
+
+    def test_a_read_of_mixed_sizes_or_a_cut_frame_is_split_as_before(self):
+        sock, runs, got = self._runs(True)
+        sock.dataReceived(b"\x82\x03abc\x82\x02de")
+        sock.dataReceived(b"\x82\x03abc\x82\x03de")  # the second frame is cut
+        sock.dataReceived(b"f")
+        self.assertEqual((runs, got), ([], [b"abc", b"de", b"abc", b"def"]))
+
+
+class _Recorder(protocol.Protocol):
+    def __init__(self, fail: bool = False) -> None:
+        self.data = b""
+        self.fail = fail
+        self.lost: list[Any] = []
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.data += data
+        if self.fail:
+            raise ValueError("the protocol failed")
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.lost.append(reason)
+
+
+class LeanReactor(unittest.TestCase):
+    """The load tool's reactor delivers a client's reads itself, over real loopback sockets."""
+
+    def setUp(self) -> None:
+        self.reactor = LeanEPollReactor()
+        self.served: list[protocol.Protocol] = []
+        self.routed: list[int] = []  # fds of the read events left to Twisted's own path
+        own_path = self.reactor._doReadOrWrite
+
+        def counted(selectable: Any, fd: int, event: int) -> None:
+            if event & select.EPOLLIN:
+                self.routed.append(fd)
+            own_path(selectable, fd, event)
+
+        self.reactor._doReadOrWrite = counted  # type: ignore[method-assign]
+
+        def serve() -> protocol.Protocol:
+            server = protocol.Protocol()
+            self.served.append(server)
+            return server
+
+        self.port = self.reactor.listenTCP(
+            0, protocol.Factory.forProtocol(serve), interface="127.0.0.1"
+        )
+
+    def tearDown(self) -> None:
+        self.port.stopListening()
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.reactor._poller.close()
+
+    def _spin(self, done: Any) -> None:
+        for _ in range(500):
+            if done():
+                return
+            self.reactor.iterate(0.01)
+        self.fail("the reactor did not get there")
+
+    def _connect(self, client: _Recorder) -> Any:
+        factory = protocol.ClientFactory.forProtocol(lambda: client)
+        self.reactor.connectTCP("127.0.0.1", self.port.getHost().port, factory)
+        self._spin(lambda: self.served and self.served[0].transport is not None)
+        return self.served[0].transport
+
+    def test_a_clients_reads_reach_its_protocol_then_its_close(self):
+        client = _Recorder()
+        server = self._connect(client)
+        server.write(b"hello ")
+        server.write(b"world")
+        self._spin(lambda: client.data == b"hello world")
+        fd = client.transport.fileno()
+        server.loseConnection()
+        self._spin(lambda: client.lost)
+        self.assertTrue(client.lost[0].check(error.ConnectionDone))
+        self.assertNotIn(fd, self.routed)  # read and close both took the short path
+
+    def test_a_protocol_error_is_logged_and_drops_the_connection(self):
+        client = _Recorder(fail=True)
+        self._connect(client).write(b"x")
+        self._spin(lambda: client.lost)
+        self.assertEqual(client.data, b"x")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class NodeFanOut(unittest.TestCase):
@@ -405,6 +564,9 @@ class BulkSetup(unittest.TestCase):
 
 
 class ClusterRateOptions(unittest.TestCase):
+    def test_gochat_bench_help_lists_the_cluster_subcommand(self):
+        self.assertIn("cluster", cli.build_parser().format_help())
+
     def test_node_counts_take_a_list(self):
         from gochat.bench import cluster_rate
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import os
 import resource
 import struct
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from gochat.bench.stats import BUCKETS, Histogram, bucket
+from gochat.bench.stats import BUCKETS, RESOLUTION, Histogram, bucket
 from gochat.bench.wire import HandshakeError, login_input, message_input, open_socket
 from gochat.codec import DecodeError, split_outputs
 from gochat.pb import pb
@@ -75,34 +77,55 @@ def cpu_seconds() -> float:
 def _view_classes() -> tuple[Any, Any]:
     """Narrow views of a push ``Output``: one of ``data.msg.{content, seq}``, and one of many.
 
-    Protobuf lets the same bytes be read with a narrower message type; upb
-    skips the fields it does not know, which makes a push several µs cheaper
-    to read than two parses of the full ``Output`` and ``PushMsg``. The
+    Protobuf lets the same bytes be read with a narrower message type. The
     second view reads pushes joined end to end: a singular message field
     met again is merged, so their ``data.msg`` become one message whose
     repeated ``content`` and ``seq`` hold every push's, in order, from one
-    parse and no object per push.
+    parse and no object per push. The other fields are declared as plain
+    singular ones (each push's overwrites the last), since upb keeps fields
+    it does not know aside at a cost; field 15 (:data:`_PAD`) is what
+    :meth:`Conn.run` writes over each WebSocket header.
     """
     fdp = descriptor_pb2.FileDescriptorProto(
         name="gochat_bench_view.proto", package="gochat_bench_view", syntax="proto3"
     )
     field = descriptor_pb2.FieldDescriptorProto
+    single, repeated = field.LABEL_OPTIONAL, field.LABEL_REPEATED
+    varint, blob, sub = field.TYPE_UINT64, field.TYPE_BYTES, field.TYPE_MESSAGE
 
-    def add(name: str, fields: Sequence[tuple[str, int, int, str]], label: int) -> None:
+    def add(name: str, fields: Sequence[tuple[str, int, int, int, str]]) -> None:
         message = fdp.message_type.add(name=name)
-        for fname, number, kind, type_name in fields:
+        for fname, number, kind, label, type_name in fields:
             f = message.field.add(name=fname, number=number, type=kind, label=label)
             if type_name:
                 f.type_name = type_name
 
-    single = field.LABEL_OPTIONAL
-    for prefix, label in (("", single), ("Many", field.LABEL_REPEATED)):
-        content_seq = [("content", 5, field.TYPE_BYTES, ""), ("seq", 6, field.TYPE_UINT64, "")]
-        add(prefix + "MessageView", content_seq, label)
+    for prefix, label in (("", single), ("Many", repeated)):
+        add(
+            prefix + "MessageView",
+            [
+                ("session_type", 1, varint, single, ""),
+                ("receiver_id", 2, varint, single, ""),
+                ("sender_id", 3, varint, single, ""),
+                ("message_type", 4, varint, single, ""),
+                ("content", 5, blob, label, ""),
+                ("seq", 6, varint, label, ""),
+                ("send_time", 7, field.TYPE_INT64, single, ""),
+            ],
+        )
         message_view = f".gochat_bench_view.{prefix}MessageView"
-        add(prefix + "PushView", [("msg", 1, field.TYPE_MESSAGE, message_view)], single)
+        add(prefix + "PushView", [("msg", 1, sub, single, message_view)])
         push_view = f".gochat_bench_view.{prefix}PushView"
-        add(prefix + "OutputView", [("data", 4, field.TYPE_MESSAGE, push_view)], single)
+        add(
+            prefix + "OutputView",
+            [
+                ("type", 1, varint, single, ""),
+                ("code", 2, varint, single, ""),
+                ("code_msg", 3, blob, single, ""),
+                ("data", 4, sub, single, push_view),
+                ("pad", 15, varint, single, ""),
+            ],
+        )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     one, many = (
@@ -116,25 +139,49 @@ _ONE_VIEW, _MANY_VIEW = _view_classes()
 _PushView = _ONE_VIEW.FromString
 _ManyPushes = _MANY_VIEW.FromString
 _REPEAT_PUSH_OK = itertools.repeat(_PUSH_OK)
+#: what :meth:`Conn.run` writes over a frame's 2-byte WebSocket header:
+#: field 15 of the views, a varint 0
+_PAD = b"\x78\x00"
+
+
+def _bucket_floors() -> list[float]:
+    """``floors[b]``: the least latency (s) that :func:`bucket` puts in bucket ``b`` or above."""
+    floors = [-math.inf]
+    for b in range(1, BUCKETS):
+        x = math.expm1(b / RESOLUTION) / 1e6
+        while bucket(x) >= b:
+            x = math.nextafter(x, -math.inf)
+        while bucket(x) < b:
+            x = math.nextafter(x, math.inf)
+        floors.append(x)
+    return floors
+
+
+_FLOORS = _bucket_floors()
 
 
 def _count_latencies(hist: list[int], latencies: list[float], lo: int, hi: int) -> None:
     """Count ``latencies[lo:hi]`` (in ascending order) into their buckets of ``hist``.
 
     A read's pushes were sent within a few milliseconds of each other and
-    mostly share a bucket or two: halves whose ends share one are counted
-    at once, so a read costs a few logarithms rather than one a push.
+    span a few buckets: each bucket's share is found by bisecting at its
+    floor, a C search per bucket rather than a logarithm per push.
     """
     first = bucket(latencies[lo])
-    if first == bucket(latencies[hi - 1]):
+    last = bucket(latencies[hi - 1])
+    if first == last:
         hist[first] += hi - lo
-    elif hi - lo <= 4:
+        return
+    if last - first > hi - lo:  # spread thin: one by one is cheaper
         for latency in latencies[lo:hi]:
             hist[bucket(latency)] += 1
-    else:
-        mid = (lo + hi) // 2
-        _count_latencies(hist, latencies, lo, mid)
-        _count_latencies(hist, latencies, mid, hi)
+        return
+    floors = _FLOORS
+    for b in range(first, last):
+        end = bisect_left(latencies, floors[b + 1], lo, hi)
+        hist[b] += end - lo
+        lo = end
+    hist[last] += hi - lo
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,37 +235,91 @@ class Conn:
         and timed by C loops, not push by push.
         """
         n = len(payloads)
-        if n < 2 or not all(map(bytes.startswith, payloads, _REPEAT_PUSH_OK)):
+        if n < 2:
             for payload in payloads:
                 self.frame(payload)
             return
-        merged = _ManyPushes(b"".join(payloads)).data.msg
+        # a sender's read holds its ACK among the pushes: the pushes on
+        # either side are still runs
+        pushes = list(map(bytes.startswith, payloads, _REPEAT_PUSH_OK))
+        start = 0
+        while start < n:
+            try:
+                stop = pushes.index(False, start)
+            except ValueError:
+                stop = n
+            if stop - start > 1:
+                run = payloads[start:stop]
+                if not self._count_run(_ManyPushes(b"".join(run)).data.msg, stop - start):
+                    for payload in run:
+                        self.frame(payload)
+            elif stop > start:
+                self.frame(payloads[start])
+            if stop < n:
+                self.frame(payloads[stop])
+            start = stop + 1
+
+    def _count_run(self, merged: Any, n: int) -> bool:
+        """Count ``n`` pushes read as one ``merged`` message; False unless new and in order.
+
+        Their seqs are consecutive, or increasing with a few gaps (a sender's
+        own device gets its group's run without the messages it sent).
+        """
         seqs = list(merged.seq)
         contents = list(merged.content)
-        first = seqs[0] - self.base if seqs else 0
-        seen = self.seen
+        if len(seqs) != n or len(contents) != n:  # a push without a seq or content
+            return False
+        base = self.base
+        first = seqs[0] - base
+        end = seqs[-1] - base + 1
         stamps = b"".join(contents)
+        seen = self.seen
         if (
-            len(seqs) != n  # a push without a seq or content: each on its own
-            or len(contents) != n
-            or first <= 0
-            or seqs != list(range(seqs[0], seqs[0] + n))
+            first <= 0
+            or end - first > 4 * n
             or len(stamps) != _CONTENT.size * n
-            or (len(seen) > first and seen.count(1, first, first + n))
+            or (len(seen) > first and seen.count(1, first, end))
         ):
-            for payload in payloads:
-                self.frame(payload)
-            return
-        end = first + n
-        if end > len(seen):
-            seen.extend(bytes(end - len(seen)))
-        seen[first:end] = b"\x01" * n
+            return False
+        if end - first == n:
+            if seqs != list(range(seqs[0], seqs[0] + n)):
+                return False
+            if end > len(seen):
+                seen.extend(bytes(end - len(seen)))
+            seen[first:end] = b"\x01" * n
+        else:
+            if seqs != sorted(set(seqs)):  # not strictly increasing
+                return False
+            if end > len(seen):
+                seen.extend(bytes(end - len(seen)))
+            for seq in seqs:
+                seen[seq - base] = 1
         w = self.worker
         now = _now()
         w.last_delivery = now
         w.received += n
         sent = sorted(_stamps(n).unpack(stamps)[::2])
         _count_latencies(w.push_hist, [now - t for t in sent[::-1]], 0, n)
+        return True
+
+    def run(self, buf: bytes, step: int, n: int) -> bool:
+        """``n`` frames of ``step`` bytes (see ``BenchSocket.on_run``): counted at once if pushes.
+
+        Every frame must start with the bytes of a push (checked column by
+        column with slices); the headers are then overwritten with a field
+        the view reads and drops (:data:`_PAD`), so the read is parsed as
+        it came, with no list of payloads.
+        """
+        prefix = _PUSH_OK
+        if step < 2 + len(prefix):
+            return False
+        for j in range(len(prefix)):
+            if buf[2 + j :: step] != prefix[j : j + 1] * n:
+                return False
+        data = bytearray(buf)
+        data[::step] = _PAD[:1] * n
+        data[1::step] = _PAD[1:] * n
+        return self._count_run(_ManyPushes(data).data.msg, n)
 
     def frame(self, payload: bytes) -> None:
         if payload.startswith(_PUSH_OK):
@@ -384,7 +485,9 @@ class Worker:
                     # One client found the server not understood: the rest
                     # would only wait as long again.
                     raise NotUnderstood(self._give_up)
-                sock = yield open_socket(self.reactor, conn.url or url, conn.frames, timeout)
+                sock = yield open_socket(
+                    self.reactor, conn.url or url, conn.frames, timeout, conn.run
+                )
                 conn.sock = sock
                 sock.on_lost = conn.lost
                 conn.logged_in = defer.Deferred()
@@ -691,6 +794,9 @@ class _Commands(LineReceiver):
 
 
 def main() -> None:
+    from gochat._twisted import install_lean_reactor
+
+    install_lean_reactor()
     from twisted.internet import reactor, stdio
 
     stdio.StandardIO(_Commands(reactor))
