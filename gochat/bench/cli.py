@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json-dir", metavar="DIR", help="write each scenario's JSON here")
     st.add_argument("--pv", type=float, default=30_000_000, help="PV for the capacity line")
     st.add_argument("--no-progress", action="store_true")
+    # main() hands "cluster ..." to cluster_rate before parsing: listed for --help only
+    sub.add_parser(
+        "cluster",
+        help="1, 2, 3 nodes on PostgreSQL + Redis: node CPU per delivery"
+        " (its options: gochat-bench cluster --help)",
+        add_help=False,
+    )
     return parser
 
 
