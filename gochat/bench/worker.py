@@ -227,7 +227,7 @@ class Conn:
         self.url: str | None = None  # a node of its own (a cluster run), else the worker's
 
     def frames(self, payloads: list[bytes]) -> None:
-        """One read's frames; a run of new pushes with consecutive seqs is counted in bulk.
+        """One read's frames; each run of new pushes in increasing seq order is counted in bulk.
 
         A member of a big group reads dozens of pushes at a time, and the
         client must cost less than the node it measures: the run is parsed
@@ -235,10 +235,6 @@ class Conn:
         and timed by C loops, not push by push.
         """
         n = len(payloads)
-        if n < 2:
-            for payload in payloads:
-                self.frame(payload)
-            return
         # a sender's read holds its ACK among the pushes: the pushes on
         # either side are still runs
         pushes = list(map(bytes.startswith, payloads, _REPEAT_PUSH_OK))
@@ -281,17 +277,17 @@ class Conn:
             or (len(seen) > first and seen.count(1, first, end))
         ):
             return False
-        if end - first == n:
+        consecutive = end - first == n
+        if consecutive:
             if seqs != list(range(seqs[0], seqs[0] + n)):
                 return False
-            if end > len(seen):
-                seen.extend(bytes(end - len(seen)))
+        elif seqs != sorted(set(seqs)):  # not strictly increasing
+            return False
+        if end > len(seen):
+            seen.extend(bytes(end - len(seen)))
+        if consecutive:
             seen[first:end] = b"\x01" * n
         else:
-            if seqs != sorted(set(seqs)):  # not strictly increasing
-                return False
-            if end > len(seen):
-                seen.extend(bytes(end - len(seen)))
             for seq in seqs:
                 seen[seq - base] = 1
         w = self.worker
