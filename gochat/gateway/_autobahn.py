@@ -79,6 +79,10 @@ class _ClockTimers:
         return self.clock.callLater(delay, func, *args, **kwargs)
 
 
+def _no_result(_: object) -> None:
+    return None
+
+
 class ServerProtocol(WebSocketServerProtocol):
     """Autobahn's server protocol with the hooks and fixes the gateway needs.
 
@@ -122,6 +126,11 @@ class ServerProtocol(WebSocketServerProtocol):
         super().connectionMade()
         # REACH: ``send_queue``, created once in Autobahn's ``_connectionMade``.
         self.queued_writes = self.send_queue
+        # Autobahn fires ``is_closed`` with the protocol itself: the protocol
+        # holds the Deferred and the Deferred would hold the protocol, a cycle
+        # that only the cyclic collector frees, which a long-running node runs
+        # rarely (``tap.GC_THRESHOLDS``). Its waiters here take no result.
+        self.is_closed.addCallback(_no_result)
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection: a close frame with ``code``, then the close handshake.

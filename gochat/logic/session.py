@@ -8,8 +8,8 @@ node-wide state (devices, who is online, the writer) lives in the hub.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
@@ -97,15 +97,6 @@ class Session:
         self._rate_time = self.last_active
         self._refused = 0
         self._login_timer: Any = self.clock.callLater(hub.config.login_timeout, self._login_timeout)
-        self._handlers = {
-            pb.CT_Login: self._on_login,
-            pb.CT_Heartbeat: self._on_heartbeat,
-            pb.CT_Message: self._on_message,
-            pb.CT_ACK: self._on_ack,
-            pb.CT_Sync: self._on_sync,
-            pb.CT_Read: self._on_read,
-            pb.CT_Typing: self._on_typing,
-        }
 
     @property
     def logged_in(self) -> bool:
@@ -152,7 +143,7 @@ class Session:
             # An upstream message still gets its ACK (and consumes its clientId).
             self.send(_refusal(frame.type, codes.TOO_LARGE))
             return
-        handler(frame.data, too_large)
+        handler(self, frame.data, too_large)
 
     def _rate_limited(self, payload: bytes, is_binary: bool) -> None:
         """Answer 1013 in the shape of the frame's reply; close if it goes on."""
@@ -551,3 +542,16 @@ class Session:
             self.send(codec.error_frame(codes.SERVER_ERROR, pb.CT_Typing))
 
         self.hub.typing(self.user_id, st, peer).addCallbacks(answer, failed)
+
+    #: Each command's handler, as plain functions: a table of the instance's bound
+    #: methods would be a reference cycle, and a closed connection's session
+    #: would wait for the cyclic collector instead of going at its last reference.
+    _handlers: ClassVar[dict[int, Callable[[Session, bytes, bool], None]]] = {
+        pb.CT_Login: _on_login,
+        pb.CT_Heartbeat: _on_heartbeat,
+        pb.CT_Message: _on_message,
+        pb.CT_ACK: _on_ack,
+        pb.CT_Sync: _on_sync,
+        pb.CT_Read: _on_read,
+        pb.CT_Typing: _on_typing,
+    }
