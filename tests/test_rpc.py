@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.cred import credentials, error, portal
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.spread import pb as spread
 from twisted.trial import unittest
 
@@ -30,6 +31,37 @@ def message(sender: int, receiver: int, text: str, seq: int = 0) -> pb.Message:
 
 def push(sender: int, receiver: int, text: str, seq: int) -> bytes:
     return codec.push_frame(message(sender, receiver, text, seq))
+
+
+class _Lines:
+    """The formatted lines of ``events`` logged under ``namespace``, read when asked."""
+
+    def __init__(self, events: list[dict[str, Any]], namespace: str) -> None:
+        self.events = events
+        self.namespace = namespace
+
+    def _lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_namespace") == self.namespace]
+
+    def __iter__(self) -> Any:
+        return iter(self._lines())
+
+    def __len__(self) -> int:
+        return len(self._lines())
+
+
+class _Junk(protocol.Protocol):
+    """Sends ``data`` once connected; ``lost`` fires when the other side hangs up."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.data)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.lost.callback(None)
 
 
 class RpcEndpoint(unittest.TestCase):
@@ -343,21 +375,54 @@ class RpcEndpoint(unittest.TestCase):
         )
         self.flushLoggedErrors(AttributeError)
 
+    def node_warnings(self) -> list[str]:
+        """The node's RPC endpoint's log lines from now on."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return _Lines(events, "gochat.rpc.server")
+
     @defer.inlineCallbacks
     def test_wrong_secret_is_refused_and_delivers_nothing(self):
+        warnings = self.node_warnings()
         result = yield self.pool(secret=b"not-the-cluster-secret").deliver(
             "node", {self.uid: [push(1, self.uid, "forged", 1)]}
         )
         self.assertIsNone(result)  # logged, never raised
         _root, login = yield self.login(credentials.UsernamePassword(b"evil", b"wrong-secret"))
         yield self.assertFailure(login, error.UnauthorizedLogin)
-        self.assertEqual(len(self.flushLoggedErrors(error.UnauthorizedLogin)), 2)
+        # one line each on the node, no traceback (PB logs one for an error not a pb.Error)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(
+            list(warnings),
+            [
+                "rpc: refused a peer's login as node 'tester': wrong cluster secret",
+                "rpc: refused a peer's login as node 'evil': wrong cluster secret",
+            ],
+        )
         # The first push that does arrive is the genuine one sent after the attempts.
         arrived = self.next_message()
         yield self.pool().deliver("node", {self.uid: [push(1, self.uid, "genuine", 1)]})
         msg = yield arrived
         self.assertEqual([m.content for m in self.received], [b"genuine"])
         self.assertEqual(msg.content, b"genuine")
+
+    @defer.inlineCallbacks
+    def test_bytes_that_are_not_pb_drop_the_connection_with_one_line(self):
+        warnings = self.node_warnings()
+        for junk in (b"\x01\x8f", b"\x01" * 65 + b"\x82"):  # no such type; too long a prefix
+            proto = _Junk(junk)
+            port = int(self.address.split(":")[1])
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            yield endpoints.connectProtocol(endpoint, proto)
+            yield proto.lost  # the node hung up
+        self.assertEqual(self.flushLoggedErrors(), [])  # no traceback
+        self.assertEqual(len(warnings), 2, list(warnings))
+        for line in warnings:
+            self.assertRegex(line, r"^rpc: dropping .*127\.0\.0\.1.*: not Perspective Broker \(")
+        # and the endpoint still serves a real peer
+        n = yield self.pool().call("node", "DeliverMessage", self.uid, push(1, self.uid, "hi", 1))
+        self.assertEqual(n, 1)
 
     @defer.inlineCallbacks
     def test_without_login_the_root_object_offers_no_delivery(self):

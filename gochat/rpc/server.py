@@ -18,7 +18,7 @@ from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
+from twisted.spread import banana, pb
 from zope.interface import implementer
 
 from gochat import codec, metrics
@@ -66,6 +66,20 @@ class PeerHub(Protocol):
     def write_from_peer(self, peer_id: str, entries: list[tuple[Any, ...]]) -> Any: ...
 
 
+class RefusedLogin(error.UnauthorizedLogin, pb.Error):
+    """A peer's login refused: a ``pb.Error``, so PB answers it without logging a traceback
+    (the checker logs one line); the peer sees an ``UnauthorizedLogin``."""
+
+
+def _refuse(node: Any, why: str) -> defer.Deferred[Any]:
+    metrics.RPC_REFUSED.inc()
+    _log.warn("rpc: refused a peer's login as node {node!r}: {why}", node=node, why=why)
+    return defer.fail(RefusedLogin(why))
+
+
+_log = Logger(namespace="gochat.rpc.server")
+
+
 @implementer(ICredentialsChecker)
 class ClusterSecretChecker:
     """Any node id, with the one cluster secret."""
@@ -81,15 +95,14 @@ class ClusterSecretChecker:
             try:
                 username = username.decode("utf-8")
             except UnicodeDecodeError:
-                return defer.fail(error.UnauthorizedLogin("bad node id"))
+                return _refuse(username[:MAX_NODE_ID], "bad node id")
         if not username or len(username) > MAX_NODE_ID:
-            return defer.fail(error.UnauthorizedLogin("bad node id"))
+            return _refuse(username[:MAX_NODE_ID], "bad node id")
         d = defer.maybeDeferred(creds.checkPassword, self.secret)
 
-        def checked(ok: bool) -> str:
+        def checked(ok: bool) -> Any:
             if not ok:
-                metrics.RPC_REFUSED.inc()
-                raise error.UnauthorizedLogin("wrong cluster secret")
+                return _refuse(username, "wrong cluster secret")
             return str(username)
 
         return d.addCallback(checked)
@@ -325,9 +338,27 @@ class NodeRealm:
         return pb.IPerspective, PeerPerspective(self.hub, peer_id, self.presence), lambda: None
 
 
+class PeerBroker(Broker):
+    """The broker of a connection to ``--rpc``: bytes that are not PB drop the connection
+    with one line logged (else the reactor logs a traceback for each such connection)."""
+
+    def dataReceived(self, chunk: bytes) -> None:  # noqa: N802 - Twisted's name
+        try:
+            super().dataReceived(chunk)
+        except (banana.BananaError, NotImplementedError, KeyError) as exc:
+            # what Banana raises for bytes it cannot decode (KeyError: an unknown vocabulary entry)
+            transport: Any = self.transport  # TCP or TLS over TCP: both can abort
+            _log.warn(
+                "rpc: dropping {peer}: not Perspective Broker ({error})",
+                peer=transport.getPeer(),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            transport.abortConnection()
+
+
 def build_rpc_factory(hub: PeerHub, secret: bytes, presence: Any = None) -> pb.PBServerFactory:
     """The factory to listen with on ``--rpc``; ``presence`` tells stale kicks apart."""
     p = portal.Portal(NodeRealm(hub, presence), [ClusterSecretChecker(secret)])
     factory = pb.PBServerFactory(p, unsafeTracebacks=False)
-    factory.protocol = Broker  # Banana decoded by offset (see gochat._twisted)
+    factory.protocol = PeerBroker  # Banana decoded by offset (see gochat._twisted)
     return factory
