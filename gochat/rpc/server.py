@@ -66,6 +66,9 @@ class PeerHub(Protocol):
     def write_from_peer(self, peer_id: str, entries: list[tuple[Any, ...]]) -> Any: ...
 
 
+_log = Logger(namespace="gochat.rpc.server")
+
+
 class RefusedLogin(error.UnauthorizedLogin, pb.Error):
     """A peer's login refused: a ``pb.Error``, so PB answers it without logging a traceback
     (the checker logs one line); the peer sees an ``UnauthorizedLogin``."""
@@ -75,9 +78,6 @@ def _refuse(node: Any, why: str) -> defer.Deferred[Any]:
     metrics.RPC_REFUSED.inc()
     _log.warn("rpc: refused a peer's login as node {node!r}: {why}", node=node, why=why)
     return defer.fail(RefusedLogin(why))
-
-
-_log = Logger(namespace="gochat.rpc.server")
 
 
 @implementer(ICredentialsChecker)
