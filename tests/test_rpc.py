@@ -33,23 +33,6 @@ def push(sender: int, receiver: int, text: str, seq: int) -> bytes:
     return codec.push_frame(message(sender, receiver, text, seq))
 
 
-class _Lines:
-    """The formatted lines of ``events`` logged under ``namespace``, read when asked."""
-
-    def __init__(self, events: list[dict[str, Any]], namespace: str) -> None:
-        self.events = events
-        self.namespace = namespace
-
-    def _lines(self) -> list[str]:
-        return [formatEvent(e) for e in self.events if e.get("log_namespace") == self.namespace]
-
-    def __iter__(self) -> Any:
-        return iter(self._lines())
-
-    def __len__(self) -> int:
-        return len(self._lines())
-
-
 class _Junk(protocol.Protocol):
     """Sends ``data`` once connected; ``lost`` fires when the other side hangs up."""
 
@@ -375,16 +358,18 @@ class RpcEndpoint(unittest.TestCase):
         )
         self.flushLoggedErrors(AttributeError)
 
-    def node_warnings(self) -> list[str]:
-        """The node's RPC endpoint's log lines from now on."""
+    def node_lines(self) -> Any:
+        """A function giving the node's RPC endpoint's log lines logged since this call."""
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return _Lines(events, "gochat.rpc.server")
+        return lambda: [
+            formatEvent(e) for e in events if e.get("log_namespace") == "gochat.rpc.server"
+        ]
 
     @defer.inlineCallbacks
     def test_wrong_secret_is_refused_and_delivers_nothing(self):
-        warnings = self.node_warnings()
+        lines = self.node_lines()
         result = yield self.pool(secret=b"not-the-cluster-secret").deliver(
             "node", {self.uid: [push(1, self.uid, "forged", 1)]}
         )
@@ -394,7 +379,7 @@ class RpcEndpoint(unittest.TestCase):
         # one line each on the node, no traceback (PB logs one for an error not a pb.Error)
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(
-            list(warnings),
+            lines(),
             [
                 "rpc: refused a peer's login as node 'tester': wrong cluster secret",
                 "rpc: refused a peer's login as node 'evil': wrong cluster secret",
@@ -409,7 +394,7 @@ class RpcEndpoint(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_bytes_that_are_not_pb_drop_the_connection_with_one_line(self):
-        warnings = self.node_warnings()
+        lines = self.node_lines()
         for junk in (b"\x01\x8f", b"\x01" * 65 + b"\x82"):  # no such type; too long a prefix
             proto = _Junk(junk)
             port = int(self.address.split(":")[1])
@@ -417,7 +402,8 @@ class RpcEndpoint(unittest.TestCase):
             yield endpoints.connectProtocol(endpoint, proto)
             yield proto.lost  # the node hung up
         self.assertEqual(self.flushLoggedErrors(), [])  # no traceback
-        self.assertEqual(len(warnings), 2, list(warnings))
+        warnings = lines()
+        self.assertEqual(len(warnings), 2, warnings)
         for line in warnings:
             self.assertRegex(line, r"^rpc: dropping .*127\.0\.0\.1.*: not Perspective Broker \(")
         # and the endpoint still serves a real peer
